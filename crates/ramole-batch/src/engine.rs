@@ -1,0 +1,291 @@
+//! The engine: a base model, its adapters, and one heterogeneous batch at a time.
+
+use std::path::Path;
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
+use ramole_models::weights::SafetensorsWeights;
+use ramole_mole::{AdapterPool, BatchAdapters, RowRequest};
+use tokenizers::Tokenizer;
+
+use crate::sampling::Sampler;
+use crate::{BatchError, Request, RequestInput};
+
+/// What a request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    /// The request's name.
+    pub name: String,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// Logits of every prompt position, `[prompt length, vocab]` row-major, when asked for.
+    pub prompt_logits: Option<Vec<f32>>,
+    /// Generated tokens (ending with an end-of-sequence token if one was produced).
+    pub new_tokens: Vec<u32>,
+}
+
+/// Options of [`Engine::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// Return the logits of every prompt position (otherwise only generation runs the LM head, on the
+    /// last position).
+    pub prompt_logits: bool,
+}
+
+/// A base model with its tokenizer and adapter pool.
+#[derive(Debug)]
+pub struct Engine<B: Backend> {
+    model: LlamaForCausalLM<B>,
+    config: LlamaConfig,
+    tokenizer: Option<Tokenizer>,
+    adapters: AdapterPool,
+    device: B::Device,
+}
+
+/// A request that passed validation, with its row in the batch.
+struct Prepared<'a> {
+    request: &'a Request,
+    ids: Vec<u32>,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Loads a model from an HF folder (`config.json`, `model.safetensors`, optional `tokenizer.json`).
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, BatchError> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let config = LlamaConfig::from_hf_file(path.join("config.json"))?;
+            let weights = SafetensorsWeights::open(path.join("model.safetensors"))?;
+            let model = LlamaForCausalLM::load(&config, &weights, device)?;
+            let tok_path = path.join("tokenizer.json");
+            let tokenizer = if tok_path.exists() {
+                Some(Tokenizer::from_file(&tok_path).map_err(|e| BatchError::Model {
+                    path: tok_path.clone(),
+                    message: format!("invalid tokenizer: {e}"),
+                })?)
+            } else {
+                None
+            };
+            Ok(Self::new(model, config, tokenizer, device))
+        } else {
+            Err(BatchError::Model { path: path.into(), message: "not a model folder".into() })
+        }
+    }
+
+    /// An engine from parts.
+    pub fn new(model: LlamaForCausalLM<B>, config: LlamaConfig, tokenizer: Option<Tokenizer>, device: &B::Device) -> Self {
+        let adapters = AdapterPool::new(config.clone());
+        Self { model, config, tokenizer, adapters, device: device.clone() }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The tokenizer, if the model came with one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The adapter pool.
+    pub fn adapters(&self) -> &AdapterPool {
+        &self.adapters
+    }
+
+    /// The adapter pool, to add or remove adapters.
+    pub fn adapters_mut(&mut self) -> &mut AdapterPool {
+        &mut self.adapters
+    }
+
+    /// Tokenizes `text` (special tokens parsed, nothing added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, BatchError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| BatchError::Request {
+            request: "-".into(),
+            message: "the model has no tokenizer: give token ids".into(),
+        })?;
+        tok.encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
+    }
+
+    /// Decodes token ids to text.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, BatchError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| BatchError::Request {
+            request: "-".into(),
+            message: "the model has no tokenizer".into(),
+        })?;
+        tok.decode(ids, true).map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
+    }
+
+    /// Checks one request on its own: prompt tokens, context length, adapters.
+    fn prepare<'a>(&self, request: &'a Request) -> Result<Prepared<'a>, BatchError> {
+        let err = |message: String| BatchError::Request { request: request.name.clone(), message };
+        let ids = match &request.input {
+            RequestInput::Ids(ids) => ids.clone(),
+            RequestInput::Prompt(p) => self.encode(p).map_err(|e| err(e.to_string()))?,
+        };
+        if ids.is_empty() {
+            return Err(err("empty prompt".into()));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(t) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(err(format!("token id {t} is outside the vocabulary (size {vocab})")));
+        }
+        let total = ids.len() + request.max_new_tokens;
+        let ctx = self.config.max_position_embeddings;
+        if total > ctx {
+            return Err(err(format!(
+                "prompt of {} tokens plus {} new tokens exceeds the context of {ctx}",
+                ids.len(),
+                request.max_new_tokens
+            )));
+        }
+        BatchAdapters::resolve(&self.adapters, std::slice::from_ref(&request.row), &[&request.name])?;
+        Ok(Prepared { request, ids })
+    }
+
+    /// Runs `requests` as ONE heterogeneous batch: each row with its own adapters, weights and
+    /// composition, rows of different lengths left-padded and masked. A request that fails validation
+    /// gets its own error; the others run as if it were absent.
+    pub fn run(&self, requests: &[Request], options: RunOptions) -> Vec<Result<RequestOutput, BatchError>> {
+        let mut results: Vec<Option<Result<RequestOutput, BatchError>>> = Vec::with_capacity(requests.len());
+        let mut rows = Vec::new();
+        let mut slots = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match self.prepare(r) {
+                Ok(p) => {
+                    rows.push(p);
+                    slots.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !rows.is_empty() {
+            match self.run_rows(&rows, options) {
+                Ok(outputs) => {
+                    for (slot, out) in slots.iter().zip(outputs) {
+                        results[*slot] = Some(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (slot, p) in slots.iter().zip(&rows) {
+                        results[*slot] =
+                            Some(Err(BatchError::Request { request: p.request.name.clone(), message: msg.clone() }));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BatchError::Request { request: "-".into(), message: "not run".into() })))
+            .collect()
+    }
+
+    /// Prefill + decode for validated rows.
+    fn run_rows(&self, rows: &[Prepared<'_>], options: RunOptions) -> Result<Vec<RequestOutput>, BatchError> {
+        let device = &self.device;
+        let n = rows.len();
+        let vocab = self.config.vocab_size;
+        let row_requests: Vec<RowRequest> = rows.iter().map(|p| p.request.row.clone()).collect();
+        let names: Vec<&str> = rows.iter().map(|p| p.request.name.as_str()).collect();
+        let batch = BatchAdapters::resolve(&self.adapters, &row_requests, &names)?;
+        let mut lora: LlamaLora<B> = batch.llama_lora(&self.config, device)?;
+
+        // Prefill: left-pad every row to the longest prompt.
+        let t = rows.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let mut pads: Vec<usize> = rows.iter().map(|p| t - p.ids.len()).collect();
+        let mut tokens = Vec::with_capacity(n * t);
+        for (p, &pad) in rows.iter().zip(&pads) {
+            tokens.extend(std::iter::repeat_n(0i64, pad));
+            tokens.extend(p.ids.iter().map(|&x| i64::from(x)));
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
+        let attn = AttentionInput::left_padded(&pads, 0, t, device);
+        let mut cache = KvCache::new(self.model.n_layers());
+        let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
+        let d = hidden.dims()[2];
+
+        let mut outputs: Vec<RequestOutput> = rows
+            .iter()
+            .map(|p| RequestOutput {
+                name: p.request.name.clone(),
+                prompt_ids: p.ids.clone(),
+                prompt_logits: None,
+                new_tokens: Vec::new(),
+            })
+            .collect();
+        // Logits of the last prompt position of every row, [n, vocab].
+        let last: Vec<f32> = if options.prompt_logits {
+            let all = to_vec(self.model.logits(hidden));
+            let mut last = Vec::with_capacity(n * vocab);
+            for (i, (out, &pad)) in outputs.iter_mut().zip(&pads).enumerate() {
+                let row = &all[i * t * vocab..(i + 1) * t * vocab];
+                out.prompt_logits = Some(row[pad * vocab..].to_vec());
+                last.extend_from_slice(&row[(t - 1) * vocab..]);
+            }
+            last
+        } else {
+            to_vec(self.model.logits(hidden.slice([0..n, t - 1..t, 0..d])))
+        };
+
+        // Decode: all unfinished rows advance together; finished rows leave the batch.
+        let mut samplers: Vec<Sampler> = rows.iter().map(|p| Sampler::new(p.request.sampling)).collect();
+        let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].request.max_new_tokens > 0).collect();
+        let mut next: Vec<u32> = Vec::new();
+        let mut logits = last;
+        let mut positions_of_logits: Vec<usize> = (0..n).collect(); // row of each line of `logits`
+        if active.len() < n {
+            // Drop the rows that generate nothing before the first decode step.
+            let keep = self.index(&active);
+            cache.select_rows(keep.clone());
+            lora = lora.select_rows(keep);
+            pads = active.iter().map(|&i| pads[i]).collect();
+        }
+        while !active.is_empty() {
+            next.clear();
+            let mut still = Vec::with_capacity(active.len());
+            for &row in &active {
+                let line = positions_of_logits.iter().position(|&r| r == row).unwrap_or(0);
+                let tok = samplers[row].pick(&logits[line * vocab..(line + 1) * vocab]);
+                let out = &mut outputs[row];
+                out.new_tokens.push(tok);
+                let done = self.config.eos_token_ids.contains(&tok) || out.new_tokens.len() >= rows[row].request.max_new_tokens;
+                if !done {
+                    still.push(row);
+                    next.push(tok);
+                }
+            }
+            if still.is_empty() {
+                break;
+            }
+            if still.len() < active.len() {
+                let keep: Vec<usize> = still.iter().map(|r| active.iter().position(|a| a == r).unwrap_or(0)).collect();
+                let keep_t = self.index(&keep);
+                cache.select_rows(keep_t.clone());
+                lora = lora.select_rows(keep_t);
+                pads = keep.iter().map(|&k| pads[k]).collect();
+            }
+            active = still;
+            let m = active.len();
+            let toks: Vec<i64> = next.iter().map(|&x| i64::from(x)).collect();
+            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [m, 1]), device);
+            let attn = AttentionInput::left_padded(&pads, cache.len(), 1, device);
+            let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
+            logits = to_vec(self.model.logits(hidden));
+            positions_of_logits = active.clone();
+        }
+        Ok(outputs)
+    }
+
+    fn index(&self, rows: &[usize]) -> Tensor<B, 1, Int> {
+        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        Tensor::from_data(TensorData::new(ids, [rows.len()]), &self.device)
+    }
+}
+
+/// Reads a float tensor back to the host.
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}

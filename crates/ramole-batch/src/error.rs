@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+/// Errors of `ramole-batch`. Request errors name the request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A file that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A request file that is not valid.
+    #[error("{path}: {message}")]
+    RequestFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request that cannot run (empty prompt, too long, token out of vocabulary, ...).
+    #[error("request `{request}`: {message}")]
+    Request {
+        /// The request's name.
+        request: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A model path that is neither a GGUF file nor an HF folder.
+    #[error("{path}: {message}")]
+    Model {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An adapter error (loading, unknown name, composition).
+    #[error(transparent)]
+    Mole(#[from] ramole_mole::MoleError),
+    /// A model error.
+    #[error(transparent)]
+    Models(#[from] ramole_models::ModelError),
+    /// A tensor-layer error.
+    #[error(transparent)]
+    Core(#[from] ramole_core::CoreError),
+}

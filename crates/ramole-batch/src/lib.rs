@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod engine;
+mod error;
+pub mod request;
+pub mod sampling;
+
+pub use engine::{Engine, RequestOutput, RunOptions};
+pub use error::BatchError;
+pub use request::{Request, RequestFile, RequestInput};
+pub use sampling::Sampling;

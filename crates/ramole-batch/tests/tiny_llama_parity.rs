@@ -1,0 +1,96 @@
+//! Parity with PyTorch + transformers + PEFT on the tiny random Llama fixture: every case alone and
+//! all cases in one heterogeneous batch.
+
+use std::path::PathBuf;
+
+use ramole_batch::{Engine, RequestFile, RequestOutput, RunOptions};
+use ramole_core::backend::{Selected, device};
+use safetensors::SafeTensors;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/tiny-llama")
+}
+
+struct Reference {
+    bytes: Vec<u8>,
+    abs: f32,
+    rel: f32,
+}
+
+impl Reference {
+    fn load() -> Self {
+        let bytes = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).expect("cases")).expect("json");
+        let tol = &cases["tolerance"];
+        Self {
+            bytes,
+            abs: tol["logits_abs"].as_f64().expect("abs") as f32,
+            rel: tol["logits_rel"].as_f64().expect("rel") as f32,
+        }
+    }
+
+    fn check(&self, out: &RequestOutput) {
+        let st = SafeTensors::deserialize(&self.bytes).expect("reference file");
+        let logits = st.tensor(&format!("logits.{}", out.name)).expect("reference logits");
+        let want: Vec<f32> =
+            logits.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let got = out.prompt_logits.as_ref().expect("prompt logits");
+        assert_eq!(got.len(), want.len(), "{}: logits size", out.name);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs() - (self.abs + self.rel * w.abs()))
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(worst <= 0.0, "{}: logits exceed tolerance by {worst}", out.name);
+        let greedy = st.tensor(&format!("greedy.{}", out.name)).expect("reference greedy");
+        let want: Vec<u32> = greedy
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+            .collect();
+        assert_eq!(out.new_tokens, want, "{}: greedy tokens", out.name);
+    }
+}
+
+fn engine() -> Engine<Selected> {
+    let mut engine = Engine::<Selected>::load(fixture().join("base"), &device()).expect("tiny llama loads");
+    let report = engine.adapters_mut().load_dir(fixture().join("adapters")).expect("adapters folder");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.loaded, ["a0", "a1", "a2", "a3"]);
+    engine
+}
+
+#[test]
+fn each_case_alone_matches_reference() {
+    let engine = engine();
+    let reference = Reference::load();
+    let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    assert_eq!(file.requests.len(), 8);
+    for request in &file.requests {
+        let out = engine.run(std::slice::from_ref(request), RunOptions { prompt_logits: true });
+        let out = out.into_iter().next().expect("one output").expect("request runs");
+        reference.check(&out);
+    }
+}
+
+#[test]
+fn all_cases_in_one_batch_match_reference() {
+    let engine = engine();
+    let reference = Reference::load();
+    let mut file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    // Twice over, in another order, so rows of every composition sit next to each other.
+    let mut again = file.requests.clone();
+    again.reverse();
+    for r in &mut again {
+        r.name.push_str("#2");
+    }
+    file.requests.extend(again);
+    let outs = engine.run(&file.requests, RunOptions { prompt_logits: true });
+    assert_eq!(outs.len(), 16);
+    for out in outs {
+        let mut out = out.expect("request runs");
+        out.name = out.name.trim_end_matches("#2").to_string();
+        reference.check(&out);
+    }
+}

@@ -1,0 +1,49 @@
+//! The backend, chosen at compile time by a cargo feature.
+//!
+//! | feature | backend | where it runs |
+//! |---|---|---|
+//! | `candle` (default) | burn-candle, f32 | CPU (the fastest CPU backend measured here) |
+//! | `flex` | burn-flex, f32 | CPU (pure Rust) |
+//! | `wgpu` | burn-wgpu, f32 | Vulkan / Metal / DX12 GPUs, or Mesa's lavapipe on a CPU |
+//! | `cuda` | burn-cuda, f32 | NVIDIA GPUs (needs libcuda at run time) |
+//!
+//! When several are enabled the first of `cuda`, `wgpu`, `flex`, `candle` wins, so enabling a GPU
+//! feature on top of the defaults selects it. All model code is generic over
+//! [`burn::tensor::backend::Backend`]; only binaries name [`Selected`].
+
+#[cfg(not(any(feature = "candle", feature = "flex", feature = "wgpu", feature = "cuda")))]
+compile_error!("ramole-core needs one backend feature: `candle` (default), `flex`, `wgpu` or `cuda`");
+
+/// The backend this build selected.
+#[cfg(feature = "cuda")]
+pub type Selected = burn::backend::Cuda<f32, i32>;
+/// The backend this build selected.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type Selected = burn::backend::Wgpu<f32, i32>;
+/// The backend this build selected.
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+pub type Selected = burn::backend::Flex;
+/// The backend this build selected. (burn marks burn-candle deprecated for future releases; with
+/// burn pinned at 0.21.0 it is the fastest CPU backend here, and `flex` is the drop-in alternative.)
+#[cfg(all(feature = "candle", not(any(feature = "cuda", feature = "wgpu", feature = "flex"))))]
+#[allow(deprecated)]
+pub type Selected = burn::backend::Candle<f32, i64>;
+
+/// [`Selected`] with automatic differentiation, for training.
+pub type SelectedAutodiff = burn::backend::Autodiff<Selected>;
+
+/// The name of the selected backend, for logs and reports.
+pub const NAME: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else if cfg!(feature = "wgpu") {
+    "wgpu"
+} else if cfg!(feature = "flex") {
+    "flex (CPU)"
+} else {
+    "candle (CPU)"
+};
+
+/// The default device of the selected backend.
+pub fn device() -> burn::tensor::Device<Selected> {
+    Default::default()
+}

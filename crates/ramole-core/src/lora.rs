@@ -1,0 +1,386 @@
+//! Per-row LoRA composition for heterogeneous batches.
+//!
+//! For one linear layer `y = x Wᵀ`, a batch row `b` that uses adapters `i` with weights `wᵢ` computes
+//!
+//! - **single / mixture**: `y = x Wᵀ + Σᵢ wᵢ sᵢ (x Aᵢᵀ) Bᵢᵀ`
+//! - **fusion**: `y = x Wᵀ + s (x (Σᵢ wᵢ Aᵢ)ᵀ) (Σᵢ wᵢ Bᵢ)ᵀ`
+//!
+//! where `Aᵢ` is `[r, d_in]`, `Bᵢ` is `[d_out, r]` (PEFT layout) and `sᵢ` the adapter's scale
+//! (`alpha / r`, or `alpha / √r` with rsLoRA).
+//!
+//! The fast path never loops over adapters. The batch's unique adapters are stacked once per layer
+//! ([`LoraStack`]: `a` `[U, d_in, r_max]`, `b` `[U, r_max, d_out]`, ranks zero-padded), and a
+//! [`MixPlan`] (the mapping matrix `[rows × U]` of weights plus each row's composition) turns the stack
+//! into one low-rank pair per row ([`RowLora`]) with batched ops:
+//!
+//! - mixture rows: `select` of their slots from the stack, weights and scales folded into the `b` side,
+//!   slots laid side by side along the rank axis (`[rows, d_in, K·r_max]`);
+//! - fusion rows: a matmul of their rows of the mapping matrix with the flattened stack.
+//!
+//! Applying a [`RowLora`] is then two batched matmuls per layer, whatever the adapters of each row.
+//! The per-row pairs depend only on the batch's adapters, not on the tokens, so they are built once
+//! per batch and reused by every decoding step. [`reference`] holds the plain implementation.
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+
+use crate::CoreError;
+
+pub mod reference;
+
+/// How a row combines the adapters it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Composition {
+    /// One adapter (or none: the base model): `y = Wx + w s B A x`.
+    #[default]
+    Single,
+    /// Weighted sum of the adapters' outputs: `y = Wx + Σ wᵢ sᵢ Bᵢ Aᵢ x`.
+    Mixture,
+    /// Weighted average of the adapters' parameters: `y = Wx + s (Σ wᵢ Bᵢ)(Σ wᵢ Aᵢ) x`.
+    /// The adapters must share rank, scale and target modules.
+    Fusion,
+}
+
+impl std::fmt::Display for Composition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single => "single",
+            Self::Mixture => "mixture",
+            Self::Fusion => "fusion",
+        })
+    }
+}
+
+/// One row of a batch: its composition and its adapters as `(index into the batch's unique
+/// adapters, weight)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowMix {
+    /// How the row's adapters are combined.
+    pub composition: Composition,
+    /// `(unique adapter index, weight)` pairs; an index appears at most once.
+    pub entries: Vec<(usize, f32)>,
+}
+
+impl RowMix {
+    /// The base model alone.
+    pub fn base() -> Self {
+        Self::default()
+    }
+}
+
+/// The adapters of a batch as its rows use them: a mapping matrix `[rows × unique adapters]` of
+/// weights and, per row, its [`Composition`]. Built with [`MixPlan::new`], which validates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixPlan {
+    rows: Vec<RowMix>,
+    n_unique: usize,
+}
+
+impl MixPlan {
+    /// Validates `rows` against `n_unique` adapters: indices in range and not repeated within a row,
+    /// finite weights, `single` rows with at most one adapter, fusion rows with at least one.
+    pub fn new(rows: Vec<RowMix>, n_unique: usize) -> Result<Self, CoreError> {
+        for (r, row) in rows.iter().enumerate() {
+            let mut seen = vec![false; n_unique];
+            for &(u, w) in &row.entries {
+                if u >= n_unique {
+                    return Err(CoreError::Composition(format!(
+                        "row {r}: adapter index {u} out of range ({n_unique} unique adapters)"
+                    )));
+                }
+                if std::mem::replace(&mut seen[u], true) {
+                    return Err(CoreError::Composition(format!("row {r}: adapter {u} listed twice")));
+                }
+                if !w.is_finite() {
+                    return Err(CoreError::Composition(format!("row {r}: weight {w} is not finite")));
+                }
+            }
+            match row.composition {
+                Composition::Single if row.entries.len() > 1 => {
+                    return Err(CoreError::Composition(format!(
+                        "row {r}: `single` takes at most one adapter, got {}",
+                        row.entries.len()
+                    )));
+                }
+                Composition::Fusion if row.entries.is_empty() => {
+                    return Err(CoreError::Composition(format!("row {r}: `fusion` needs at least one adapter")));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self { rows, n_unique })
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[RowMix] {
+        &self.rows
+    }
+
+    /// Number of unique adapters (columns of the mapping matrix).
+    pub fn n_unique(&self) -> usize {
+        self.n_unique
+    }
+
+    /// The mapping matrix `[rows × unique adapters]`, row-major.
+    pub fn mapping_matrix(&self) -> Vec<f32> {
+        let mut m = vec![0.0; self.rows.len() * self.n_unique];
+        for (r, row) in self.rows.iter().enumerate() {
+            for &(u, w) in &row.entries {
+                m[r * self.n_unique + u] = w;
+            }
+        }
+        m
+    }
+
+    /// Whether no row uses any adapter.
+    pub fn is_base_only(&self) -> bool {
+        self.rows.iter().all(|r| r.entries.is_empty())
+    }
+}
+
+/// One adapter's factors for one linear layer, in PEFT layout, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraFactors {
+    /// `lora_A`, `[r, d_in]` row-major.
+    pub a: Vec<f32>,
+    /// `lora_B`, `[d_out, r]` row-major.
+    pub b: Vec<f32>,
+    /// The rank `r`.
+    pub rank: usize,
+    /// The scale `s` (`alpha / r`, or `alpha / √r` with rsLoRA).
+    pub scale: f32,
+}
+
+/// The unique adapters of a batch for one linear layer, stacked for batched ops.
+#[derive(Debug, Clone)]
+pub struct LoraStack<B: Backend> {
+    /// `[U + 1, d_in, r_max]`: `Aᵢᵀ`, zero-padded along the rank; the last entry is all zeros
+    /// (the slot that padding and non-targeting adapters point to).
+    a: Tensor<B, 3>,
+    /// `[U + 1, r_max, d_out]`: `Bᵢᵀ`, zero-padded along the rank.
+    b: Tensor<B, 3>,
+    /// Per adapter: `Some((rank, scale))`, or `None` where the adapter does not target this layer.
+    meta: Vec<Option<(usize, f32)>>,
+    d_in: usize,
+    d_out: usize,
+    r_max: usize,
+}
+
+impl<B: Backend> LoraStack<B> {
+    /// Stacks the factors of the batch's unique adapters for a layer of shape `[d_out, d_in]`.
+    /// `adapters[i]` is `None` where unique adapter `i` does not target the layer. Returns `None`
+    /// when no adapter targets it (the layer then runs without LoRA).
+    pub fn new(
+        adapters: &[Option<&LoraFactors>],
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Option<Self>, CoreError> {
+        let r_max = adapters.iter().flatten().map(|f| f.rank).max().unwrap_or(0);
+        if r_max == 0 {
+            return Ok(None);
+        }
+        let n = adapters.len() + 1;
+        let mut a = vec![0f32; n * d_in * r_max];
+        let mut b = vec![0f32; n * r_max * d_out];
+        let mut meta = Vec::with_capacity(adapters.len());
+        for (i, f) in adapters.iter().enumerate() {
+            let Some(f) = f else {
+                meta.push(None);
+                continue;
+            };
+            let r = f.rank;
+            if f.a.len() != r * d_in || f.b.len() != d_out * r {
+                return Err(CoreError::Shape {
+                    what: format!("LoRA factors of unique adapter {i}"),
+                    expected: format!("A [{r}, {d_in}] and B [{d_out}, {r}]"),
+                    got: format!("{} and {} values", f.a.len(), f.b.len()),
+                });
+            }
+            // A [r, d_in] -> Aᵀ [d_in, r_max]
+            let base = i * d_in * r_max;
+            for k in 0..r {
+                for j in 0..d_in {
+                    a[base + j * r_max + k] = f.a[k * d_in + j];
+                }
+            }
+            // B [d_out, r] -> Bᵀ [r_max, d_out]
+            let base = i * r_max * d_out;
+            for o in 0..d_out {
+                for k in 0..r {
+                    b[base + k * d_out + o] = f.b[o * r + k];
+                }
+            }
+            meta.push(Some((r, f.scale)));
+        }
+        let a = Tensor::from_data(TensorData::new(a, [n, d_in, r_max]), device);
+        let b = Tensor::from_data(TensorData::new(b, [n, r_max, d_out]), device);
+        Ok(Some(Self { a, b, meta, d_in, d_out, r_max }))
+    }
+
+    /// Number of unique adapters.
+    pub fn n_unique(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Builds one low-rank pair per row of `plan`.
+    ///
+    /// Fusion rows need all their adapters that target this layer to share rank and scale, and
+    /// either all or none of them to target it.
+    pub fn rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
+        if plan.n_unique() != self.n_unique() {
+            return Err(CoreError::Shape {
+                what: "mapping matrix".into(),
+                expected: format!("{} columns", self.n_unique()),
+                got: format!("{} columns", plan.n_unique()),
+            });
+        }
+        let device = self.a.device();
+        let zero_slot = self.n_unique();
+        let (mut mix_rows, mut fusion_rows) = (Vec::new(), Vec::new());
+        for (r, row) in plan.rows().iter().enumerate() {
+            match row.composition {
+                Composition::Fusion => fusion_rows.push(r),
+                _ => mix_rows.push(r),
+            }
+        }
+        // Mixture (and single) rows: K slots each, side by side along the rank.
+        let k = mix_rows
+            .iter()
+            .map(|&r| plan.rows()[r].entries.iter().filter(|(u, _)| self.meta[*u].is_some()).count())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let rank = if fusion_rows.is_empty() { k * self.r_max } else { (k * self.r_max).max(self.r_max) };
+        let mut parts: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = Vec::new();
+        if !mix_rows.is_empty() {
+            let n = mix_rows.len();
+            let mut ids = Vec::with_capacity(n * k);
+            let mut coef = Vec::with_capacity(n * k);
+            for &r in &mix_rows {
+                let mut used = 0;
+                for &(u, w) in &plan.rows()[r].entries {
+                    if let Some((_, s)) = self.meta[u] {
+                        ids.push(u as i64);
+                        coef.push(w * s);
+                        used += 1;
+                    }
+                }
+                for _ in used..k {
+                    ids.push(zero_slot as i64);
+                    coef.push(0.0);
+                }
+            }
+            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n * k]), &device);
+            let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [n * k]), &device);
+            let a = self
+                .a
+                .clone()
+                .select(0, ids.clone()) // [n·K, d_in, r_max]
+                .reshape([n, k, self.d_in, self.r_max])
+                .swap_dims(1, 2) // [n, d_in, K, r_max]
+                .reshape([n, self.d_in, k * self.r_max]);
+            let b = (self.b.clone().select(0, ids) * coef.reshape([n * k, 1, 1])) // [n·K, r_max, d_out]
+                .reshape([n, k * self.r_max, self.d_out]);
+            parts.push(pad_rank(a, b, rank));
+        }
+        if !fusion_rows.is_empty() {
+            let n = fusion_rows.len();
+            let cols = self.n_unique() + 1; // + the zero slot
+            let mut m = vec![0f32; n * cols];
+            let mut scale = vec![0f32; n];
+            for (i, &r) in fusion_rows.iter().enumerate() {
+                let entries = &plan.rows()[r].entries;
+                let targeting: Vec<_> =
+                    entries.iter().filter_map(|&(u, w)| self.meta[u].map(|meta| (u, w, meta))).collect();
+                if targeting.is_empty() {
+                    continue; // no adapter of this row touches this layer
+                }
+                if targeting.len() != entries.len() {
+                    return Err(CoreError::Composition(format!(
+                        "row {r}: fusion of adapters with different target modules"
+                    )));
+                }
+                let (_, _, (r0, s0)) = targeting[0];
+                if let Some((_, _, (rk, sk))) = targeting.iter().find(|(_, _, (rk, sk))| *rk != r0 || *sk != s0) {
+                    return Err(CoreError::Composition(format!(
+                        "row {r}: fusion needs equal ranks and scales, got rank {r0} scale {s0} and rank {rk} scale {sk}"
+                    )));
+                }
+                scale[i] = s0;
+                for (u, w, _) in targeting {
+                    m[i * cols + u] = w;
+                }
+            }
+            let m = Tensor::<B, 2>::from_data(TensorData::new(m, [n, cols]), &device);
+            let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [n]), &device);
+            let a = m
+                .clone()
+                .matmul(self.a.clone().reshape([cols, self.d_in * self.r_max]))
+                .reshape([n, self.d_in, self.r_max]);
+            let b = (m * scale.reshape([n, 1]))
+                .matmul(self.b.clone().reshape([cols, self.r_max * self.d_out]))
+                .reshape([n, self.r_max, self.d_out]);
+            parts.push(pad_rank(a, b, rank));
+        }
+        let order: Vec<usize> = mix_rows.iter().chain(&fusion_rows).copied().collect();
+        let (a, b): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+        let (mut a, mut b) = (Tensor::cat(a, 0), Tensor::cat(b, 0));
+        if !fusion_rows.is_empty() && !mix_rows.is_empty() {
+            // back to the plan's row order
+            let mut inverse = vec![0i64; order.len()];
+            for (pos, &r) in order.iter().enumerate() {
+                inverse[r] = pos as i64;
+            }
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [order.len()]), &device);
+            a = a.select(0, idx.clone());
+            b = b.select(0, idx);
+        }
+        Ok(RowLora { a, b })
+    }
+}
+
+/// Zero-pads the rank axis of a pair (`a` `[n, d_in, r]`, `b` `[n, r, d_out]`) to `rank`.
+fn pad_rank<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>, rank: usize) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let [n, d_in, r] = a.dims();
+    if r == rank {
+        return (a, b);
+    }
+    let d_out = b.dims()[2];
+    let device = a.device();
+    let a = Tensor::cat(vec![a, Tensor::zeros([n, d_in, rank - r], &device)], 2);
+    let b = Tensor::cat(vec![b, Tensor::zeros([n, rank - r, d_out], &device)], 1);
+    (a, b)
+}
+
+/// The low-rank update that each row of a batch applies to one linear layer: row `b` adds
+/// `(x_b · a_b) · b_b`, with weights and scales already folded into `b`.
+#[derive(Debug, Clone)]
+pub struct RowLora<B: Backend> {
+    /// `[rows, d_in, rank]`.
+    pub a: Tensor<B, 3>,
+    /// `[rows, rank, d_out]`.
+    pub b: Tensor<B, 3>,
+}
+
+impl<B: Backend> RowLora<B> {
+    /// The update for `x`.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, seq, d_in]`
+    /// - output: `[rows, seq, d_out]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.matmul(self.a.clone()) // [rows, seq, rank]
+            .matmul(self.b.clone()) // [rows, seq, d_out]
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    /// The pairs of the given rows, in that order (for continuous batching: rows leave and join).
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        Self { a: self.a.clone().select(0, rows.clone()), b: self.b.clone().select(0, rows) }
+    }
+}

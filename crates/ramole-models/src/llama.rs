@@ -1,0 +1,640 @@
+//! Llama-family decoder: token embedding, `num_hidden_layers` blocks of (RMSNorm, attention with RoPE
+//! and grouped-query heads, RMSNorm, SwiGLU MLP), final RMSNorm, LM head (or the tied embedding).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::ModelError;
+
+/// The hyper-parameters of a Llama model, read from an HF `config.json` or GGUF metadata.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width `d`.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Longest sequence (prompt plus generated tokens) the model takes.
+    pub max_position_embeddings: usize,
+    /// Whether the LM head is the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token, if any.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl LlamaConfig {
+    /// Reads an HF `config.json`. Accepts both layouts: `rope_parameters.rope_theta` (transformers 5)
+    /// and top-level `rope_theta`; an explicit `head_dim` or `hidden_size / num_attention_heads`.
+    pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::config(path, format!("not valid JSON: {e}")))?;
+        Self::from_hf_json(&v).map_err(|m| ModelError::config(path, m))
+    }
+
+    fn from_hf_json(v: &Value) -> Result<Self, String> {
+        if let Some(mt) = v.get("model_type").and_then(Value::as_str)
+            && !matches!(mt, "llama" | "mistral" | "qwen2" | "smollm" | "smollm2")
+        {
+            return Err(format!("model_type `{mt}` is not a Llama-family model"));
+        }
+        let int = |k: &str| -> Result<usize, String> {
+            v.get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| format!("missing or invalid `{k}`"))
+        };
+        let hidden_size = int("hidden_size")?;
+        let num_attention_heads = int("num_attention_heads")?;
+        let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
+            Some(h) => h as usize,
+            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
+            None => 0,
+        };
+        let rope_theta = v
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| v.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0);
+        if let Some(rt) = v.get("rope_parameters").and_then(|p| p.get("rope_type")).and_then(Value::as_str)
+            && rt != "default"
+        {
+            return Err(format!("rope_type `{rt}` is not supported (only `default`)"));
+        }
+        if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
+            return Err("rope_scaling is not supported".into());
+        }
+        if v.get("attention_bias").and_then(Value::as_bool) == Some(true)
+            || v.get("mlp_bias").and_then(Value::as_bool) == Some(true)
+        {
+            return Err("attention_bias / mlp_bias are not supported".into());
+        }
+        if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(format!("hidden_act `{act}` is not supported (only `silu`)"));
+        }
+        let eos_token_ids = match v.get("eos_token_id") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            None => vec![],
+        };
+        let cfg = Self {
+            vocab_size: int("vocab_size")?,
+            hidden_size,
+            intermediate_size: int("intermediate_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: v
+                .get("num_key_value_heads")
+                .and_then(Value::as_u64)
+                .map_or(num_attention_heads, |x| x as usize),
+            head_dim,
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: int("max_position_embeddings")?,
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            eos_token_ids,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that the sizes fit together (heads divide, head_dim even for RoPE, nothing zero).
+    pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{k}` must be positive"));
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return Err("rms_norm_eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The shape `[out, in]` (PyTorch layout) of the linear layer `module` (`q_proj`, …, `down_proj`).
+    pub fn linear_shape(&self, module: LinearKind) -> [usize; 2] {
+        let (d, q, kv, f) = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.intermediate_size,
+        );
+        match module {
+            LinearKind::Q => [q, d],
+            LinearKind::K | LinearKind::V => [kv, d],
+            LinearKind::O => [d, q],
+            LinearKind::Gate | LinearKind::Up => [f, d],
+            LinearKind::Down => [d, f],
+        }
+    }
+}
+
+/// The linear layers of a Llama block, the modules a LoRA adapter can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearKind {
+    /// `self_attn.q_proj`
+    Q,
+    /// `self_attn.k_proj`
+    K,
+    /// `self_attn.v_proj`
+    V,
+    /// `self_attn.o_proj`
+    O,
+    /// `mlp.gate_proj`
+    Gate,
+    /// `mlp.up_proj`
+    Up,
+    /// `mlp.down_proj`
+    Down,
+}
+
+impl LinearKind {
+    /// All of them, in slot order.
+    pub const ALL: [Self; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+
+    /// The HF module name (`q_proj`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    /// The module path inside a block (`self_attn.q_proj`, `mlp.up_proj`, …).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The slot index (position in [`LinearKind::ALL`]).
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
+    /// Parses an HF module name (`q_proj`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Parses a full module path `model.layers.{i}.self_attn.q_proj` into `(i, kind)`.
+    pub fn parse_path(path: &str) -> Option<(usize, Self)> {
+        let rest = path.strip_prefix("model.layers.")?;
+        let (layer, module) = rest.split_once('.')?;
+        let layer = layer.parse().ok()?;
+        Self::ALL.into_iter().find(|k| k.path() == module).map(|k| (layer, k))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::lora::RowLora;
+
+use crate::weights::WeightSource;
+
+/// The per-row LoRA state of a batch for a Llama model: for each layer and each [`LinearKind`] slot,
+/// the row pairs of that linear layer, or `None` where no row's adapters target it.
+///
+/// Built by `ramole-mole` from the batch's unique adapters and mapping matrix; passed explicitly to
+/// [`LlamaForCausalLM::forward`] (no hidden per-thread state).
+#[derive(Debug, Clone)]
+pub struct LlamaLora<B: Backend> {
+    /// `layers[i][kind.slot()]`.
+    pub layers: Vec<[Option<RowLora<B>>; 7]>,
+}
+
+impl<B: Backend> LlamaLora<B> {
+    /// No adapters on any layer (for `n_layers` layers).
+    pub fn none(n_layers: usize) -> Self {
+        Self { layers: (0..n_layers).map(|_| Default::default()).collect() }
+    }
+
+    /// Whether no layer has an adapter.
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(|l| l.iter().all(Option::is_none))
+    }
+
+    /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|slots| slots.clone().map(|s| s.map(|r| r.select_rows(rows.clone()))))
+            .collect();
+        Self { layers }
+    }
+
+    fn get(&self, layer: usize, kind: LinearKind) -> Option<&RowLora<B>> {
+        self.layers.get(layer).and_then(|l| l[kind.slot()].as_ref())
+    }
+}
+
+/// `x · W` for `x` `[batch, seq, d_in]` and a `Linear` whose weight is `[d_in, d_out]`, as one 2-D
+/// matmul over all tokens (so the weight is read once, not once per row).
+fn linear3<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let w = lin.weight.val();
+    let d_out = w.dims()[1];
+    x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
+}
+
+/// A linear layer of block `layer` with the batch's per-row LoRA, if any.
+fn project<B: Backend>(
+    lin: &Linear<B>,
+    x: Tensor<B, 3>,
+    lora: Option<&LlamaLora<B>>,
+    layer: usize,
+    kind: LinearKind,
+) -> Tensor<B, 3> {
+    let y = linear3(lin, x.clone());
+    match lora.and_then(|l| l.get(layer, kind)) {
+        Some(rows) => y + rows.forward(x),
+        None => y,
+    }
+}
+
+/// Grouped-query self-attention with rotary position embeddings.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    /// Query projection, weight `[d, heads·head_dim]`.
+    pub q_proj: Linear<B>,
+    /// Key projection, weight `[d, kv_heads·head_dim]`.
+    pub k_proj: Linear<B>,
+    /// Value projection, weight `[d, kv_heads·head_dim]`.
+    pub v_proj: Linear<B>,
+    /// Output projection, weight `[heads·head_dim, d]`.
+    pub o_proj: Linear<B>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    /// Gate projection.
+    pub gate_proj: Linear<B>,
+    /// Up projection.
+    pub up_proj: Linear<B>,
+    /// Down projection.
+    pub down_proj: Linear<B>,
+}
+
+/// One transformer block.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    /// Attention.
+    pub self_attn: LlamaAttention<B>,
+    /// Feed-forward.
+    pub mlp: LlamaMlp<B>,
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// RMSNorm before the feed-forward.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The decoder stack (HF `model.*`).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embedding `[vocab, d]`.
+    pub embed_tokens: Embedding<B>,
+    /// The blocks.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm<B>,
+}
+
+/// A Llama causal language model (HF `LlamaForCausalLM`).
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM<B: Backend> {
+    /// The decoder.
+    pub model: LlamaModel<B>,
+    /// LM head, weight `[d, vocab]`; `None` when tied to the token embedding.
+    pub lm_head: Option<Linear<B>>,
+    /// RoPE inverse frequencies `1 / θ^(2i/head_dim)`, computed in f32 as transformers does.
+    inv_freq: Vec<f32>,
+    max_positions: usize,
+}
+
+/// Keys and values of the tokens seen so far, per layer: `[batch, kv_heads, seq, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: vec![None; n_layers] }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+
+    /// Appends the new keys/values of `layer` and returns the whole sequence.
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let kv = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some(kv.clone());
+        kv
+    }
+}
+
+/// What one forward pass attends to: per row, position ids of the new tokens and an additive mask
+/// over all (cached + new) keys.
+#[derive(Debug, Clone)]
+pub struct AttentionInput<B: Backend> {
+    /// `[batch, seq]` position of each new token (RoPE).
+    pub positions: Tensor<B, 2, Int>,
+    /// `[batch, 1, seq, past + seq]`: 0 where a query may attend to a key, -inf elsewhere.
+    pub mask: Tensor<B, 4>,
+}
+
+impl<B: Backend> AttentionInput<B> {
+    /// Causal attention for left-padded rows: row `b` has `pads[b]` padding slots at the start of the
+    /// sequence (cache included), `past` positions already cached and `seq` new tokens. Padding keys
+    /// are masked; a padding query attends to itself only (its output is never used, and this keeps
+    /// every softmax finite).
+    pub fn left_padded(pads: &[usize], past: usize, seq: usize, device: &B::Device) -> Self {
+        let total = past + seq;
+        let mut mask = Vec::with_capacity(pads.len() * seq * total);
+        let mut pos = Vec::with_capacity(pads.len() * seq);
+        for &pad in pads {
+            for t in 0..seq {
+                let q = past + t; // absolute slot of this query
+                pos.push(q.saturating_sub(pad) as i64);
+                for s in 0..total {
+                    let allowed = if q < pad { s == q } else { s >= pad && s <= q };
+                    mask.push(if allowed { 0.0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let b = pads.len();
+        Self {
+            positions: Tensor::from_data(TensorData::new(pos, [b, seq]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, 1, seq, total]), device),
+        }
+    }
+}
+
+/// Rotary embedding tables for the given positions.
+struct Rope<B: Backend> {
+    /// `[batch, 1, seq, head_dim / 2]`.
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(positions: &Tensor<B, 2, Int>, inv_freq: &[f32]) -> Self {
+        let [b, t] = positions.dims();
+        let half = inv_freq.len();
+        let device = positions.device();
+        let inv = Tensor::<B, 1>::from_data(TensorData::new(inv_freq.to_vec(), [half]), &device);
+        let angles = positions.clone().float().reshape([b, t, 1]) * inv.reshape([1, 1, half]); // [b, t, half]
+        let angles = angles.reshape([b, 1, t, half]);
+        Self { cos: angles.clone().cos(), sin: angles.sin() }
+    }
+
+    /// HF "rotate half" RoPE on `x` `[batch, heads, seq, head_dim]`.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, t, d] = x.dims();
+        let half = d / 2;
+        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+        let x2 = x.slice([0..b, 0..h, 0..t, half..d]);
+        let out1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
+        let out2 = x2 * self.cos.clone() + x1 * self.sin.clone();
+        Tensor::cat(vec![out1, out2], 3)
+    }
+}
+
+/// The per-call context shared by every block of one forward pass.
+struct BlockCtx<'a, B: Backend> {
+    rope: &'a Rope<B>,
+    /// The attention mask repeated for the query heads of one KV group: `[batch, 1, rep·seq, keys]`.
+    mask: Tensor<B, 4>,
+    lora: Option<&'a LlamaLora<B>>,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    /// # Shapes
+    /// - `x`: `[batch, seq, d]`
+    /// - output: `[batch, seq, d]`
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = h / kvh;
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [b, n, t, hd]
+        let q = heads(project(&self.q_proj, x.clone(), ctx.lora, layer, LinearKind::Q), h);
+        let k = heads(project(&self.k_proj, x.clone(), ctx.lora, layer, LinearKind::K), kvh);
+        let v = heads(project(&self.v_proj, x, ctx.lora, layer, LinearKind::V), kvh);
+        let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
+        let (k, v) = cache.append(layer, k, v); // [b, kvh, s, hd]
+        // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
+        let q = q.reshape([b, kvh, rep * t, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask.clone(); // [b, kvh, rep·t, s]
+        let out = softmax(scores, 3).matmul(v); // [b, kvh, rep·t, hd]
+        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        project(&self.o_proj, out, ctx.lora, layer, LinearKind::O)
+    }
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, lora: Option<&LlamaLora<B>>) -> Tensor<B, 3> {
+        let gate = project(&self.gate_proj, x.clone(), lora, layer, LinearKind::Gate);
+        let up = project(&self.up_proj, x, lora, layer, LinearKind::Up);
+        project(&self.down_proj, silu(gate) * up, lora, layer, LinearKind::Down)
+    }
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), layer, ctx, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), layer, ctx.lora)
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// Loads a model from named weights (HF names, PyTorch layout) and its configuration.
+    pub fn load(config: &LlamaConfig, weights: &dyn WeightSource, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
+        let linear = |name: String, shape: [usize; 2]| -> Result<Linear<B>, ModelError> {
+            let w = weights.load(&name, &shape)?.transposed(); // [in, out]
+            Ok(Linear { weight: Param::from_tensor(w.into_tensor(device)), bias: None })
+        };
+        let norm = |name: String| -> Result<RmsNorm<B>, ModelError> {
+            let g = weights.load(&name, &[config.hidden_size])?;
+            Ok(RmsNorm { gamma: Param::from_tensor(g.into_tensor(device)), epsilon: config.rms_norm_eps })
+        };
+        let embed = weights.load("model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let lin = |kind: LinearKind| {
+                linear(format!("model.layers.{i}.{}.weight", kind.path()), config.linear_shape(kind))
+            };
+            layers.push(LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: lin(LinearKind::Q)?,
+                    k_proj: lin(LinearKind::K)?,
+                    v_proj: lin(LinearKind::V)?,
+                    o_proj: lin(LinearKind::O)?,
+                    n_heads: config.num_attention_heads,
+                    n_kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: lin(LinearKind::Gate)?,
+                    up_proj: lin(LinearKind::Up)?,
+                    down_proj: lin(LinearKind::Down)?,
+                },
+                input_layernorm: norm(format!("model.layers.{i}.input_layernorm.weight"))?,
+                post_attention_layernorm: norm(format!("model.layers.{i}.post_attention_layernorm.weight"))?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?)
+        };
+        let half = config.head_dim / 2;
+        let inv_freq =
+            (0..half).map(|i| 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / config.head_dim as f32)).collect();
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens: Embedding { weight: Param::from_tensor(embed.into_tensor(device)) },
+                layers,
+                norm: norm("model.norm.weight".into())?,
+            },
+            lm_head,
+            inv_freq,
+            max_positions: config.max_position_embeddings,
+        })
+    }
+
+    /// Number of transformer blocks.
+    pub fn n_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
+    }
+
+    /// Longest sequence the model takes.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Runs the new tokens of every row through the decoder, reading and extending `cache`, and returns
+    /// the final hidden states (after the last RMSNorm).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`
+    /// - `attn.positions`: `[batch, seq]`, `attn.mask`: `[batch, 1, seq, cache.len() + seq]`
+    /// - output: `[batch, seq, d]`
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        attn: &AttentionInput<B>,
+        cache: &mut KvCache<B>,
+        lora: Option<&LlamaLora<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let rep = self.model.layers.first().map_or(1, |l| l.self_attn.n_heads / l.self_attn.n_kv_heads);
+        let keys = attn.mask.dims()[3];
+        let mask =
+            attn.mask.clone().reshape([b, 1, 1, t, keys]).expand([b, 1, rep, t, keys]).reshape([b, 1, rep * t, keys]);
+        let rope = Rope::new(&attn.positions, &self.inv_freq);
+        let ctx = BlockCtx { rope: &rope, mask, lora: lora.filter(|l| !l.is_empty()) };
+        let mut x = self.model.embed_tokens.forward(tokens); // [b, t, d]
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            x = layer.forward(x, i, &ctx, cache);
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Logits of hidden states.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, d]`
+    /// - output: `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => linear3(head, hidden),
+            None => {
+                let [b, t, d] = hidden.dims();
+                let w = self.model.embed_tokens.weight.val(); // [vocab, d]
+                let v = w.dims()[0];
+                hidden.reshape([b * t, d]).matmul(w.transpose()).reshape([b, t, v])
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! From a batch's rows to the per-layer, per-row LoRA state of one forward pass.
+
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use ramole_core::lora::{Composition, LoraStack, MixPlan, RowMix};
+use ramole_models::llama::{LinearKind, LlamaConfig, LlamaLora};
+
+use crate::{AdapterPool, LoraAdapter, MoleError};
+
+/// What one row of a batch asks for: named adapters with weights, and how to combine them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowRequest {
+    /// `(adapter name, weight)` pairs; empty for the base model.
+    pub adapters: Vec<(String, f32)>,
+    /// How they are combined.
+    pub composition: Composition,
+}
+
+/// The adapters of a batch: its unique adapters and the mapping matrix `[rows × unique]` of weights
+/// (with each row's composition), validated against the pool.
+#[derive(Debug, Clone)]
+pub struct BatchAdapters {
+    unique: Vec<Arc<LoraAdapter>>,
+    plan: MixPlan,
+}
+
+impl BatchAdapters {
+    /// Resolves `rows` against `pool`. `names[i]` names row `i` in errors (e.g. the request name).
+    pub fn resolve(pool: &AdapterPool, rows: &[RowRequest], names: &[&str]) -> Result<Self, MoleError> {
+        let mut unique: Vec<Arc<LoraAdapter>> = Vec::new();
+        let mut mixes = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let request = names.get(i).map_or_else(|| format!("row {i}"), |n| n.to_string());
+            let mut entries = Vec::with_capacity(row.adapters.len());
+            for (name, w) in &row.adapters {
+                let adapter = pool
+                    .get(name)
+                    .ok_or_else(|| MoleError::UnknownAdapter { request: request.clone(), adapter: name.clone() })?;
+                let u = match unique.iter().position(|a| Arc::ptr_eq(a, adapter)) {
+                    Some(u) => u,
+                    None => {
+                        unique.push(adapter.clone());
+                        unique.len() - 1
+                    }
+                };
+                entries.push((u, *w));
+            }
+            let mix = RowMix { composition: row.composition, entries };
+            // Validate the row alone first, so the error names the request.
+            MixPlan::new(vec![mix.clone()], unique.len())
+                .map_err(|e| MoleError::Request { request: request.clone(), message: e.to_string() })?;
+            if row.composition == Composition::Fusion {
+                check_fusion(&request, &mix, &unique)?;
+            }
+            mixes.push(mix);
+        }
+        let plan = MixPlan::new(mixes, unique.len())?;
+        Ok(Self { unique, plan })
+    }
+
+    /// The batch's unique adapters (columns of the mapping matrix).
+    pub fn unique(&self) -> &[Arc<LoraAdapter>] {
+        &self.unique
+    }
+
+    /// The mapping matrix and compositions.
+    pub fn plan(&self) -> &MixPlan {
+        &self.plan
+    }
+
+    /// The per-layer, per-row LoRA state for a Llama model, built with batched ops: for each linear
+    /// layer that some adapter targets, the unique adapters' factors are stacked and the mapping
+    /// matrix turns the stack into one low-rank pair per row.
+    pub fn llama_lora<B: Backend>(&self, config: &LlamaConfig, device: &B::Device) -> Result<LlamaLora<B>, MoleError> {
+        let mut lora = LlamaLora::none(config.num_hidden_layers);
+        if self.plan.is_base_only() {
+            return Ok(lora);
+        }
+        for (layer, slots) in lora.layers.iter_mut().enumerate() {
+            for kind in LinearKind::ALL {
+                let factors: Vec<_> = self.unique.iter().map(|a| a.factors(layer, kind)).collect();
+                let [d_out, d_in] = config.linear_shape(kind);
+                if let Some(stack) = LoraStack::new(&factors, d_in, d_out, device)? {
+                    slots[kind.slot()] = Some(stack.rows(&self.plan)?);
+                }
+            }
+        }
+        Ok(lora)
+    }
+}
+
+/// Fusion averages parameters: the adapters must share rank, scale and target modules.
+fn check_fusion(request: &str, mix: &RowMix, unique: &[Arc<LoraAdapter>]) -> Result<(), MoleError> {
+    let mut adapters = mix.entries.iter().map(|&(u, _)| &unique[u]);
+    let Some(first) = adapters.next() else { return Ok(()) };
+    for other in adapters {
+        let (a, b) = (first.config(), other.config());
+        let same_targets = first.targets().eq(other.targets());
+        if a.r != b.r || a.scale() != b.scale() || !same_targets {
+            return Err(MoleError::Request {
+                request: request.into(),
+                message: format!(
+                    "fusion needs adapters of equal rank, scale and target modules: `{}` (r={}, s={}) and `{}` (r={}, s={}){}",
+                    first.name(),
+                    a.r,
+                    a.scale(),
+                    other.name(),
+                    b.r,
+                    b.scale(),
+                    if same_targets { "" } else { " target different modules" }
+                ),
+            });
+        }
+    }
+    Ok(())
+}

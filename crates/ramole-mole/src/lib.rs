@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod compose;
+mod error;
+pub mod peft;
+pub mod pool;
+
+pub use compose::{BatchAdapters, RowRequest};
+pub use error::MoleError;
+pub use peft::LoraAdapter;
+pub use pool::AdapterPool;
+pub use ramole_core::lora::Composition;

@@ -1,0 +1,261 @@
+//! PEFT LoRA adapters: `adapter_config.json` + `adapter_model.safetensors`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ramole_core::lora::LoraFactors;
+use ramole_models::llama::{LinearKind, LlamaConfig};
+use ramole_models::weights::{SafetensorsWeights, WeightSource};
+use serde_json::Value;
+
+use crate::MoleError;
+
+/// The parts of `adapter_config.json` that determine the computation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterConfig {
+    /// Rank `r`.
+    pub r: usize,
+    /// `lora_alpha`.
+    pub lora_alpha: f64,
+    /// rsLoRA scaling (`alpha / √r` instead of `alpha / r`).
+    pub use_rslora: bool,
+    /// The modules named by `target_modules` (informational: the weights decide what is adapted).
+    pub target_modules: Vec<String>,
+}
+
+impl AdapterConfig {
+    /// The scale `s` of the adapter's update.
+    pub fn scale(&self) -> f32 {
+        let r = self.r as f64;
+        (if self.use_rslora { self.lora_alpha / r.sqrt() } else { self.lora_alpha / r }) as f32
+    }
+
+    /// Parses and validates `adapter_config.json`, refusing options this implementation does not
+    /// compute (rather than silently ignoring them).
+    pub fn from_file(path: &Path) -> Result<Self, MoleError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MoleError::Io { path: path.into(), source })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| MoleError::Config { path: path.into(), message: format!("not valid JSON: {e}") })?;
+        Self::from_json(&v, path)
+    }
+
+    fn from_json(v: &Value, path: &Path) -> Result<Self, MoleError> {
+        let config = |message: String| MoleError::Config { path: path.into(), message };
+        let unsupported = |option: &str, detail: String| MoleError::Unsupported {
+            path: path.into(),
+            option: option.into(),
+            detail,
+        };
+        match v.get("peft_type").and_then(Value::as_str) {
+            Some("LORA") | None => {}
+            Some(other) => return Err(unsupported("peft_type", format!("`{other}` (only LORA)"))),
+        }
+        // Options that change the computation and that we do not implement.
+        let flags = ["use_dora", "fan_in_fan_out", "lora_bias", "use_qalora", "use_bdlora"];
+        for flag in flags {
+            if v.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(unsupported(flag, "true".into()));
+            }
+        }
+        if let Some(b) = v.get("bias").and_then(Value::as_str)
+            && b != "none"
+        {
+            return Err(unsupported("bias", format!("`{b}` (only `none`)")));
+        }
+        let non_empty = |x: &Value| match x {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        for opt in [
+            "modules_to_save",
+            "rank_pattern",
+            "alpha_pattern",
+            "layer_replication",
+            "trainable_token_indices",
+            "target_parameters",
+            "alora_invocation_tokens",
+            "arrow_config",
+        ] {
+            if let Some(x) = v.get(opt).filter(|x| non_empty(x)) {
+                return Err(unsupported(opt, format!("{x}")));
+            }
+        }
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| config("missing or invalid `r`".into()))? as usize;
+        let lora_alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .filter(|a| a.is_finite())
+            .ok_or_else(|| config("missing or invalid `lora_alpha`".into()))?;
+        let target_modules = match v.get("target_modules") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => vec![],
+        };
+        Ok(Self { r, lora_alpha, use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false), target_modules })
+    }
+}
+
+/// A LoRA adapter loaded on the host and checked against a base model.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    name: String,
+    dir: PathBuf,
+    config: AdapterConfig,
+    layers: BTreeMap<(usize, LinearKind), LoraFactors>,
+}
+
+impl LoraAdapter {
+    /// Loads the PEFT adapter in `dir` for a base model with configuration `base`.
+    ///
+    /// Every tensor must be the `lora_A` / `lora_B` of a Llama linear layer the base model has, with
+    /// shapes `[r, d_in]` / `[d_out, r]`, finite values, and each A paired with its B.
+    pub fn load(name: &str, dir: impl AsRef<Path>, base: &LlamaConfig) -> Result<Self, MoleError> {
+        let dir = dir.as_ref();
+        let config = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+        let path = dir.join("adapter_model.safetensors");
+        let weights = SafetensorsWeights::open(&path)?;
+        let tensor_err = |tensor: &str, message: String| MoleError::Tensor {
+            path: path.clone(),
+            tensor: tensor.into(),
+            message,
+        };
+        let mut halves: BTreeMap<(usize, LinearKind), [Option<Vec<f32>>; 2]> = BTreeMap::new();
+        for key in weights.names() {
+            let (module, side) = split_key(&key)
+                .ok_or_else(|| tensor_err(&key, "not a lora_A/lora_B weight (unsupported adapter tensor)".into()))?;
+            let (layer, kind) = LinearKind::parse_path(module)
+                .ok_or_else(|| tensor_err(&key, format!("module `{module}` is not a linear layer of a Llama block")))?;
+            if layer >= base.num_hidden_layers {
+                return Err(tensor_err(
+                    &key,
+                    format!("layer {layer} does not exist (the base model has {})", base.num_hidden_layers),
+                ));
+            }
+            let [d_out, d_in] = base.linear_shape(kind);
+            let r = config.r;
+            let shape = if side == 0 { [r, d_in] } else { [d_out, r] };
+            let t = weights.get(&key)?.ok_or_else(|| tensor_err(&key, "unreadable".into()))?;
+            if t.shape != shape {
+                return Err(tensor_err(
+                    &key,
+                    format!("shape {:?} does not fit the base model's {} (expected {shape:?})", t.shape, kind.name()),
+                ));
+            }
+            if t.data.iter().any(|x| !x.is_finite()) {
+                return Err(tensor_err(&key, "holds non-finite values (NaN or Inf)".into()));
+            }
+            halves.entry((layer, kind)).or_default()[side] = Some(t.data);
+        }
+        let mut layers = BTreeMap::new();
+        for ((layer, kind), [a, b]) in halves {
+            let module = format!("model.layers.{layer}.{}", kind.path());
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(tensor_err(&module, "lora_A and lora_B must both be present".into()));
+            };
+            layers.insert((layer, kind), LoraFactors { a, b, rank: config.r, scale: config.scale() });
+        }
+        if layers.is_empty() {
+            return Err(tensor_err("*", "the adapter holds no LoRA weights".into()));
+        }
+        Ok(Self { name: name.into(), dir: dir.into(), config, layers })
+    }
+
+    /// The adapter's name in the pool.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The folder it was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AdapterConfig {
+        &self.config
+    }
+
+    /// Its factors for one linear layer, if it adapts that layer.
+    pub fn factors(&self, layer: usize, kind: LinearKind) -> Option<&LoraFactors> {
+        self.layers.get(&(layer, kind))
+    }
+
+    /// The linear layers it adapts.
+    pub fn targets(&self) -> impl Iterator<Item = (usize, LinearKind)> + '_ {
+        self.layers.keys().copied()
+    }
+}
+
+/// Splits `base_model.model.<module>.lora_A[.<adapter>].weight` into (`<module>`, 0 for A / 1 for B).
+fn split_key(key: &str) -> Option<(&str, usize)> {
+    let rest = key.strip_prefix("base_model.model.")?;
+    let rest = rest.strip_suffix(".weight")?;
+    for (marker, side) in [(".lora_A", 0), (".lora_B", 1)] {
+        if let Some(pos) = rest.rfind(marker) {
+            let tail = &rest[pos + marker.len()..];
+            // `.lora_A` directly, or `.lora_A.<adapter name>` (older PEFT files)
+            if tail.is_empty() || (tail.starts_with('.') && !tail[1..].contains('.')) {
+                return Some((&rest[..pos], side));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_peft_keys() {
+        assert_eq!(
+            split_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            Some(("model.layers.0.self_attn.q_proj", 0))
+        );
+        assert_eq!(
+            split_key("base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight"),
+            Some(("model.layers.3.mlp.down_proj", 1))
+        );
+        assert_eq!(split_key("base_model.model.model.embed_tokens.lora_embedding_A"), None);
+        assert_eq!(split_key("model.layers.0.self_attn.q_proj.lora_A.weight"), None);
+    }
+
+    #[test]
+    fn scales() {
+        let c = AdapterConfig { r: 4, lora_alpha: 8.0, use_rslora: false, target_modules: vec![] };
+        assert_eq!(c.scale(), 2.0);
+        let c = AdapterConfig { use_rslora: true, ..c };
+        assert_eq!(c.scale(), 4.0);
+    }
+
+    #[test]
+    fn refuses_unsupported_options() {
+        let base = serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "bias": "none"});
+        let p = Path::new("adapter_config.json");
+        assert!(AdapterConfig::from_json(&base, p).is_ok());
+        for (k, v) in [
+            ("use_dora", serde_json::json!(true)),
+            ("modules_to_save", serde_json::json!(["lm_head"])),
+            ("bias", serde_json::json!("all")),
+            ("rank_pattern", serde_json::json!({"q_proj": 8})),
+            ("alpha_pattern", serde_json::json!({"q_proj": 8})),
+            ("fan_in_fan_out", serde_json::json!(true)),
+            ("peft_type", serde_json::json!("IA3")),
+        ] {
+            let mut c = base.clone();
+            c[k] = v;
+            let err = AdapterConfig::from_json(&c, p).expect_err(k);
+            assert!(matches!(&err, MoleError::Unsupported { option, .. } if option == k), "{k}: {err}");
+        }
+        let mut c = base.clone();
+        c["r"] = serde_json::json!(0);
+        assert!(matches!(AdapterConfig::from_json(&c, p), Err(MoleError::Config { .. })));
+    }
+}
