@@ -1,9 +1,11 @@
 //! The engine: a base model, its adapters, and one heterogeneous batch at a time.
 
 use std::path::Path;
+use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
+use ramole_models::gguf::GgufWeights;
 use ramole_models::weights::SafetensorsWeights;
 use ramole_mole::{AdapterPool, BatchAdapters, RowRequest};
 use tokenizers::Tokenizer;
@@ -30,6 +32,34 @@ pub struct RunOptions {
     /// Return the logits of every prompt position (otherwise only generation runs the LM head, on the
     /// last position).
     pub prompt_logits: bool,
+    /// Keep generating after an end-of-sequence token (benchmarks: every row runs to its budget).
+    pub ignore_eos: bool,
+}
+
+/// Where the time of one [`Engine::run_with_stats`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunStats {
+    /// Rows that ran.
+    pub rows: usize,
+    /// Seconds building the batch's LoRA state (unique adapters + mapping matrix → per-row pairs).
+    pub lora_secs: f64,
+    /// Prompt tokens of all rows (padding excluded).
+    pub prefill_tokens: usize,
+    /// Seconds of the prefill forward pass (logits included).
+    pub prefill_secs: f64,
+    /// Decoding steps (forward passes after the prefill).
+    pub decode_steps: usize,
+    /// Tokens produced by decoding steps, all rows together.
+    pub decode_tokens: usize,
+    /// Seconds of the decoding steps.
+    pub decode_secs: f64,
+}
+
+impl RunStats {
+    /// Decoding throughput, tokens per second over all rows.
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        if self.decode_secs > 0.0 { self.decode_tokens as f64 / self.decode_secs } else { 0.0 }
+    }
 }
 
 /// A base model with its tokenizer and adapter pool.
@@ -49,10 +79,17 @@ struct Prepared<'a> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// Loads a model from an HF folder (`config.json`, `model.safetensors`, optional `tokenizer.json`).
+    /// Loads a model from a GGUF file (weights dequantised to f32, tokenizer rebuilt from the metadata)
+    /// or an HF folder (`config.json`, `model.safetensors` in f32/f16/bf16, optional `tokenizer.json`).
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, BatchError> {
         let path = path.as_ref();
-        if path.is_dir() {
+        if path.is_file() {
+            let weights = GgufWeights::open(path)?;
+            let config = weights.llama_config()?;
+            let tokenizer = ramole_models::tokenizer::from_gguf(weights.file())?;
+            let model = LlamaForCausalLM::load(&config, &weights, device)?;
+            Ok(Self::new(model, config, Some(tokenizer), device))
+        } else if path.is_dir() {
             let config = LlamaConfig::from_hf_file(path.join("config.json"))?;
             let weights = SafetensorsWeights::open(path.join("model.safetensors"))?;
             let model = LlamaForCausalLM::load(&config, &weights, device)?;
@@ -67,7 +104,7 @@ impl<B: Backend> Engine<B> {
             };
             Ok(Self::new(model, config, tokenizer, device))
         } else {
-            Err(BatchError::Model { path: path.into(), message: "not a model folder".into() })
+            Err(BatchError::Model { path: path.into(), message: "no such GGUF file or model folder".into() })
         }
     }
 
@@ -75,6 +112,11 @@ impl<B: Backend> Engine<B> {
     pub fn new(model: LlamaForCausalLM<B>, config: LlamaConfig, tokenizer: Option<Tokenizer>, device: &B::Device) -> Self {
         let adapters = AdapterPool::new(config.clone());
         Self { model, config, tokenizer, adapters, device: device.clone() }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LlamaForCausalLM<B> {
+        &self.model
     }
 
     /// The model's configuration.
@@ -148,6 +190,16 @@ impl<B: Backend> Engine<B> {
     /// composition, rows of different lengths left-padded and masked. A request that fails validation
     /// gets its own error; the others run as if it were absent.
     pub fn run(&self, requests: &[Request], options: RunOptions) -> Vec<Result<RequestOutput, BatchError>> {
+        self.run_with_stats(requests, options).0
+    }
+
+    /// [`Engine::run`], with where the time went.
+    pub fn run_with_stats(
+        &self,
+        requests: &[Request],
+        options: RunOptions,
+    ) -> (Vec<Result<RequestOutput, BatchError>>, RunStats) {
+        let mut stats = RunStats::default();
         let mut results: Vec<Option<Result<RequestOutput, BatchError>>> = Vec::with_capacity(requests.len());
         let mut rows = Vec::new();
         let mut slots = Vec::new();
@@ -162,7 +214,7 @@ impl<B: Backend> Engine<B> {
             }
         }
         if !rows.is_empty() {
-            match self.run_rows(&rows, options) {
+            match self.run_rows(&rows, options, &mut stats) {
                 Ok(outputs) => {
                     for (slot, out) in slots.iter().zip(outputs) {
                         results[*slot] = Some(Ok(out));
@@ -177,21 +229,31 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
-        results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(BatchError::Request { request: "-".into(), message: "not run".into() })))
-            .collect()
+            .collect();
+        (results, stats)
     }
 
     /// Prefill + decode for validated rows.
-    fn run_rows(&self, rows: &[Prepared<'_>], options: RunOptions) -> Result<Vec<RequestOutput>, BatchError> {
+    fn run_rows(
+        &self,
+        rows: &[Prepared<'_>],
+        options: RunOptions,
+        stats: &mut RunStats,
+    ) -> Result<Vec<RequestOutput>, BatchError> {
         let device = &self.device;
+        let clock = Instant::now();
         let n = rows.len();
         let vocab = self.config.vocab_size;
         let row_requests: Vec<RowRequest> = rows.iter().map(|p| p.request.row.clone()).collect();
         let names: Vec<&str> = rows.iter().map(|p| p.request.name.as_str()).collect();
         let batch = BatchAdapters::resolve(&self.adapters, &row_requests, &names)?;
         let mut lora: LlamaLora<B> = batch.llama_lora(&self.config, device)?;
+        stats.rows = n;
+        stats.lora_secs = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
 
         // Prefill: left-pad every row to the longest prompt.
         let t = rows.iter().map(|p| p.ids.len()).max().unwrap_or(0);
@@ -230,6 +292,10 @@ impl<B: Backend> Engine<B> {
             to_vec(self.model.logits(hidden.slice([0..n, t - 1..t, 0..d])))
         };
 
+        stats.prefill_tokens = rows.iter().map(|p| p.ids.len()).sum();
+        stats.prefill_secs = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+
         // Decode: all unfinished rows advance together; finished rows leave the batch.
         let mut samplers: Vec<Sampler> = rows.iter().map(|p| Sampler::new(p.request.sampling)).collect();
         let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].request.max_new_tokens > 0).collect();
@@ -238,9 +304,8 @@ impl<B: Backend> Engine<B> {
         let mut positions_of_logits: Vec<usize> = (0..n).collect(); // row of each line of `logits`
         if active.len() < n {
             // Drop the rows that generate nothing before the first decode step.
-            let keep = self.index(&active);
-            cache.select_rows(keep.clone());
-            lora = lora.select_rows(keep);
+            cache.select_rows(&active);
+            lora = lora.select_rows(&active);
             pads = active.iter().map(|&i| pads[i]).collect();
         }
         while !active.is_empty() {
@@ -251,7 +316,8 @@ impl<B: Backend> Engine<B> {
                 let tok = samplers[row].pick(&logits[line * vocab..(line + 1) * vocab]);
                 let out = &mut outputs[row];
                 out.new_tokens.push(tok);
-                let done = self.config.eos_token_ids.contains(&tok) || out.new_tokens.len() >= rows[row].request.max_new_tokens;
+                let eos = !options.ignore_eos && self.config.eos_token_ids.contains(&tok);
+                let done = eos || out.new_tokens.len() >= rows[row].request.max_new_tokens;
                 if !done {
                     still.push(row);
                     next.push(tok);
@@ -262,9 +328,8 @@ impl<B: Backend> Engine<B> {
             }
             if still.len() < active.len() {
                 let keep: Vec<usize> = still.iter().map(|r| active.iter().position(|a| a == r).unwrap_or(0)).collect();
-                let keep_t = self.index(&keep);
-                cache.select_rows(keep_t.clone());
-                lora = lora.select_rows(keep_t);
+                cache.select_rows(&keep);
+                lora = lora.select_rows(&keep);
                 pads = keep.iter().map(|&k| pads[k]).collect();
             }
             active = still;
@@ -275,14 +340,13 @@ impl<B: Backend> Engine<B> {
             let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
             logits = to_vec(self.model.logits(hidden));
             positions_of_logits = active.clone();
+            stats.decode_steps += 1;
+            stats.decode_tokens += m;
         }
+        stats.decode_secs = clock.elapsed().as_secs_f64();
         Ok(outputs)
     }
 
-    fn index(&self, rows: &[usize]) -> Tensor<B, 1, Int> {
-        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        Tensor::from_data(TensorData::new(ids, [rows.len()]), &self.device)
-    }
 }
 
 /// Reads a float tensor back to the host.

@@ -1,12 +1,13 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod engine;
 mod error;
 pub mod request;
 pub mod sampling;
 
-pub use engine::{Engine, RequestOutput, RunOptions};
+pub use engine::{Engine, RequestOutput, RunOptions, RunStats};
 pub use error::BatchError;
 pub use request::{Request, RequestFile, RequestInput};
 pub use sampling::Sampling;

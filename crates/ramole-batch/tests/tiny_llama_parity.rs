@@ -68,7 +68,7 @@ fn each_case_alone_matches_reference() {
     let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
     assert_eq!(file.requests.len(), 8);
     for request in &file.requests {
-        let out = engine.run(std::slice::from_ref(request), RunOptions { prompt_logits: true });
+        let out = engine.run(std::slice::from_ref(request), RunOptions { prompt_logits: true, ..Default::default() });
         let out = out.into_iter().next().expect("one output").expect("request runs");
         reference.check(&out);
     }
@@ -86,11 +86,35 @@ fn all_cases_in_one_batch_match_reference() {
         r.name.push_str("#2");
     }
     file.requests.extend(again);
-    let outs = engine.run(&file.requests, RunOptions { prompt_logits: true });
+    let outs = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
     assert_eq!(outs.len(), 16);
     for out in outs {
         let mut out = out.expect("request runs");
         out.name = out.name.trim_end_matches("#2").to_string();
         reference.check(&out);
+    }
+}
+
+#[test]
+fn rows_that_finish_early_leave_the_batch_without_changing_the_others() {
+    let engine = engine();
+    let reference = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
+    let reference = SafeTensors::deserialize(&reference).expect("reference file");
+    let mut file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    for (i, r) in file.requests.iter_mut().enumerate() {
+        r.max_new_tokens = [0, 3, 8, 1, 5, 8, 2, 7][i];
+    }
+    let outs = engine.run(&file.requests, RunOptions::default());
+    for (request, out) in file.requests.iter().zip(outs) {
+        let out = out.expect("runs");
+        assert!(out.prompt_logits.is_none());
+        let greedy: Vec<u32> = reference
+            .tensor(&format!("greedy.{}", out.name))
+            .expect("greedy")
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+            .collect();
+        assert_eq!(out.new_tokens, greedy[..request.max_new_tokens], "{}", out.name);
     }
 }

@@ -378,9 +378,4 @@ impl<B: Backend> RowLora<B> {
     pub fn rows(&self) -> usize {
         self.a.dims()[0]
     }
-
-    /// The pairs of the given rows, in that order (for continuous batching: rows leave and join).
-    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
-        Self { a: self.a.clone().select(0, rows.clone()), b: self.b.clone().select(0, rows) }
-    }
 }

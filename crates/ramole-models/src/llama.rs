@@ -131,13 +131,13 @@ impl LlamaConfig {
         if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{k}` must be positive"));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
@@ -266,18 +266,25 @@ impl<B: Backend> LlamaLora<B> {
     }
 
     /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
-    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
-        let layers = self
-            .layers
-            .iter()
-            .map(|slots| slots.clone().map(|s| s.map(|r| r.select_rows(rows.clone()))))
-            .collect();
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let pick = |r: &RowLora<B>| RowLora { a: select_rows(r.a.clone(), rows), b: select_rows(r.b.clone(), rows) };
+        let layers = self.layers.iter().map(|slots| slots.clone().map(|s| s.as_ref().map(pick))).collect();
         Self { layers }
     }
 
     fn get(&self, layer: usize, kind: LinearKind) -> Option<&RowLora<B>> {
         self.layers.get(layer).and_then(|l| l[kind.slot()].as_ref())
     }
+}
+
+/// The given rows (first dimension) of `t`, in that order. Slices and one concatenation, which every
+/// backend supports on any memory layout (burn-candle's `select` needs contiguous input).
+pub fn select_rows<B: Backend, const D: usize>(t: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
+    let n = t.dims()[0];
+    if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        return t;
+    }
+    Tensor::cat(rows.iter().map(|&r| t.clone().narrow(0, r, 1)).collect(), 0)
 }
 
 /// `x · W` for `x` `[batch, seq, d_in]` and a `Linear` whose weight is `[d_in, d_out]`, as one 2-D
@@ -360,8 +367,11 @@ pub struct LlamaModel<B: Backend> {
 pub struct LlamaForCausalLM<B: Backend> {
     /// The decoder.
     pub model: LlamaModel<B>,
-    /// LM head, weight `[d, vocab]`; `None` when tied to the token embedding.
-    pub lm_head: Option<Linear<B>>,
+    /// LM head, weight `[d, vocab]`. For a model with tied embeddings (`tie_word_embeddings`) it is
+    /// a contiguous transposed copy of the token embedding made at load time: a transposed view
+    /// would be copied on every call by some backends.
+    pub lm_head: Linear<B>,
+    tied: bool,
     /// RoPE inverse frequencies `1 / θ^(2i/head_dim)`, computed in f32 as transformers does.
     inv_freq: Vec<f32>,
     max_positions: usize,
@@ -390,10 +400,10 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
-    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+    pub fn select_rows(&mut self, rows: &[usize]) {
         for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, rows.clone());
-            *v = v.clone().select(0, rows.clone());
+            *k = select_rows(k.clone(), rows);
+            *v = select_rows(v.clone(), rows);
         }
     }
 
@@ -559,9 +569,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
             });
         }
         let lm_head = if config.tie_word_embeddings {
-            None
+            Linear { weight: Param::from_tensor(embed.transposed().into_tensor(device)), bias: None }
         } else {
-            Some(linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?)
+            linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?
         };
         let half = config.head_dim / 2;
         let inv_freq =
@@ -573,6 +583,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 norm: norm("model.norm.weight".into())?,
             },
             lm_head,
+            tied: config.tie_word_embeddings,
             inv_freq,
             max_positions: config.max_position_embeddings,
         })
@@ -627,14 +638,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// - `hidden`: `[batch, seq, d]`
     /// - output: `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => linear3(head, hidden),
-            None => {
-                let [b, t, d] = hidden.dims();
-                let w = self.model.embed_tokens.weight.val(); // [vocab, d]
-                let v = w.dims()[0];
-                hidden.reshape([b * t, d]).matmul(w.transpose()).reshape([b, t, v])
-            }
-        }
+        linear3(&self.lm_head, hidden)
+    }
+
+    /// Whether the LM head is the (transposed) token embedding.
+    pub fn is_tied(&self) -> bool {
+        self.tied
     }
 }

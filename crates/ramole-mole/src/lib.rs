@@ -5,6 +5,7 @@ pub mod compose;
 mod error;
 pub mod peft;
 pub mod pool;
+pub mod synthetic;
 
 pub use compose::{BatchAdapters, RowRequest};
 pub use error::MoleError;

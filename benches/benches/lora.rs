@@ -1,0 +1,59 @@
+//! The per-row LoRA kernels alone: building the per-row pairs from a stack and a mapping matrix, and
+//! applying them, against the plain reference, for a decode-shaped batch (16 rows, d = 576).
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use burn::tensor::{Distribution, Tensor};
+use ramole_core::backend::{Selected, device};
+use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowMix, reference};
+
+fn lora(c: &mut Criterion) {
+    let dev = device();
+    let (d, rows, rank, n_adapters) = (576usize, 16usize, 8usize, 16usize);
+    let factors: Vec<LoraFactors> = (0..n_adapters)
+        .map(|i| LoraFactors {
+            a: (0..rank * d).map(|j| ((i * 31 + j) % 17) as f32 * 0.01).collect(),
+            b: (0..d * rank).map(|j| ((i * 7 + j) % 13) as f32 * 0.01).collect(),
+            rank,
+            scale: 2.0,
+        })
+        .collect();
+    let refs: Vec<Option<&LoraFactors>> = factors.iter().map(Some).collect();
+    let stack = LoraStack::<Selected>::new(&refs, d, d, &dev).expect("stack").expect("targets");
+    let x = Tensor::<Selected, 3>::random([rows, 1, d], Distribution::Normal(0.0, 1.0), &dev);
+    let mut group = c.benchmark_group("lora_rows16_d576_r8");
+    for mix in [1usize, 3] {
+        let plan = MixPlan::new(
+            (0..rows)
+                .map(|r| RowMix {
+                    composition: if mix == 1 { Composition::Single } else { Composition::Mixture },
+                    entries: (0..mix).map(|k| ((r + k) % n_adapters, 1.0 / mix as f32)).collect(),
+                })
+                .collect(),
+            n_adapters,
+        )
+        .expect("plan");
+        group.bench_with_input(BenchmarkId::new("build_rows", mix), &plan, |b, plan| {
+            b.iter(|| stack.rows(plan).expect("rows").a.into_data())
+        });
+        let pairs = stack.rows(&plan).expect("rows");
+        group.bench_with_input(BenchmarkId::new("apply_batched", mix), &pairs, |b, pairs| {
+            b.iter(|| pairs.forward(x.clone()).into_data())
+        });
+        let xs: Vec<f32> = x.to_data().iter::<f32>().collect();
+        let w = vec![0.0f32; d * d];
+        group.bench_with_input(BenchmarkId::new("reference_loop", mix), &plan, |b, plan| {
+            b.iter(|| {
+                (0..rows)
+                    .map(|r| {
+                        let delta = reference::row_delta(plan, r, &refs, d, d).expect("delta");
+                        reference::linear(&xs[r * d..(r + 1) * d], &w, &delta, d, d)[0]
+                    })
+                    .sum::<f32>()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lora);
+criterion_main!(benches);

@@ -1,0 +1,72 @@
+//! The real SmolLM2-135M-Instruct GGUF (fetched through the project's asset cache): logits and greedy
+//! tokens equal transformers on the dequantised weights, and the chat answer names Paris.
+
+use std::path::PathBuf;
+
+use ramole_batch::{Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
+use ramole_core::assets::AssetCache;
+use ramole_core::backend::{Selected, device};
+use ramole_models::tokenizer::chatml_prompt;
+use ramole_mole::RowRequest;
+use safetensors::SafeTensors;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/smollm2")
+}
+
+fn engine() -> Engine<Selected> {
+    let gguf = AssetCache::from_env().expect("cache").quiet(true).smollm2_gguf().expect("SmolLM2 GGUF fetched");
+    Engine::<Selected>::load(gguf, &device()).expect("SmolLM2 loads")
+}
+
+#[test]
+fn smollm2_matches_transformers_and_answers_paris() {
+    let engine = engine();
+    let reference = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
+    let reference = SafeTensors::deserialize(&reference).expect("reference file");
+    let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    let vocab = engine.config().vocab_size;
+
+    // The tokenizer rebuilt from the GGUF gives llama.cpp's ids for every prompt.
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).expect("read")).expect("json");
+    for case in raw["cases"].as_array().expect("cases") {
+        let want: Vec<u32> = case["token_ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+        assert_eq!(engine.encode(case["prompt"].as_str().expect("prompt")).expect("encode"), want);
+    }
+
+    // All prompts in one batch: the chat prompts' last 4 logits and greedy continuations.
+    let outs = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
+    let mut checked = 0;
+    for out in outs {
+        let out = out.expect("request runs");
+        let Ok(want) = reference.tensor(&format!("logits.{}", out.name)) else { continue };
+        let want: Vec<f32> = want.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let got = out.prompt_logits.as_ref().expect("logits");
+        let got = &got[got.len() - 4 * vocab..];
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 5e-3, "{}: max |logit diff| {worst} > 5e-3", out.name);
+        let greedy: Vec<u32> = reference
+            .tensor(&format!("greedy.{}", out.name))
+            .expect("greedy")
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+            .collect();
+        assert_eq!(out.new_tokens, greedy, "{}: greedy tokens", out.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+
+    // The chat answer.
+    let request = Request {
+        name: "paris".into(),
+        input: RequestInput::Prompt(chatml_prompt("What is the capital of France?")),
+        row: RowRequest::default(),
+        max_new_tokens: 16,
+        sampling: Sampling::Greedy,
+    };
+    let out = engine.run(&[request], RunOptions::default()).remove(0).expect("runs");
+    let text = engine.decode(&out.new_tokens).expect("decode");
+    assert!(text.contains("Paris"), "answer: {text:?}");
+}

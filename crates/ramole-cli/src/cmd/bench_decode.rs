@@ -1,0 +1,106 @@
+//! `ramole bench-decode`: decode throughput of a heterogeneous batch, without and with adapters.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ramole_batch::bench::{DecodeBench, run_scenario};
+
+/// Arguments of `ramole bench-decode`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Rows in the batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Distinct synthetic adapters (rank `--rank` on q/k/v/o).
+    #[arg(long, default_value_t = 16)]
+    pub adapters: usize,
+    /// Adapters each row mixes in the mixture scenario.
+    #[arg(long, default_value_t = 3)]
+    pub mix: usize,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// Prompt tokens per row.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// New tokens per row.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Rounds; each round runs the three scenarios back to back (ratios are taken within a round).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+/// Runs `ramole bench-decode`: prints decode tokens/s of (a) no adapters, (b) one distinct adapter per
+/// row, (c) a mixture per row, and the ratios (b)/(a) and (c)/(a), per round and as medians.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let model = super::engine::model_path(args.model)?;
+    let mut engine = super::engine::load(&model, None)?;
+    let bench = DecodeBench {
+        batch: args.batch,
+        adapters: args.adapters,
+        mix: args.mix,
+        prompt_len: args.prompt_len,
+        new_tokens: args.new_tokens,
+        rank: args.rank,
+        ..DecodeBench::default()
+    };
+    let dir = tempfile::tempdir().context("temporary folder for the synthetic adapters")?;
+    bench.load_adapters(&mut engine, dir.path())?;
+    let scenarios = bench.scenarios(engine.config().vocab_size);
+    println!(
+        "model {} | backend {} | batch {} | {} adapters r={} on q,k,v,o | mixture of {} | prompt {} + {} new tokens",
+        model.display(),
+        ramole_core::backend::NAME,
+        bench.batch,
+        bench.adapters,
+        bench.rank,
+        bench.mix,
+        bench.prompt_len,
+        bench.new_tokens
+    );
+    // Warm-up round (allocations, caches), not reported.
+    for s in &scenarios {
+        run_scenario(&engine, s)?;
+    }
+    let mut ratios: Vec<[f64; 2]> = Vec::new();
+    let mut rates: Vec<[f64; 3]> = Vec::new();
+    for round in 1..=args.rounds {
+        let mut tps = [0.0; 3];
+        for (i, s) in scenarios.iter().enumerate() {
+            let stats = run_scenario(&engine, s)?;
+            tps[i] = stats.decode_tokens_per_sec();
+            println!(
+                "round {round} {:>8}: decode {:7.1} tok/s ({} steps, {:.2} s) | prefill {:.2} s | LoRA build {:.3} s",
+                s.label,
+                tps[i],
+                stats.decode_steps,
+                stats.decode_secs,
+                stats.prefill_secs,
+                stats.lora_secs
+            );
+        }
+        ratios.push([tps[1] / tps[0], tps[2] / tps[0]]);
+        rates.push(tps);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let m = |i: usize| median(rates.iter().map(|r| r[i]).collect());
+    println!(
+        "median decode tok/s: base {:.1} | distinct {:.1} | mixture {:.1}",
+        m(0),
+        m(1),
+        m(2)
+    );
+    println!(
+        "median ratio to base: distinct {:.3} | mixture {:.3}",
+        median(ratios.iter().map(|r| r[0]).collect()),
+        median(ratios.iter().map(|r| r[1]).collect())
+    );
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `ramole embed`: sentence embeddings (all-MiniLM-L6-v2 as sentence-transformers computes them).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use ramole_core::assets::AssetCache;
+use ramole_core::backend::{self, Selected};
+use ramole_retriever::{SentenceEncoder, read_jsonl_texts};
+
+/// Arguments of `ramole embed`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A sentence-transformers folder [default: all-MiniLM-L6-v2, fetched and verified by the asset cache].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The texts: a JSON object with `sentences` (the fixture format), a JSON array of strings, or
+    /// JSONL (strings or objects with `input`).
+    #[arg(long)]
+    pub requests: PathBuf,
+    /// Output `.safetensors` file: `embeddings`, f32, `[n, hidden]`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// Loads the encoder from `model`, or the cached all-MiniLM-L6-v2 when `None`.
+pub fn load_encoder(model: Option<&Path>) -> anyhow::Result<SentenceEncoder<Selected>> {
+    let dir = match model {
+        Some(dir) => dir.to_path_buf(),
+        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2")?,
+    };
+    SentenceEncoder::load(&dir, &backend::device()).with_context(|| format!("loading the encoder in {}", dir.display()))
+}
+
+/// Reads the texts of a requests file (see [`Args::requests`]).
+pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(o)) => {
+            let sentences = o.get("sentences").with_context(|| format!("{}: no `sentences` array", path.display()))?;
+            serde_json::from_value(sentences.clone())
+                .with_context(|| format!("{}: `sentences` must be an array of strings", path.display()))
+        }
+        Ok(v @ serde_json::Value::Array(_)) => {
+            serde_json::from_value(v).with_context(|| format!("{}: must be an array of strings", path.display()))
+        }
+        _ => Ok(read_jsonl_texts(path)?),
+    }
+}
+
+/// Runs `ramole embed`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    let texts = read_texts(&args.requests)?;
+    let encoder = load_encoder(args.model.as_deref())?;
+    let start = Instant::now();
+    let rows = encoder.embed(&texts, args.batch_size)?;
+    let secs = start.elapsed().as_secs_f64();
+    let dim = encoder.dim();
+    let bytes: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), dim], &bytes)?;
+    safetensors::serialize_to_file([("embeddings", view)], None, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "embedded {} texts in {secs:.2} s ({:.1} texts/s, {}) -> {} [embeddings: {} x {dim} f32]",
+        rows.len(),
+        rows.len() as f64 / secs.max(1e-9),
+        backend::NAME,
+        args.out.display(),
+        rows.len()
+    );
+    Ok(())
+}

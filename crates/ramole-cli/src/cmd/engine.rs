@@ -1,0 +1,35 @@
+//! Loading the engine for `generate`, `batch` and `bench-decode`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ramole_batch::Engine;
+use ramole_core::assets::AssetCache;
+use ramole_core::backend::{Selected, device};
+
+/// The model to load: the given path, or SmolLM2-135M-Instruct from the asset cache.
+pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(p) => Ok(p),
+        None => AssetCache::from_env()?.smollm2_gguf().context("fetching SmolLM2-135M-Instruct"),
+    }
+}
+
+/// Loads the model (with a spinner) and the adapters of `adapters` (each sub-folder is one, named by
+/// the folder). Adapters that fail to load are reported and left out.
+pub fn load(model: &Path, adapters: Option<&Path>) -> anyhow::Result<Engine<Selected>> {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let loaded = Engine::<Selected>::load(model, &device());
+    spinner.finish_and_clear();
+    let mut engine = loaded.with_context(|| format!("loading model {}", model.display()))?;
+    if let Some(dir) = adapters {
+        let report = engine.adapters_mut().load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        for (path, err) in &report.failed {
+            eprintln!("warning: adapter {} not loaded: {err}", path.display());
+        }
+        eprintln!("loaded {} adapter(s) from {}", report.loaded.len(), dir.display());
+    }
+    Ok(engine)
+}

@@ -1,0 +1,101 @@
+//! `ramole generate`: text generation with the base model (and optionally adapters).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ramole_batch::{Request, RequestInput, RunOptions, Sampling};
+use ramole_core::lora::Composition;
+use ramole_models::tokenizer::chatml_prompt;
+use ramole_mole::RowRequest;
+
+/// Arguments of `ramole generate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the ChatML template (`<|im_start|>user … <|im_start|>assistant`).
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate (generation also stops at end-of-sequence).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus (top-p) mass for sampling.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder of PEFT adapters (one per sub-folder).
+    #[arg(long)]
+    pub adapters: Option<PathBuf>,
+    /// Adapter to apply, as NAME or NAME:WEIGHT (repeat for a mixture).
+    #[arg(long = "use", value_name = "NAME[:WEIGHT]")]
+    pub use_adapters: Vec<String>,
+    /// How several adapters combine.
+    #[arg(long, value_enum, default_value_t = CompositionArg::Mixture)]
+    pub composition: CompositionArg,
+}
+
+/// `--composition` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompositionArg {
+    /// Weighted sum of adapter outputs.
+    Mixture,
+    /// Weighted average of adapter parameters.
+    Fusion,
+}
+
+/// Parses `NAME[:WEIGHT]`.
+pub fn parse_use(spec: &str) -> anyhow::Result<(String, f32)> {
+    match spec.rsplit_once(':') {
+        Some((name, w)) => Ok((name.to_string(), w.parse().with_context(|| format!("weight of `{spec}`"))?)),
+        None => Ok((spec.to_string(), 1.0)),
+    }
+}
+
+/// Runs `ramole generate`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.temperature >= 0.0, "--temperature must be >= 0");
+    anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1]");
+    let model = super::engine::model_path(args.model)?;
+    let engine = super::engine::load(&model, args.adapters.as_deref())?;
+    let adapters = args.use_adapters.iter().map(|s| parse_use(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let composition = match (adapters.len(), args.composition) {
+        (0 | 1, _) => Composition::Single,
+        (_, CompositionArg::Mixture) => Composition::Mixture,
+        (_, CompositionArg::Fusion) => Composition::Fusion,
+    };
+    let prompt = if args.chat { chatml_prompt(&args.prompt) } else { args.prompt.clone() };
+    let sampling = if args.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+    };
+    let request = Request {
+        name: "prompt".into(),
+        input: RequestInput::Prompt(prompt),
+        row: RowRequest { adapters, composition },
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+    };
+    let start = std::time::Instant::now();
+    let out = engine.run(std::slice::from_ref(&request), RunOptions::default());
+    let out = out.into_iter().next().context("no output")??;
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", engine.decode(&out.new_tokens)?.trim_end());
+    eprintln!(
+        "[{} prompt + {} new tokens in {secs:.2} s, {:.1} tok/s, backend {}]",
+        out.prompt_ids.len(),
+        out.new_tokens.len(),
+        out.new_tokens.len() as f64 / secs,
+        ramole_core::backend::NAME
+    );
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `ramole train-retriever`: contrastive fine-tuning of the retriever's encoder on the suite's training tasks.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ramole_core::backend::{self, SelectedAutodiff};
+use ramole_retriever::SentenceEncoder;
+use ramole_retriever::tasks::Suite;
+use ramole_retriever::train::{self, TrainConfig};
+
+/// Arguments of `ramole train-retriever`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`].
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+    /// The sentence-transformers folder to start from [default: the cached all-MiniLM-L6-v2].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where to write the trained encoder (a sentence-transformers folder, loadable by `--model`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Epochs (each draws fresh pairs).
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    pub epochs: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = TrainConfig::default().temperature)]
+    pub temperature: f64,
+    /// Pairs per optimisation step (in-batch negatives).
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// Pairs drawn per training task and epoch.
+    #[arg(long, default_value_t = TrainConfig::default().pairs_per_task)]
+    pub pairs_per_task: usize,
+    /// Tokens per text during training.
+    #[arg(long, default_value_t = TrainConfig::default().max_seq_len)]
+    pub max_seq_len: usize,
+    /// Seed of the pair draws and batch order.
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    pub seed: u64,
+    /// Instruction prepended to every text.
+    #[arg(long, default_value = ramole_retriever::DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+}
+
+/// Runs `ramole train-retriever`: prints one line per epoch, saves the encoder and `train_report.json`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dir = super::eval_retrieval::suite_dir(args.tasks)?;
+    let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
+    let model = super::eval_retrieval::model_dir(args.model)?;
+    let encoder = SentenceEncoder::<SelectedAutodiff>::load(&model, &backend::device())
+        .with_context(|| format!("loading the encoder from {}", model.display()))?;
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        temperature: args.temperature,
+        batch_size: args.batch_size,
+        pairs_per_task: args.pairs_per_task,
+        max_seq_len: args.max_seq_len,
+        seed: args.seed,
+        instruction: args.instruction,
+    };
+    let held_out: Vec<&str> = suite.meta().tasks.iter().filter(|t| t.held_out).map(|t| t.name.as_str()).collect();
+    println!(
+        "training on {} tasks, holding out {} ({}); backend {}",
+        suite.meta().tasks.len() - held_out.len(),
+        held_out.len(),
+        held_out.join(", "),
+        backend::NAME
+    );
+    let (trained, report) = train::train_retriever(&suite, encoder, &cfg, &mut |e| {
+        println!(
+            "epoch {}: {} pairs, {} steps, loss {:.4} (first {:.4}, last {:.4}), {:.1} s",
+            e.epoch, e.pairs, e.steps, e.mean_loss, e.first_loss, e.last_loss, e.seconds
+        );
+    })
+    .context("training the retriever")?;
+    trained.save(&args.out).with_context(|| format!("saving the encoder to {}", args.out.display()))?;
+    let report_path = args.out.join("train_report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    println!("saved to {} (evaluate with `ramole eval-retrieval --model {}`)", args.out.display(), args.out.display());
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! `ramole`: the command-line front end of RAMoLE-rs (thin: parsing and printing only).
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Retrieval-augmented mixture of LoRA experts.
+#[derive(Parser)]
+#[command(name = "ramole", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch (and verify) the real models and data into the cache.
+    Fetch(cmd::fetch::Args),
+    /// Generate text with the base model (optionally with adapters).
+    Generate(cmd::generate::Args),
+    /// Run every request of a file in one heterogeneous batch; write logits and greedy tokens.
+    Batch(cmd::batch::Args),
+    /// Decode throughput of a batch without and with per-row adapters (figures, not a test).
+    BenchDecode(cmd::bench_decode::Args),
+    /// The BIG-bench task suite (`ramole tasks build`).
+    Tasks(cmd::tasks::Args),
+    /// Retrieval accuracy on the task suite, IID and OOD.
+    EvalRetrieval(cmd::eval_retrieval::Args),
+    /// Contrastive fine-tuning of the retriever's encoder on the suite's training tasks.
+    TrainRetriever(cmd::train_retriever::Args),
+    /// Sentence embeddings of texts (all-MiniLM-L6-v2), written as safetensors.
+    Embed(cmd::embed::Args),
+    /// The LoRA pool: add, remove, list.
+    Pool(cmd::pool::Args),
+    /// The top-k LoRAs of the pool for each input.
+    Retrieve(cmd::retrieve::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Fetch(a) => cmd::fetch::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Batch(a) => cmd::batch::run(a),
+        Command::BenchDecode(a) => cmd::bench_decode::run(a),
+        Command::Tasks(a) => cmd::tasks::run(a),
+        Command::EvalRetrieval(a) => cmd::eval_retrieval::run(a),
+        Command::TrainRetriever(a) => cmd::train_retriever::run(a),
+        Command::Embed(a) => cmd::embed::run(a),
+        Command::Pool(a) => cmd::pool::run(a),
+        Command::Retrieve(a) => cmd::retrieve::run(a),
+    }
+}

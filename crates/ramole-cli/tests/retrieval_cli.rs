@@ -1,0 +1,116 @@
+//! `ramole embed`, `ramole pool` and `ramole retrieve` end to end, on the real all-MiniLM-L6-v2
+//! (the binary fetches it through the asset cache when `--model` is not given).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ramole_models::weights::{SafetensorsWeights, WeightSource};
+
+fn ramole(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ramole")).args(args).env("RUST_BACKTRACE", "0").output().expect("run ramole")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ramole(args);
+    assert!(out.status.success(), "ramole {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn embed_writes_the_fixture_embeddings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("e.safetensors");
+    let cases = fixtures().join("minilm/cases.json");
+    ok(&["embed", "--requests", s(&cases), "--out", s(&out), "--batch-size", "4"]);
+    let got = SafetensorsWeights::open(&out).expect("output");
+    let reference = SafetensorsWeights::open(fixtures().join("minilm/reference.safetensors")).expect("reference");
+    let n = 10;
+    let (g, r) =
+        (got.load("embeddings", &[n, 384]).expect("embeddings"), reference.load("embeddings", &[n, 384]).expect("ref"));
+    for (i, (a, b)) in g.data.chunks_exact(384).zip(r.data.chunks_exact(384)).enumerate() {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cos >= 0.9999, "row {i}: cosine {cos}");
+    }
+}
+
+#[test]
+fn pool_add_list_retrieve_remove_and_bad_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let math = dir.path().join("math.jsonl");
+    std::fs::write(&math, "\"What is 80 plus 29?\"\n{\"input\": \"What is 13 times 7?\"}\n").expect("w");
+    let movies = dir.path().join("movies.jsonl");
+    std::fs::write(&movies, "\"The movie was dull and far too long.\"\n\"I loved this film!\"\n").expect("w");
+    let adapter = fixtures().join("tiny-llama/adapters/a0");
+
+    ok(&["pool", "--pool", s(&pool), "add", "math", "--samples", s(&math), "--adapter", s(&adapter)]);
+    ok(&["pool", "add", "movies", "--samples", s(&movies), "--pool", s(&pool)]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["pool", "--pool", s(&pool), "list", "--json"])).expect("json");
+    let names: Vec<&str> =
+        listed.as_array().expect("array").iter().map(|e| e["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["math", "movies"]);
+    assert_eq!(listed[0]["n_samples"], 2);
+
+    let queries = dir.path().join("q.jsonl");
+    std::fs::write(&queries, "{\"input\": \"A boring film.\"}\n").expect("w");
+    let found: serde_json::Value = serde_json::from_str(&ok(&[
+        "retrieve",
+        "--pool",
+        s(&pool),
+        "--top-k",
+        "2",
+        "--json",
+        "--input",
+        s(&queries),
+        "What is 7 plus 8?",
+    ]))
+    .expect("json");
+    let results = found["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["input"], "What is 7 plus 8?");
+    assert_eq!(results[0]["hits"][0]["name"], "math");
+    assert!(results[0]["hits"][0]["adapter"].as_str().is_some_and(|a| a.ends_with("a0")));
+    assert_eq!(results[1]["hits"][0]["name"], "movies");
+    let (top, second) = (results[1]["hits"][0]["cosine"].as_f64(), results[1]["hits"][1]["cosine"].as_f64());
+    assert!(top > second, "{top:?} vs {second:?}");
+    let text = ok(&["retrieve", "--pool", s(&pool), "--top-k", "1", "What is 7 plus 8?"]);
+    assert!(text.contains("1. ") && text.contains("math"), "{text}");
+
+    // Bad inputs: non-zero exit, message naming the problem, pool unchanged.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").expect("w");
+    let bad_adapter = dir.path().join("not-an-adapter");
+    std::fs::create_dir(&bad_adapter).expect("mkdir");
+    for (args, message) in [
+        (vec!["add", "math", "--samples", s(&math)], "already exists"),
+        (vec!["add", "../x", "--samples", s(&math)], "invalid LoRA name"),
+        (vec!["add", "x", "--samples", s(&empty)], "no samples"),
+        (vec!["add", "x", "--samples", s(&math), "--adapter", s(&bad_adapter)], "adapter"),
+        (vec!["remove", "nope"], "no LoRA named"),
+    ] {
+        let mut full = vec!["pool", "--pool", s(&pool)];
+        full.extend(args);
+        let out = ramole(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message), "{full:?}: {stderr}");
+    }
+    let entries: Vec<String> = std::fs::read_dir(pool.join("entries"))
+        .expect("entries")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+
+    ok(&["pool", "--pool", s(&pool), "remove", "math"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["pool", "--pool", s(&pool), "list", "--json"])).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+}

@@ -1,0 +1,705 @@
+//! BERT encoder (all-MiniLM-L6-v2 and other `BertModel` checkpoints), written once for every backend.
+//!
+//! The module tree mirrors the Hugging Face weight names, so that loading and saving are a plain walk:
+//!
+//! | Rust path | safetensors name |
+//! |---|---|
+//! | `embeddings.word_embeddings` | `embeddings.word_embeddings.weight` |
+//! | `embeddings.position_embeddings` | `embeddings.position_embeddings.weight` |
+//! | `embeddings.token_type_embeddings` | `embeddings.token_type_embeddings.weight` |
+//! | `embeddings.layer_norm` | `embeddings.LayerNorm.{weight,bias}` |
+//! | `encoder.layer[N].attention.self_attention.{query,key,value}` | `encoder.layer.N.attention.self.{query,key,value}.{weight,bias}` |
+//! | `encoder.layer[N].attention.output.{dense,layer_norm}` | `encoder.layer.N.attention.output.{dense,LayerNorm}.*` |
+//! | `encoder.layer[N].intermediate.dense` | `encoder.layer.N.intermediate.dense.*` |
+//! | `encoder.layer[N].output.{dense,layer_norm}` | `encoder.layer.N.output.{dense,LayerNorm}.*` |
+//! | `pooler.dense` (optional, unused by mean pooling) | `pooler.dense.*` |
+//!
+//! The activation is the exact GELU (`x·Φ(x)` with `erf`), as in `transformers`; burn's
+//! `activation::gelu` is the tanh approximation on the candle backend, so it is not used.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+use crate::weights::{HostTensor, SafetensorsWeights, WeightSource};
+
+/// Added to the attention scores of padded keys (the softmax then gives them zero weight).
+const MASKED_SCORE: f64 = -1.0e9;
+
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+
+fn default_position_embedding_type() -> String {
+    "absolute".into()
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+
+fn default_type_vocab_size() -> usize {
+    2
+}
+
+/// The configuration of a BERT encoder, as in a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Number of tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Number of attention heads (must divide `hidden_size`).
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Number of learned positions (the longest input).
+    pub max_position_embeddings: usize,
+    /// Number of token types (segments).
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    /// Epsilon of the layer norms.
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Activation of the feed-forward layer; only `gelu` (exact) is supported.
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// Position embedding type; only `absolute` is supported.
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+}
+
+impl BertConfig {
+    /// Reads and validates a `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(path, format!("not a BERT config.json: {e}")))?;
+        config.validate().map_err(|message| ModelError::config(path, message))?;
+        Ok(config)
+    }
+
+    /// Checks that the sizes are usable; the message says which field is not.
+    pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{name}` must be at least 1"));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!("`layer_norm_eps` {} must be a positive number", self.layer_norm_eps));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(format!("`hidden_act` `{}` is not supported (only `gelu`)", self.hidden_act));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "`position_embedding_type` `{}` is not supported (only `absolute`)",
+                self.position_embedding_type
+            ));
+        }
+        Ok(())
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// Token, position and token-type embeddings, summed and normalised.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    /// `embeddings.word_embeddings`: `[vocab, hidden]`.
+    pub word_embeddings: Embedding<B>,
+    /// `embeddings.position_embeddings`: `[max_positions, hidden]`.
+    pub position_embeddings: Embedding<B>,
+    /// `embeddings.token_type_embeddings`: `[type_vocab, hidden]`.
+    pub token_type_embeddings: Embedding<B>,
+    /// `embeddings.LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    /// Embeds token ids (positions `0..seq`, token type 0).
+    ///
+    /// # Shapes
+    /// input_ids `[batch, seq]` → `[batch, seq, hidden]`
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device).reshape([1, seq]); // [1, seq]
+        let types = Tensor::<B, 2, Int>::zeros([batch, seq], &device); // [batch, seq]
+        let x = self.word_embeddings.forward(input_ids) // [batch, seq, hidden]
+            + self.position_embeddings.forward(positions) // [1, seq, hidden]
+            + self.token_type_embeddings.forward(types); // [batch, seq, hidden]
+        self.layer_norm.forward(x)
+    }
+}
+
+/// `attention.self`: the query, key and value projections of multi-head attention.
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    /// `attention.self.query`.
+    pub query: Linear<B>,
+    /// `attention.self.key`.
+    pub key: Linear<B>,
+    /// `attention.self.value`.
+    pub value: Linear<B>,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl<B: Backend> BertSelfAttention<B> {
+    /// Scaled dot-product attention over all positions; padded keys get no weight.
+    ///
+    /// # Shapes
+    /// x `[batch, seq, hidden]`, mask_bias `[batch, 1, 1, seq]` (0 or a large negative) → `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        let heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.num_heads, head_dim]).swap_dims(1, 2);
+        let q = heads(linear_3d(&self.query, x.clone())); // [batch, heads, seq, head_dim]
+        let k = heads(linear_3d(&self.key, x.clone())); // [batch, heads, seq, head_dim]
+        let v = heads(linear_3d(&self.value, x)); // [batch, heads, seq, head_dim]
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (head_dim as f64).sqrt()) + mask_bias; // [batch, heads, seq, seq]
+        let probs = softmax(scores, 3);
+        probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]) // [batch, seq, hidden]
+    }
+}
+
+/// A dense layer followed by dropout (inactive here), a residual connection and a layer norm:
+/// both `attention.output` and `output` of a BERT layer.
+#[derive(Module, Debug)]
+pub struct BertResidualOutput<B: Backend> {
+    /// `*.dense`.
+    pub dense: Linear<B>,
+    /// `*.LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+}
+
+impl<B: Backend> BertResidualOutput<B> {
+    /// `LayerNorm(dense(x) + residual)`.
+    ///
+    /// # Shapes
+    /// x `[batch, seq, in]`, residual `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layer_norm.forward(linear_3d(&self.dense, x) + residual)
+    }
+}
+
+/// `attention`: self-attention and its output projection.
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    /// `attention.self`.
+    pub self_attention: BertSelfAttention<B>,
+    /// `attention.output`.
+    pub output: BertResidualOutput<B>,
+}
+
+/// `intermediate`: the first feed-forward projection and its activation.
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    /// `intermediate.dense`.
+    pub dense: Linear<B>,
+}
+
+impl<B: Backend> BertIntermediate<B> {
+    /// `gelu(dense(x))` with the exact GELU.
+    ///
+    /// # Shapes
+    /// x `[batch, seq, hidden]` → `[batch, seq, intermediate]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        gelu_exact(linear_3d(&self.dense, x))
+    }
+}
+
+/// A linear layer on `[batch, seq, in]` computed as one 2-D matrix product over `batch·seq` rows
+/// (burn's 3-D `Linear::forward` broadcasts the weight per batch item, several times slower on
+/// the candle backend).
+///
+/// # Shapes
+/// x `[batch, seq, in]` → `[batch, seq, out]`
+pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, d_in])); // [batch·seq, out]
+    let d_out = y.dims()[1];
+    y.reshape([batch, seq, d_out])
+}
+
+/// The exact GELU, `x · ½ · (1 + erf(x / √2))`.
+///
+/// # Shapes
+/// any → same
+pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let phi = x.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+    x * phi
+}
+
+/// `encoder.layer.N`: one transformer layer (post-norm).
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    /// `attention`.
+    pub attention: BertAttention<B>,
+    /// `intermediate`.
+    pub intermediate: BertIntermediate<B>,
+    /// `output`.
+    pub output: BertResidualOutput<B>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    /// One layer.
+    ///
+    /// # Shapes
+    /// x `[batch, seq, hidden]`, mask_bias `[batch, 1, 1, seq]` → `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let attended = self.attention.self_attention.forward(x.clone(), mask_bias); // [batch, seq, hidden]
+        let h = self.attention.output.forward(attended, x); // [batch, seq, hidden]
+        let ff = self.intermediate.forward(h.clone()); // [batch, seq, intermediate]
+        self.output.forward(ff, h)
+    }
+}
+
+/// `encoder`: the stack of layers.
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    /// `encoder.layer`.
+    pub layer: Vec<BertLayer<B>>,
+}
+
+/// `pooler`: the dense layer on the first token (kept so that saved files stay complete; sentence
+/// embeddings use mean pooling and never call it).
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    /// `pooler.dense`.
+    pub dense: Linear<B>,
+}
+
+/// A BERT encoder (`transformers.BertModel` without its pooler in the forward pass).
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    /// `embeddings`.
+    pub embeddings: BertEmbeddings<B>,
+    /// `encoder`.
+    pub encoder: BertEncoder<B>,
+    /// `pooler`, when the weights have one.
+    pub pooler: Option<BertPooler<B>>,
+    /// The configuration the model was built from.
+    #[module(skip)]
+    pub config: BertConfig,
+}
+
+/// Reads named tensors from a weights file into burn modules.
+struct Loader<'a, B: Backend> {
+    weights: &'a SafetensorsWeights,
+    device: &'a B::Device,
+    eps: f64,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn param<const D: usize>(&self, t: HostTensor) -> Param<Tensor<B, D>> {
+        Param::from_tensor(t.into_tensor(self.device))
+    }
+
+    fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
+        let weight = self.weights.load(&format!("{prefix}.weight"), &[d_out, d_in])?.transposed(); // [in, out]
+        let bias = self.weights.load(&format!("{prefix}.bias"), &[d_out])?;
+        Ok(Linear { weight: self.param(weight), bias: Some(self.param(bias)) })
+    }
+
+    fn layer_norm(&self, prefix: &str, d: usize) -> Result<LayerNorm<B>, ModelError> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(self.eps).init(self.device);
+        norm.gamma = self.param(self.weights.load(&format!("{prefix}.weight"), &[d])?);
+        norm.beta = Some(self.param(self.weights.load(&format!("{prefix}.bias"), &[d])?));
+        Ok(norm)
+    }
+
+    fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {
+        Ok(Embedding { weight: self.param(self.weights.load(&format!("{name}.weight"), &[n, d])?) })
+    }
+
+    fn residual(&self, prefix: &str, d_in: usize, d: usize) -> Result<BertResidualOutput<B>, ModelError> {
+        Ok(BertResidualOutput {
+            dense: self.linear(&format!("{prefix}.dense"), d_in, d)?,
+            layer_norm: self.layer_norm(&format!("{prefix}.LayerNorm"), d)?,
+        })
+    }
+
+    fn layer(&self, i: usize, c: &BertConfig) -> Result<BertLayer<B>, ModelError> {
+        let (h, p) = (c.hidden_size, format!("encoder.layer.{i}"));
+        Ok(BertLayer {
+            attention: BertAttention {
+                self_attention: BertSelfAttention {
+                    query: self.linear(&format!("{p}.attention.self.query"), h, h)?,
+                    key: self.linear(&format!("{p}.attention.self.key"), h, h)?,
+                    value: self.linear(&format!("{p}.attention.self.value"), h, h)?,
+                    num_heads: c.num_attention_heads,
+                },
+                output: self.residual(&format!("{p}.attention.output"), h, h)?,
+            },
+            intermediate: BertIntermediate {
+                dense: self.linear(&format!("{p}.intermediate.dense"), h, c.intermediate_size)?,
+            },
+            output: self.residual(&format!("{p}.output"), c.intermediate_size, h)?,
+        })
+    }
+}
+
+/// Collects a model's tensors under their Hugging Face names, in PyTorch layout.
+#[derive(Default)]
+struct Collector {
+    tensors: Vec<(String, HostTensor)>,
+}
+
+impl Collector {
+    fn push<B: Backend, const D: usize>(&mut self, name: String, t: &Param<Tensor<B, D>>) {
+        let data = t.val().into_data();
+        let shape = data.shape.to_vec();
+        let values: Vec<f32> = data.iter::<f32>().collect();
+        self.tensors.push((name, HostTensor { shape, data: values }));
+    }
+
+    fn linear<B: Backend>(&mut self, prefix: &str, l: &Linear<B>) {
+        let data = l.weight.val().transpose().into_data(); // [out, in]
+        let shape = data.shape.to_vec();
+        self.tensors.push((format!("{prefix}.weight"), HostTensor { shape, data: data.iter::<f32>().collect() }));
+        if let Some(b) = &l.bias {
+            self.push(format!("{prefix}.bias"), b);
+        }
+    }
+
+    fn layer_norm<B: Backend>(&mut self, prefix: &str, n: &LayerNorm<B>) {
+        self.push(format!("{prefix}.weight"), &n.gamma);
+        if let Some(b) = &n.beta {
+            self.push(format!("{prefix}.bias"), b);
+        }
+    }
+
+    fn residual<B: Backend>(&mut self, prefix: &str, r: &BertResidualOutput<B>) {
+        self.linear(&format!("{prefix}.dense"), &r.dense);
+        self.layer_norm(&format!("{prefix}.LayerNorm"), &r.layer_norm);
+    }
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Loads `config.json` and `model.safetensors` from a folder (a sentence-transformers or
+    /// `transformers` BERT checkpoint; names without a `bert.` prefix, or with one).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let config = BertConfig::from_file(dir.join("config.json"))?;
+        let weights_path = dir.join("model.safetensors");
+        let weights = SafetensorsWeights::open(&weights_path)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the model from a configuration and weights (tensors named as in `transformers`).
+    pub fn from_weights(
+        config: BertConfig,
+        weights: &SafetensorsWeights,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
+        let loader = Loader::<B> { weights, device, eps: config.layer_norm_eps };
+        let h = config.hidden_size;
+        let embeddings = BertEmbeddings {
+            word_embeddings: loader.embedding("embeddings.word_embeddings", config.vocab_size, h)?,
+            position_embeddings: loader.embedding(
+                "embeddings.position_embeddings",
+                config.max_position_embeddings,
+                h,
+            )?,
+            token_type_embeddings: loader.embedding("embeddings.token_type_embeddings", config.type_vocab_size, h)?,
+            layer_norm: loader.layer_norm("embeddings.LayerNorm", h)?,
+        };
+        let layer = (0..config.num_hidden_layers).map(|i| loader.layer(i, &config)).collect::<Result<Vec<_>, _>>()?;
+        let has_pooler = weights.get("pooler.dense.weight")?.is_some();
+        let pooler = if has_pooler { Some(BertPooler { dense: loader.linear("pooler.dense", h, h)? }) } else { None };
+        Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, config })
+    }
+
+    /// The last hidden states.
+    ///
+    /// `seq` must not exceed `config.max_position_embeddings` and ids must be below `vocab_size`
+    /// (the sentence encoder truncates and tokenizes accordingly).
+    ///
+    /// # Shapes
+    /// input_ids `[batch, seq]` Int, attention_mask `[batch, seq]` (1.0 keep / 0.0 pad) → `[batch, seq, hidden]`
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2>) -> Tensor<B, 3> {
+        let [batch, seq] = attention_mask.dims();
+        // 0 for kept keys, a large negative for padded ones.
+        let mask_bias = attention_mask.neg().add_scalar(1.0).mul_scalar(MASKED_SCORE).reshape([batch, 1, 1, seq]); // [batch, 1, 1, seq]
+        let mut x = self.embeddings.forward(input_ids); // [batch, seq, hidden]
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, mask_bias.clone());
+        }
+        x
+    }
+
+    /// All tensors under their Hugging Face names, in PyTorch layout (`Linear` weights `[out, in]`).
+    pub fn named_tensors(&self) -> Vec<(String, HostTensor)> {
+        let mut c = Collector::default();
+        let e = &self.embeddings;
+        c.push("embeddings.word_embeddings.weight".into(), &e.word_embeddings.weight);
+        c.push("embeddings.position_embeddings.weight".into(), &e.position_embeddings.weight);
+        c.push("embeddings.token_type_embeddings.weight".into(), &e.token_type_embeddings.weight);
+        c.layer_norm("embeddings.LayerNorm", &e.layer_norm);
+        for (i, l) in self.encoder.layer.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            let sa = &l.attention.self_attention;
+            c.linear(&format!("{p}.attention.self.query"), &sa.query);
+            c.linear(&format!("{p}.attention.self.key"), &sa.key);
+            c.linear(&format!("{p}.attention.self.value"), &sa.value);
+            c.residual(&format!("{p}.attention.output"), &l.attention.output);
+            c.linear(&format!("{p}.intermediate.dense"), &l.intermediate.dense);
+            c.residual(&format!("{p}.output"), &l.output);
+        }
+        if let Some(p) = &self.pooler {
+            c.linear("pooler.dense", &p.dense);
+        }
+        c.tensors
+    }
+
+    /// Writes the weights as f32 safetensors with the Hugging Face names, loadable by [`Self::load`]
+    /// (and by `transformers`). The file is written to a temporary name, synced, then renamed.
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
+        let tensors = self.named_tensors();
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+            .into_iter()
+            .map(|(n, t)| (n, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ModelError::format(path, format!("tensor `{n}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        let data = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| ModelError::format(path, format!("cannot serialise: {e}")))?;
+        write_atomic(path, &data)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (synced, then renamed).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    use std::io::Write;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        // Best effort: a leftover temporary file is harmless but untidy.
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
+}
+
+/// Builds a `[batch, seq]` float mask tensor from host values (1.0 keep, 0.0 pad).
+///
+/// # Shapes
+/// mask `batch·seq` values → `[batch, seq]`
+pub fn mask_tensor<B: Backend>(mask: Vec<f32>, batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(mask, [batch, seq]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use safetensors::{Dtype, tensor::TensorView};
+
+    type B = ramole_core::backend::Selected;
+
+    fn tiny_config() -> BertConfig {
+        BertConfig {
+            vocab_size: 20,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 12,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+            position_embedding_type: "absolute".into(),
+        }
+    }
+
+    /// A random tiny checkpoint folder (config.json + model.safetensors, with a pooler).
+    fn tiny_checkpoint(dir: &Path, drop: Option<&str>) {
+        let c = tiny_config();
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+            ("embeddings.LayerNorm.weight".into(), vec![h]),
+            ("embeddings.LayerNorm.bias".into(), vec![h]),
+            ("pooler.dense.weight".into(), vec![h, h]),
+            ("pooler.dense.bias".into(), vec![h]),
+        ];
+        for i in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            for (n, o, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", f, h),
+                ("output.dense", h, f),
+            ] {
+                shapes.push((format!("{p}.{n}.weight"), vec![o, inp]));
+                shapes.push((format!("{p}.{n}.bias"), vec![o]));
+            }
+            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                shapes.push((format!("{p}.{n}.weight"), vec![h]));
+                shapes.push((format!("{p}.{n}.bias"), vec![h]));
+            }
+        }
+        let mut seed = 12345u64;
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+            .into_iter()
+            .filter(|(n, _)| Some(n.as_str()) != drop)
+            .map(|(n, s)| {
+                let count: usize = s.iter().product();
+                let data: Vec<u8> = (0..count)
+                    .flat_map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let v = ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.8;
+                        v.to_le_bytes()
+                    })
+                    .collect();
+                (n, s, data)
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view")))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).expect("write weights");
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&c).expect("json")).expect("write config");
+    }
+
+    fn run(model: &BertModel<B>, ids: Vec<i64>, mask: Vec<f32>, batch: usize) -> Vec<f32> {
+        let seq = ids.len() / batch;
+        let device = Default::default();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
+        let mask = mask_tensor::<B>(mask, batch, seq, &device);
+        model.forward(ids, mask).into_data().iter::<f32>().collect()
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_outputs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_checkpoint(dir.path(), None);
+        let device = Default::default();
+        let model = BertModel::<B>::load(dir.path(), &device).expect("load");
+        assert!(model.pooler.is_some());
+        let out = run(&model, vec![1, 5, 7, 2], vec![1.0; 4], 1);
+        assert_eq!(out.len(), 4 * 8);
+        assert!(out.iter().all(|v| v.is_finite()));
+
+        let copy = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(dir.path().join("config.json"), copy.path().join("config.json")).expect("copy");
+        model.save_safetensors(&copy.path().join("model.safetensors")).expect("save");
+        let reloaded = BertModel::<B>::load(copy.path(), &device).expect("reload");
+        assert_eq!(model.named_tensors(), reloaded.named_tensors());
+        assert_eq!(out, run(&reloaded, vec![1, 5, 7, 2], vec![1.0; 4], 1));
+        let original = SafetensorsWeights::open(dir.path().join("model.safetensors")).expect("open");
+        for (name, t) in reloaded.named_tensors() {
+            assert_eq!(original.get(&name).expect("get"), Some(t), "tensor {name} changed through save/load");
+        }
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_checkpoint(dir.path(), None);
+        let model = BertModel::<B>::load(dir.path(), &Default::default()).expect("load");
+        let alone = run(&model, vec![1, 5, 7, 2], vec![1.0; 4], 1);
+        let padded = run(
+            &model,
+            vec![1, 5, 7, 2, 0, 0, 1, 3, 0, 0, 0, 0],
+            vec![1., 1., 1., 1., 0., 0., 1., 1., 0., 0., 0., 0.],
+            2,
+        );
+        for (a, b) in alone.iter().zip(&padded[..4 * 8]) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn exact_gelu_matches_erf_values() {
+        let device = Default::default();
+        let x = Tensor::<B, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &device);
+        let got: Vec<f32> = gelu_exact(x).into_data().iter::<f32>().collect();
+        // x·Φ(x), Φ from the standard normal table.
+        let want = [-0.0040496, -0.15865525, 0.0, 0.34573123, 1.9544998];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn typed_errors_for_missing_tensor_and_bad_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_checkpoint(dir.path(), Some("encoder.layer.1.output.dense.bias"));
+        let err = BertModel::<B>::load(dir.path(), &Default::default()).expect_err("missing tensor");
+        assert!(
+            matches!(&err, ModelError::MissingTensor { tensor, .. } if tensor == "encoder.layer.1.output.dense.bias")
+        );
+
+        let mut bad = tiny_config();
+        bad.num_attention_heads = 3;
+        std::fs::write(dir.path().join("config.json"), serde_json::to_string(&bad).expect("json")).expect("write");
+        let err = BertModel::<B>::load(dir.path(), &Default::default()).expect_err("bad heads");
+        assert!(matches!(&err, ModelError::Config { message, .. } if message.contains("num_attention_heads")));
+
+        std::fs::remove_file(dir.path().join("config.json")).expect("rm");
+        let err = BertModel::<B>::load(dir.path(), &Default::default()).expect_err("no config");
+        assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")));
+    }
+
+    #[test]
+    fn gradients_flow_through_the_encoder() {
+        type A = Autodiff<B>;
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_checkpoint(dir.path(), None);
+        let device = Default::default();
+        let model = BertModel::<A>::load(dir.path(), &device).expect("load");
+        let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 0], [1, 4]), &device);
+        let mask = mask_tensor::<A>(vec![1.0, 1.0, 1.0, 0.0], 1, 4, &device);
+        let loss = model.forward(ids, mask).powf_scalar(2.0).sum();
+        let grads = loss.backward();
+        let g = model.encoder.layer[0].attention.self_attention.query.weight.grad(&grads).expect("query gradient");
+        let g: Vec<f32> = g.into_data().iter::<f32>().collect();
+        assert!(g.iter().any(|v| *v != 0.0) && g.iter().all(|v| v.is_finite()));
+    }
+}

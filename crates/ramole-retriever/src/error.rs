@@ -1,0 +1,122 @@
+use std::path::PathBuf;
+
+/// Errors of `ramole-retriever`. Each names the file, folder, entry or input at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetrieverError {
+    /// An error of the model layer (weights, configuration).
+    #[error(transparent)]
+    Model(#[from] ramole_models::ModelError),
+    /// A file or folder that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A model folder that lacks a file the sentence encoder needs.
+    #[error("model folder {dir}: missing `{file}`")]
+    MissingModelFile {
+        /// The model folder.
+        dir: PathBuf,
+        /// The missing file, relative to the folder.
+        file: String,
+    },
+    /// A configuration or data file whose content is unusable.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tokenizer that cannot be built or cannot encode a text.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A LoRA name that is not a safe file name.
+    #[error("invalid LoRA name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A LoRA name that is already in the pool or index.
+    #[error("{pool}: a LoRA named `{name}` already exists")]
+    DuplicateName {
+        /// The pool folder (or `<index>` for an in-memory index).
+        pool: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// A LoRA name that is not in the pool or index.
+    #[error("{pool}: no LoRA named `{name}`")]
+    UnknownName {
+        /// The pool folder (or `<index>` for an in-memory index).
+        pool: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// A samples file (or list) with no sample in it.
+    #[error("{path}: no samples (a LoRA needs at least one)")]
+    EmptySamples {
+        /// The samples file (or `<samples>` for an in-memory list).
+        path: PathBuf,
+    },
+    /// A line of a JSONL file that is neither a JSON string nor an object with a string `input`.
+    #[error("{path}:{line}: {message}")]
+    JsonlLine {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An adapter folder that is not a readable PEFT adapter.
+    #[error("adapter {path}: {message}")]
+    Adapter {
+        /// The adapter folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A vector whose length is not the index's dimension.
+    #[error("`{name}`: embedding has {got} values, the index holds {expected}-dimensional vectors")]
+    Dimension {
+        /// The entry or query.
+        name: String,
+        /// The index's dimension.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// A vector that cannot be normalised (zero, NaN or infinite values).
+    #[error("`{name}`: embedding is zero or holds non-finite values")]
+    BadVector {
+        /// The entry or query.
+        name: String,
+    },
+    /// An input the encoder cannot take (for example an empty list of texts).
+    #[error("input: {0}")]
+    Input(String),
+    /// An error of the task suite (building it, or reading it for evaluation and training).
+    #[error(transparent)]
+    Task(#[from] crate::tasks::TaskError),
+}
+
+impl RetrieverError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Format { path: path.into(), message: message.into() }
+    }
+}

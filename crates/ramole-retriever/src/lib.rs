@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod encoder;
+mod error;
+pub mod eval;
+pub mod index;
+pub mod pool;
+pub mod tasks;
+pub mod train;
+
+pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder};
+pub use error::RetrieverError;
+pub use index::{Hit, Index};
+pub use pool::{LoraPool, PoolEntry, read_jsonl_texts};
