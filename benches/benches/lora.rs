@@ -1,8 +1,8 @@
 //! The per-row LoRA kernels alone: building the per-row pairs from a stack and a mapping matrix, and
 //! applying them, against the plain reference, for a decode-shaped batch (16 rows, d = 576).
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use burn::tensor::{Distribution, Tensor};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ramole_core::backend::{Selected, device};
 use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowMix, reference};
 

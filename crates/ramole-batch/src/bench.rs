@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use ramole_core::lora::Composition;
 use ramole_models::llama::LinearKind;
 use ramole_mole::RowRequest;
 use ramole_mole::synthetic::SyntheticAdapter;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{BatchError, Engine, Request, RequestInput, RunOptions, RunStats, Sampling};
 

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
 use ramole_models::gguf::GgufWeights;
+use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
 use ramole_models::weights::SafetensorsWeights;
 use ramole_mole::{AdapterPool, BatchAdapters, RowRequest};
 use tokenizers::Tokenizer;
@@ -109,7 +109,12 @@ impl<B: Backend> Engine<B> {
     }
 
     /// An engine from parts.
-    pub fn new(model: LlamaForCausalLM<B>, config: LlamaConfig, tokenizer: Option<Tokenizer>, device: &B::Device) -> Self {
+    pub fn new(
+        model: LlamaForCausalLM<B>,
+        config: LlamaConfig,
+        tokenizer: Option<Tokenizer>,
+        device: &B::Device,
+    ) -> Self {
         let adapters = AdapterPool::new(config.clone());
         Self { model, config, tokenizer, adapters, device: device.clone() }
     }
@@ -152,11 +157,12 @@ impl<B: Backend> Engine<B> {
 
     /// Decodes token ids to text.
     pub fn decode(&self, ids: &[u32]) -> Result<String, BatchError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| BatchError::Request {
-            request: "-".into(),
-            message: "the model has no tokenizer".into(),
-        })?;
-        tok.decode(ids, true).map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| BatchError::Request { request: "-".into(), message: "the model has no tokenizer".into() })?;
+        tok.decode(ids, true)
+            .map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
     }
 
     /// Checks one request on its own: prompt tokens, context length, adapters.
@@ -346,7 +352,6 @@ impl<B: Backend> Engine<B> {
         stats.decode_secs = clock.elapsed().as_secs_f64();
         Ok(outputs)
     }
-
 }
 
 /// Reads a float tensor back to the host.

@@ -43,11 +43,8 @@ impl Sampler {
             Sampling::Greedy => argmax(logits),
             Sampling::TopP { temperature, top_p, .. } => {
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut probs: Vec<(u32, f32)> = logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| (i as u32, ((l - max) / temperature).exp()))
-                    .collect();
+                let mut probs: Vec<(u32, f32)> =
+                    logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / temperature).exp())).collect();
                 probs.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let total: f32 = probs.iter().map(|p| p.1).sum();
                 let mut kept = 0;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ramole_batch::{BatchError, Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
 use ramole_core::backend::{Selected, device};
-use ramole_mole::{MoleError, RowRequest};
 use ramole_models::ModelError;
+use ramole_mole::{MoleError, RowRequest};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 fn fixture() -> PathBuf {
@@ -37,10 +37,8 @@ fn edited_adapter(dir: &Path, name: &str, src: &str, edit: impl Fn(&str, &mut Ve
         edit(&key, &mut shape, &mut values);
         tensors.push((key, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, s, b)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view")))
-        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(k, s, b)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view"))).collect();
     safetensors::serialize_to_file(views, None, &to.join("adapter_model.safetensors")).expect("write");
     to
 }
@@ -71,7 +69,10 @@ fn bad_adapters_are_refused_and_the_pool_is_unchanged() {
         }
     });
     let err = engine.adapters_mut().add("nan", &nan).expect_err("NaN");
-    assert!(matches!(&err, MoleError::Tensor { tensor, .. } if tensor.contains("layers.0.self_attn.q_proj.lora_A")), "{err}");
+    assert!(
+        matches!(&err, MoleError::Tensor { tensor, .. } if tensor.contains("layers.0.self_attn.q_proj.lora_A")),
+        "{err}"
+    );
     assert!(err.to_string().contains("non-finite"), "{err}");
 
     // Truncated weights file.
@@ -186,7 +187,10 @@ fn bad_model_files_are_refused() {
     let bytes = std::fs::read(fixture().join("base/model.safetensors")).expect("read");
     std::fs::write(base.join("model.safetensors"), &bytes[..bytes.len() - 100]).expect("write");
     let err = Engine::<Selected>::load(&base, &device()).expect_err("truncated");
-    assert!(matches!(&err, BatchError::Models(ModelError::Format { path, .. }) if path.ends_with("model.safetensors")), "{err}");
+    assert!(
+        matches!(&err, BatchError::Models(ModelError::Format { path, .. }) if path.ends_with("model.safetensors")),
+        "{err}"
+    );
 
     let gguf = dir.path().join("model.gguf");
     std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00 truncated").expect("write");

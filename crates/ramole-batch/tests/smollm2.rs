@@ -31,7 +31,8 @@ fn smollm2_matches_transformers_and_answers_paris() {
     let raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).expect("read")).expect("json");
     for case in raw["cases"].as_array().expect("cases") {
-        let want: Vec<u32> = case["token_ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+        let want: Vec<u32> =
+            case["token_ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
         assert_eq!(engine.encode(case["prompt"].as_str().expect("prompt")).expect("encode"), want);
     }
 
@@ -41,7 +42,8 @@ fn smollm2_matches_transformers_and_answers_paris() {
     for out in outs {
         let out = out.expect("request runs");
         let Ok(want) = reference.tensor(&format!("logits.{}", out.name)) else { continue };
-        let want: Vec<f32> = want.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want: Vec<f32> =
+            want.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let got = out.prompt_logits.as_ref().expect("logits");
         let got = &got[got.len() - 4 * vocab..];
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);

@@ -127,7 +127,8 @@ fn invalid_plans_are_refused() {
     assert!(MixPlan::new(vec![twice], 2).is_err());
     let empty_fusion = RowMix { composition: Composition::Fusion, entries: vec![] };
     assert!(MixPlan::new(vec![empty_fusion], 2).is_err());
-    let plan = MixPlan::new(vec![RowMix::base(), RowMix { composition: Composition::Mixture, entries: vec![(1, 0.5)] }], 2)
-        .expect("valid");
+    let plan =
+        MixPlan::new(vec![RowMix::base(), RowMix { composition: Composition::Mixture, entries: vec![(1, 0.5)] }], 2)
+            .expect("valid");
     assert_eq!(plan.mapping_matrix(), vec![0.0, 0.0, 0.0, 0.5]);
 }

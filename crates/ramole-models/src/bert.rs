@@ -315,6 +315,8 @@ struct Loader<'a, B: Backend> {
     weights: &'a SafetensorsWeights,
     device: &'a B::Device,
     eps: f64,
+    /// `""`, or `"bert."` for checkpoints saved from a model with a head (`BertForMaskedLM`, ...).
+    root: &'static str,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -323,20 +325,23 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
-        let weight = self.weights.load(&format!("{prefix}.weight"), &[d_out, d_in])?.transposed(); // [in, out]
-        let bias = self.weights.load(&format!("{prefix}.bias"), &[d_out])?;
+        let root = self.root;
+        let weight = self.weights.load(&format!("{root}{prefix}.weight"), &[d_out, d_in])?.transposed(); // [in, out]
+        let bias = self.weights.load(&format!("{root}{prefix}.bias"), &[d_out])?;
         Ok(Linear { weight: self.param(weight), bias: Some(self.param(bias)) })
     }
 
     fn layer_norm(&self, prefix: &str, d: usize) -> Result<LayerNorm<B>, ModelError> {
         let mut norm = LayerNormConfig::new(d).with_epsilon(self.eps).init(self.device);
-        norm.gamma = self.param(self.weights.load(&format!("{prefix}.weight"), &[d])?);
-        norm.beta = Some(self.param(self.weights.load(&format!("{prefix}.bias"), &[d])?));
+        let root = self.root;
+        norm.gamma = self.param(self.weights.load(&format!("{root}{prefix}.weight"), &[d])?);
+        norm.beta = Some(self.param(self.weights.load(&format!("{root}{prefix}.bias"), &[d])?));
         Ok(norm)
     }
 
     fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {
-        Ok(Embedding { weight: self.param(self.weights.load(&format!("{name}.weight"), &[n, d])?) })
+        let root = self.root;
+        Ok(Embedding { weight: self.param(self.weights.load(&format!("{root}{name}.weight"), &[n, d])?) })
     }
 
     fn residual(&self, prefix: &str, d_in: usize, d: usize) -> Result<BertResidualOutput<B>, ModelError> {
@@ -419,7 +424,14 @@ impl<B: Backend> BertModel<B> {
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
-        let loader = Loader::<B> { weights, device, eps: config.layer_norm_eps };
+        let names = weights.names();
+        let has = |n: &str| names.iter().any(|x| x == n);
+        let root = if !has("embeddings.word_embeddings.weight") && has("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let loader = Loader::<B> { weights, device, eps: config.layer_norm_eps, root };
         let h = config.hidden_size;
         let embeddings = BertEmbeddings {
             word_embeddings: loader.embedding("embeddings.word_embeddings", config.vocab_size, h)?,
@@ -432,7 +444,7 @@ impl<B: Backend> BertModel<B> {
             layer_norm: loader.layer_norm("embeddings.LayerNorm", h)?,
         };
         let layer = (0..config.num_hidden_layers).map(|i| loader.layer(i, &config)).collect::<Result<Vec<_>, _>>()?;
-        let has_pooler = weights.get("pooler.dense.weight")?.is_some();
+        let has_pooler = has(&format!("{root}pooler.dense.weight"));
         let pooler = if has_pooler { Some(BertPooler { dense: loader.linear("pooler.dense", h, h)? }) } else { None };
         Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, config })
     }
@@ -554,6 +566,10 @@ mod tests {
 
     /// A random tiny checkpoint folder (config.json + model.safetensors, with a pooler).
     fn tiny_checkpoint(dir: &Path, drop: Option<&str>) {
+        tiny_checkpoint_with_root(dir, drop, "");
+    }
+
+    fn tiny_checkpoint_with_root(dir: &Path, drop: Option<&str>, root: &str) {
         let c = tiny_config();
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
@@ -596,7 +612,7 @@ mod tests {
                         v.to_le_bytes()
                     })
                     .collect();
-                (n, s, data)
+                (format!("{root}{n}"), s, data)
             })
             .collect();
         let views: Vec<(String, TensorView<'_>)> = bytes
@@ -636,6 +652,17 @@ mod tests {
         for (name, t) in reloaded.named_tensors() {
             assert_eq!(original.get(&name).expect("get"), Some(t), "tensor {name} changed through save/load");
         }
+    }
+
+    #[test]
+    fn checkpoints_with_a_bert_prefix_load_the_same() {
+        let (plain, prefixed) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        tiny_checkpoint(plain.path(), None);
+        tiny_checkpoint_with_root(prefixed.path(), None, "bert.");
+        let a = BertModel::<B>::load(plain.path(), &Default::default()).expect("plain");
+        let b = BertModel::<B>::load(prefixed.path(), &Default::default()).expect("prefixed");
+        assert!(b.pooler.is_some());
+        assert_eq!(a.named_tensors(), b.named_tensors());
     }
 
     #[test]

@@ -41,11 +41,8 @@ impl AdapterConfig {
 
     fn from_json(v: &Value, path: &Path) -> Result<Self, MoleError> {
         let config = |message: String| MoleError::Config { path: path.into(), message };
-        let unsupported = |option: &str, detail: String| MoleError::Unsupported {
-            path: path.into(),
-            option: option.into(),
-            detail,
-        };
+        let unsupported =
+            |option: &str, detail: String| MoleError::Unsupported { path: path.into(), option: option.into(), detail };
         match v.get("peft_type").and_then(Value::as_str) {
             Some("LORA") | None => {}
             Some(other) => return Err(unsupported("peft_type", format!("`{other}` (only LORA)"))),
@@ -98,7 +95,12 @@ impl AdapterConfig {
             Some(Value::String(s)) => vec![s.clone()],
             _ => vec![],
         };
-        Ok(Self { r, lora_alpha, use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false), target_modules })
+        Ok(Self {
+            r,
+            lora_alpha,
+            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            target_modules,
+        })
     }
 }
 
@@ -121,11 +123,8 @@ impl LoraAdapter {
         let config = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
         let path = dir.join("adapter_model.safetensors");
         let weights = SafetensorsWeights::open(&path)?;
-        let tensor_err = |tensor: &str, message: String| MoleError::Tensor {
-            path: path.clone(),
-            tensor: tensor.into(),
-            message,
-        };
+        let tensor_err =
+            |tensor: &str, message: String| MoleError::Tensor { path: path.clone(), tensor: tensor.into(), message };
         let mut halves: BTreeMap<(usize, LinearKind), [Option<Vec<f32>>; 2]> = BTreeMap::new();
         for key in weights.names() {
             let (module, side) = split_key(&key)

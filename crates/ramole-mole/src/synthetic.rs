@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use ramole_models::llama::{LinearKind, LlamaConfig};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use safetensors::{Dtype, tensor::TensorView};
 
 use crate::MoleError;

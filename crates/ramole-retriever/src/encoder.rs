@@ -162,13 +162,30 @@ impl<B: Backend> SentenceEncoder<B> {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Embeds tokenized texts, padded to the longest one.
+    /// Differentiable embeddings of already tokenized texts (see [`Self::token_ids`]), padded to the
+    /// longest one. An empty list, an empty sequence, a sequence longer than
+    /// [`Self::max_seq_length`] or an id outside the vocabulary is an [`RetrieverError::Input`].
     ///
     /// # Shapes
     /// `ids.len()` sequences → `[ids.len(), hidden]`
-    fn encode_ids(&self, ids: &[Vec<u32>]) -> Tensor<B, 2> {
+    pub fn encode_token_ids(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 2>, RetrieverError> {
+        let vocab = self.model.config.vocab_size;
+        if ids.is_empty() {
+            return Err(RetrieverError::Input("no sequence to encode".into()));
+        }
+        if let Some((i, s)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.is_empty() || s.len() > self.max_seq_length || s.iter().any(|&id| id as usize >= vocab))
+        {
+            return Err(RetrieverError::Input(format!(
+                "sequence {i}: {} tokens (1..={} allowed) with ids below {vocab} required",
+                s.len(),
+                self.max_seq_length
+            )));
+        }
         let batch = ids.len();
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
         let mut flat = vec![0i64; batch * seq];
         let mut mask = vec![0f32; batch * seq];
         for (row, seq_ids) in ids.iter().enumerate() {
@@ -185,7 +202,7 @@ impl<B: Backend> SentenceEncoder<B> {
         let counts = mask.sum_dim(1).clamp_min(1e-9); // [batch, 1]
         let mean = summed / counts; // [batch, hidden]
         let norm = (mean.clone() * mean.clone()).sum_dim(1).sqrt().clamp_min(1e-12); // [batch, 1]
-        mean / norm
+        Ok(mean / norm)
     }
 
     /// Differentiable sentence embeddings: tokenize, BERT, attention-masked mean pooling, L2
@@ -198,7 +215,7 @@ impl<B: Backend> SentenceEncoder<B> {
             return Err(RetrieverError::Input("no text to encode".into()));
         }
         let ids = texts.iter().map(|t| self.token_ids(t)).collect::<Result<Vec<_>, _>>()?;
-        Ok(self.encode_ids(&ids))
+        self.encode_token_ids(&ids)
     }
 
     /// Embeddings on the host, computed `batch_size` texts at a time (texts of similar token
@@ -211,7 +228,7 @@ impl<B: Backend> SentenceEncoder<B> {
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let values: Vec<f32> = self.encode_ids(&batch).into_data().iter::<f32>().collect();
+            let values: Vec<f32> = self.encode_token_ids(&batch)?.into_data().iter::<f32>().collect();
             for (&i, row) in chunk.iter().zip(values.chunks_exact(hidden)) {
                 out[i] = row.to_vec();
             }

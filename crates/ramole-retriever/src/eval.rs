@@ -166,6 +166,30 @@ impl EvalReport {
         out += &row("**trained on**", "", "", &self.trained_on);
         out
     }
+
+    /// A before/after markdown table: the averages (held out, trained on, all) of `before` (for example
+    /// the base encoder's report) and of `self`, with the differences in percentage points.
+    pub fn comparison_markdown(&self, before: &EvalReport) -> String {
+        let mut out = String::from(
+            "| tasks | queries | IID top-1 % | IID top-3 % | OOD same-domain top-1 % | OOD same-domain top-3 % |\n\
+             |---|---:|---:|---:|---:|---:|\n",
+        );
+        let metrics = |s: &Scores| [s.iid_top1, s.iid_top3, s.ood_domain_top1, s.ood_domain_top3];
+        let groups = [
+            ("held out", &before.held_out, &self.held_out),
+            ("trained on", &before.trained_on, &self.trained_on),
+            ("all", &before.overall, &self.overall),
+        ];
+        for (name, b, a) in groups {
+            let cells: Vec<String> = metrics(b)
+                .iter()
+                .zip(metrics(a))
+                .map(|(b, a)| format!("{:.1} → {:.1} ({:+.1})", 100.0 * b, 100.0 * a, 100.0 * (a - b)))
+                .collect();
+            out += &format!("| {name} | {} | {} |\n", a.queries, cells.join(" | "));
+        }
+        out
+    }
 }
 
 /// Scores precomputed embeddings (see the module docs).

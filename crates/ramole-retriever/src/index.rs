@@ -33,17 +33,27 @@ pub struct Index {
     data: Vec<f32>,
 }
 
-/// `a · b` with eight independent accumulators (vectorised by the compiler).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// Four dot products sharing one operand: `[shared · others[0], …, shared · others[3]]`. The shared
+/// chunk is loaded once for four products and the 4 × 8 accumulators stay in registers. All slices
+/// have the same length. Eight independent accumulators per product (vectorised by the compiler).
+fn dot4(shared: &[f32], others: [&[f32]; 4]) -> [f32; 4] {
+    let (chunks, tail) = shared.as_chunks::<8>();
+    let o = others.map(|x| x.as_chunks::<8>().0);
+    let mut acc = [[0f32; 8]; 4];
+    for (k, s) in chunks.iter().enumerate() {
+        for (a, oc) in acc.iter_mut().zip(&o) {
+            let x = &oc[k];
+            for i in 0..8 {
+                a[i] += s[i] * x[i];
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let done = chunks.len() * 8;
+    let mut out = acc.map(|a| a.iter().sum::<f32>());
+    for (r, other) in out.iter_mut().zip(others) {
+        *r += tail.iter().zip(&other[done..]).map(|(x, y)| x * y).sum::<f32>();
+    }
+    out
 }
 
 /// `v / |v|`, or `None` when `v` is zero or not finite.
@@ -234,9 +244,26 @@ impl Index {
         while start < rows.end {
             let end = (start + ROW_BLOCK).min(rows.end);
             let block = &self.data[start * self.dim..end * self.dim]; // [rows in block, dim]
-            for (q, top) in queries.iter().zip(tops.iter_mut()) {
-                for (i, row) in block.chunks_exact(self.dim).enumerate() {
-                    top.offer(dot(row, q), start + i);
+            let rows_in_block: Vec<&[f32]> = block.chunks_exact(self.dim).collect();
+            if queries.len() < 4 {
+                // Few queries: four rows at a time against each query.
+                for (q, top) in queries.iter().zip(tops.iter_mut()) {
+                    for (g, group) in rows_in_block.chunks(4).enumerate() {
+                        let four = [0, 1, 2, 3].map(|j| group.get(j).copied().unwrap_or(group[0]));
+                        for (j, score) in dot4(q, four).into_iter().enumerate().take(group.len()) {
+                            top.offer(score, start + g * 4 + j);
+                        }
+                    }
+                }
+            } else {
+                // A batch: each row against four queries at a time (the row is read once per four).
+                for (qg, group) in queries.chunks(4).enumerate() {
+                    let four = [0, 1, 2, 3].map(|j| group.get(j).unwrap_or(&group[0]).as_slice());
+                    for (i, row) in rows_in_block.iter().enumerate() {
+                        for (j, score) in dot4(row, four).into_iter().enumerate().take(group.len()) {
+                            tops[qg * 4 + j].offer(score, start + i);
+                        }
+                    }
                 }
             }
             start = end;

@@ -195,7 +195,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RetrieverErr
 /// Creates `path` atomically with `bytes`, failing with `AlreadyExists` if it exists.
 fn create_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_path(path);
-    let result = write_temp(&tmp, bytes).and_then(|()| std::fs::hard_link(&tmp, path));
+    let result = write_temp(&tmp, bytes).and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+            // A filesystem without hard links: rename is still atomic for readers, only two
+            // writers racing on the same new name are no longer told apart.
+            std::fs::rename(&tmp, path)
+        }
+        other => other,
+    });
     let _ = std::fs::remove_file(&tmp); // the entry, if created, lives on under its own name
     result
 }

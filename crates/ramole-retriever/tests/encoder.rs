@@ -88,6 +88,13 @@ fn embeddings_match_sentence_transformers() {
     let rows: Vec<Vec<f32>> = flat.chunks_exact(384).map(<[f32]>::to_vec).collect();
     assert_matches_reference(&rows, &f);
     assert!(matches!(enc.encode(&[]), Err(RetrieverError::Input(_))));
+    // Token ids given directly are checked (no panic in the embedding lookup).
+    for bad in [vec![], vec![vec![]], vec![vec![101, 40_000, 102]], vec![vec![101; 257]]] {
+        assert!(matches!(enc.encode_token_ids(&bad), Err(RetrieverError::Input(_))), "{bad:.3?} accepted");
+    }
+    let ids = vec![f.token_ids[1].clone()];
+    let one: Vec<f32> = enc.encode_token_ids(&ids).expect("ids").into_data().iter::<f32>().collect();
+    assert!(cosine(&one, &f.embeddings[1]) >= f.cosine_min);
 }
 
 #[test]

@@ -68,6 +68,19 @@ fn eval_scores_match_hand_computed_hits() {
 }
 
 #[test]
+fn eval_comparison_shows_before_after_and_difference() {
+    let after = score(&hand_made()).expect("score");
+    let mut worse = hand_made();
+    worse.queries[0] = vec![vec![0.0, 0.1, 1.0]]; // a1 keeps only its missed query
+    let before = score(&worse).expect("score");
+    assert_eq!((before.held_out.queries, before.held_out.iid_top1), (2, 0.5));
+    let md = after.comparison_markdown(&before);
+    assert!(md.contains("| held out | 3 | 50.0 → 66.7 (+16.7) |"), "{md}");
+    assert!(md.contains("| trained on | 1 | 100.0 → 100.0 (+0.0) |"), "{md}");
+    assert_eq!(md.lines().count(), 5, "header, rule, three groups: {md}");
+}
+
+#[test]
 fn eval_rejects_inconsistent_embeddings() {
     let mut e = hand_made();
     e.queries.pop();

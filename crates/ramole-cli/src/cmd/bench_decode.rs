@@ -75,12 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tps[i] = stats.decode_tokens_per_sec();
             println!(
                 "round {round} {:>8}: decode {:7.1} tok/s ({} steps, {:.2} s) | prefill {:.2} s | LoRA build {:.3} s",
-                s.label,
-                tps[i],
-                stats.decode_steps,
-                stats.decode_secs,
-                stats.prefill_secs,
-                stats.lora_secs
+                s.label, tps[i], stats.decode_steps, stats.decode_secs, stats.prefill_secs, stats.lora_secs
             );
         }
         ratios.push([tps[1] / tps[0], tps[2] / tps[0]]);
@@ -91,12 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let m = |i: usize| median(rates.iter().map(|r| r[i]).collect());
-    println!(
-        "median decode tok/s: base {:.1} | distinct {:.1} | mixture {:.1}",
-        m(0),
-        m(1),
-        m(2)
-    );
+    println!("median decode tok/s: base {:.1} | distinct {:.1} | mixture {:.1}", m(0), m(1), m(2));
     println!(
         "median ratio to base: distinct {:.3} | mixture {:.3}",
         median(ratios.iter().map(|r| r[0]).collect()),

@@ -6,7 +6,7 @@ use anyhow::Context;
 use ramole_core::assets::AssetCache;
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::SentenceEncoder;
-use ramole_retriever::eval::{self, EvalConfig};
+use ramole_retriever::eval::{self, EvalConfig, EvalReport};
 use ramole_retriever::tasks::Suite;
 
 /// Arguments of `ramole eval-retrieval`.
@@ -28,6 +28,10 @@ pub struct Args {
     /// Texts embedded at a time.
     #[arg(long, default_value_t = eval::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+    /// A report written earlier with `--json` (e.g. of the base encoder): also print a before/after table
+    /// of the averages (held-out tasks, trained-on tasks, all).
+    #[arg(long)]
+    pub before: Option<PathBuf>,
     /// Instruction prepended to samples and inputs before embedding.
     #[arg(long, default_value = ramole_retriever::DEFAULT_INSTRUCTION)]
     pub instruction: String,
@@ -52,6 +56,16 @@ pub fn suite_dir(tasks: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// Runs `ramole eval-retrieval`: prints the markdown table and a timing line; writes `--json`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
+    // Read first: a bad `--before` fails before minutes of embedding.
+    let before: Option<(PathBuf, EvalReport)> = match args.before {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let report = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an eval-retrieval report", path.display()))?;
+            Some((path, report))
+        }
+        None => None,
+    };
     let dir = suite_dir(args.tasks)?;
     let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
     let model = model_dir(args.model)?;
@@ -70,6 +84,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.embed_seconds,
         start.elapsed().as_secs_f64()
     );
+    if let Some((path, before)) = &before {
+        println!("\nbefore ({}) → after (this run):\n", path.display());
+        print!("{}", report.comparison_markdown(before));
+    }
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

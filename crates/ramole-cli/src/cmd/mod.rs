@@ -2,12 +2,12 @@
 
 pub mod batch;
 pub mod bench_decode;
+pub mod embed;
 pub mod engine;
+pub mod eval_retrieval;
 pub mod fetch;
 pub mod generate;
-pub mod tasks;
-pub mod eval_retrieval;
-pub mod train_retriever;
-pub mod embed;
 pub mod pool;
 pub mod retrieve;
+pub mod tasks;
+pub mod train_retriever;
