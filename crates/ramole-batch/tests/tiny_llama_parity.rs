@@ -118,3 +118,19 @@ fn rows_that_finish_early_leave_the_batch_without_changing_the_others() {
         assert_eq!(out.new_tokens, greedy[..request.max_new_tokens], "{}", out.name);
     }
 }
+
+#[test]
+fn single_and_mixture_rows_sharing_the_stack_match_reference() {
+    let engine = engine();
+    let reference = Reference::load();
+    let mut file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    file.requests.retain(|r| r.row.composition != ramole_core::lora::Composition::Fusion);
+    // 9 adapter slots over 4 unique adapters, no fusion: the shared layout (stack + mapping matrix).
+    let slots: usize = file.requests.iter().map(|r| r.row.adapters.len()).sum();
+    assert!(slots >= 2 * 4, "{slots} slots");
+    let outs = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
+    assert_eq!(outs.len(), 7);
+    for out in outs {
+        reference.check(&out.expect("request runs"));
+    }
+}

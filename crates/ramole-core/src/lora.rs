@@ -9,17 +9,21 @@
 //! (`alpha / r`, or `alpha / √r` with rsLoRA).
 //!
 //! The fast path never loops over adapters. The batch's unique adapters are stacked once per layer
-//! ([`LoraStack`]: `a` `[U, d_in, r_max]`, `b` `[U, r_max, d_out]`, ranks zero-padded), and a
+//! ([`LoraStack`]: `a` `[U, r_max, d_in]`, `b` `[U, r_max, d_out]`, ranks zero-padded), and a
 //! [`MixPlan`] (the mapping matrix `[rows × U]` of weights plus each row's composition) turns the stack
-//! into one low-rank pair per row ([`RowLora`]) with batched ops:
+//! into the batch's per-row update ([`RowLora`]) in one of two layouts ([`RowLayout`]):
 //!
-//! - mixture rows: `select` of their slots from the stack, weights and scales folded into the `b` side,
-//!   slots laid side by side along the rank axis (`[rows, d_in, K·r_max]`);
-//! - fusion rows: a matmul of their rows of the mapping matrix with the flattened stack.
+//! - **gathered**, one low-rank pair per row: mixture rows `select` their slots from the stack, with
+//!   weights and scales folded into the `b` side and slots laid along the rank axis
+//!   (`[rows, K·r_max, d_in]`); fusion rows multiply their rows of the mapping matrix with the
+//!   flattened stack. Applying it is two batched matmuls.
+//! - **shared**, the stack itself plus the mapping matrix spread over the rank columns
+//!   (`[rows, 1, U·r_max]`): two 2-D matmuls and a product. It reads each adapter once per step
+//!   however many rows use it, which wins when rows mix adapters that other rows use too.
 //!
-//! Applying a [`RowLora`] is then two batched matmuls per layer, whatever the adapters of each row.
-//! The per-row pairs depend only on the batch's adapters, not on the tokens, so they are built once
-//! per batch and reused by every decoding step. [`reference`] holds the plain implementation.
+//! Either way the cost per layer does not grow with the number of adapters a row uses by a loop. The
+//! update depends only on the batch's adapters, not on the tokens, so it is built once per batch and
+//! reused by every decoding step. [`reference`] holds the plain implementation.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
@@ -154,8 +158,8 @@ pub struct LoraFactors {
 /// The unique adapters of a batch for one linear layer, stacked for batched ops.
 #[derive(Debug, Clone)]
 pub struct LoraStack<B: Backend> {
-    /// `[U + 1, d_in, r_max]`: `Aᵢᵀ`, zero-padded along the rank; the last entry is all zeros
-    /// (the slot that padding and non-targeting adapters point to).
+    /// `[U + 1, r_max, d_in]`: `Aᵢ` (PEFT layout), zero-padded along the rank; the last entry is all
+    /// zeros (the slot that padding and non-targeting adapters point to).
     a: Tensor<B, 3>,
     /// `[U + 1, r_max, d_out]`: `Bᵢᵀ`, zero-padded along the rank.
     b: Tensor<B, 3>,
@@ -181,7 +185,7 @@ impl<B: Backend> LoraStack<B> {
             return Ok(None);
         }
         let n = adapters.len() + 1;
-        let mut a = vec![0f32; n * d_in * r_max];
+        let mut a = vec![0f32; n * r_max * d_in];
         let mut b = vec![0f32; n * r_max * d_out];
         let mut meta = Vec::with_capacity(adapters.len());
         for (i, f) in adapters.iter().enumerate() {
@@ -197,13 +201,9 @@ impl<B: Backend> LoraStack<B> {
                     got: format!("{} and {} values", f.a.len(), f.b.len()),
                 });
             }
-            // A [r, d_in] -> Aᵀ [d_in, r_max]
-            let base = i * d_in * r_max;
-            for k in 0..r {
-                for j in 0..d_in {
-                    a[base + j * r_max + k] = f.a[k * d_in + j];
-                }
-            }
+            // A [r, d_in] -> rows 0..r of [r_max, d_in]
+            let base = i * r_max * d_in;
+            a[base..base + r * d_in].copy_from_slice(&f.a);
             // B [d_out, r] -> Bᵀ [r_max, d_out]
             let base = i * r_max * d_out;
             for o in 0..d_out {
@@ -213,7 +213,7 @@ impl<B: Backend> LoraStack<B> {
             }
             meta.push(Some((r, f.scale)));
         }
-        let a = Tensor::from_data(TensorData::new(a, [n, d_in, r_max]), device);
+        let a = Tensor::from_data(TensorData::new(a, [n, r_max, d_in]), device);
         let b = Tensor::from_data(TensorData::new(b, [n, r_max, d_out]), device);
         Ok(Some(Self { a, b, meta, d_in, d_out, r_max }))
     }
@@ -223,11 +223,50 @@ impl<B: Backend> LoraStack<B> {
         self.meta.len()
     }
 
-    /// Builds one low-rank pair per row of `plan`.
+    /// The per-row update of `plan` for this layer, in the layout [`RowLayout::choose`] picks.
     ///
     /// Fusion rows need all their adapters that target this layer to share rank and scale, and
     /// either all or none of them to target it.
     pub fn rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
+        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()))
+    }
+
+    /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] takes
+    /// only `single` and `mixture` rows; a plan with fusion rows falls back to
+    /// [`RowLayout::Gathered`].
+    pub fn rows_in(&self, plan: &MixPlan, layout: RowLayout) -> Result<RowLora<B>, CoreError> {
+        let has_fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion);
+        match layout {
+            RowLayout::Shared if !has_fusion => self.shared_rows(plan),
+            _ => self.gathered_rows(plan),
+        }
+    }
+
+    /// Shared layout: the whole stack once, and per row a coefficient for every rank column of
+    /// every unique adapter (the mapping matrix times the scales, repeated over each adapter's rank).
+    fn shared_rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
+        self.check_columns(plan)?;
+        let device = self.a.device();
+        let (u, r) = (self.n_unique(), self.r_max);
+        let n = plan.rows().len();
+        let mut coef = vec![0f32; n * u * r];
+        for (row, mix) in plan.rows().iter().enumerate() {
+            for &(j, w) in &mix.entries {
+                if let Some((rank, s)) = self.meta[j] {
+                    let at = row * u * r + j * r;
+                    coef[at..at + rank].fill(w * s);
+                }
+            }
+        }
+        // The zero slot is not needed here: drop it.
+        let a_t = self.a.clone().narrow(0, 0, u).reshape([u * r, self.d_in]).transpose(); // [d_in, U·r]
+        let a_t = Tensor::from_data(a_t.into_data(), &device); // contiguous for the 2-D matmul
+        let b = self.b.clone().narrow(0, 0, u).reshape([u * r, self.d_out]);
+        let coef = Tensor::from_data(TensorData::new(coef, [n, 1, u * r]), &device);
+        Ok(RowLora::Shared { a_t, b, coef })
+    }
+
+    fn check_columns(&self, plan: &MixPlan) -> Result<(), CoreError> {
         if plan.n_unique() != self.n_unique() {
             return Err(CoreError::Shape {
                 what: "mapping matrix".into(),
@@ -235,6 +274,12 @@ impl<B: Backend> LoraStack<B> {
                 got: format!("{} columns", plan.n_unique()),
             });
         }
+        Ok(())
+    }
+
+    /// Gathered layout: one low-rank pair per row.
+    fn gathered_rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
+        self.check_columns(plan)?;
         let device = self.a.device();
         let zero_slot = self.n_unique();
         let (mut mix_rows, mut fusion_rows) = (Vec::new(), Vec::new());
@@ -276,10 +321,8 @@ impl<B: Backend> LoraStack<B> {
             let a = self
                 .a
                 .clone()
-                .select(0, ids.clone()) // [n·K, d_in, r_max]
-                .reshape([n, k, self.d_in, self.r_max])
-                .swap_dims(1, 2) // [n, d_in, K, r_max]
-                .reshape([n, self.d_in, k * self.r_max]);
+                .select(0, ids.clone()) // [n·K, r_max, d_in]
+                .reshape([n, k * self.r_max, self.d_in]);
             let b = (self.b.clone().select(0, ids) * coef.reshape([n * k, 1, 1])) // [n·K, r_max, d_out]
                 .reshape([n, k * self.r_max, self.d_out]);
             parts.push(pad_rank(a, b, rank));
@@ -316,8 +359,8 @@ impl<B: Backend> LoraStack<B> {
             let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [n]), &device);
             let a = m
                 .clone()
-                .matmul(self.a.clone().reshape([cols, self.d_in * self.r_max]))
-                .reshape([n, self.d_in, self.r_max]);
+                .matmul(self.a.clone().reshape([cols, self.r_max * self.d_in]))
+                .reshape([n, self.r_max, self.d_in]);
             let b = (m * scale.reshape([n, 1]))
                 .matmul(self.b.clone().reshape([cols, self.r_max * self.d_out]))
                 .reshape([n, self.r_max, self.d_out]);
@@ -336,31 +379,71 @@ impl<B: Backend> LoraStack<B> {
             a = a.select(0, idx.clone());
             b = b.select(0, idx);
         }
-        Ok(RowLora { a, b })
+        Ok(RowLora::Gathered { a, b })
     }
 }
 
-/// Zero-pads the rank axis of a pair (`a` `[n, d_in, r]`, `b` `[n, r, d_out]`) to `rank`.
+/// Zero-pads the rank axis of a pair (`a` `[n, r, d_in]`, `b` `[n, r, d_out]`) to `rank`.
 fn pad_rank<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>, rank: usize) -> (Tensor<B, 3>, Tensor<B, 3>) {
-    let [n, d_in, r] = a.dims();
+    let [n, r, d_in] = a.dims();
     if r == rank {
         return (a, b);
     }
     let d_out = b.dims()[2];
     let device = a.device();
-    let a = Tensor::cat(vec![a, Tensor::zeros([n, d_in, rank - r], &device)], 2);
+    let a = Tensor::cat(vec![a, Tensor::zeros([n, rank - r, d_in], &device)], 1);
     let b = Tensor::cat(vec![b, Tensor::zeros([n, rank - r, d_out], &device)], 1);
     (a, b)
 }
 
-/// The low-rank update that each row of a batch applies to one linear layer: row `b` adds
-/// `(x_b · a_b) · b_b`, with weights and scales already folded into `b`.
+/// How a batch's per-row update is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLayout {
+    /// One low-rank pair per row, gathered from the stack: reads `rows × K × r` adapter rows per
+    /// step and computes only what each row uses. Best when rows use different adapters.
+    Gathered,
+    /// The stack once, shared by all rows, with per-row coefficients (the mapping matrix): reads
+    /// `U × r` adapter rows per step and computes all of them for every row. Best when rows mix
+    /// adapters that other rows use too. Single and mixture rows only.
+    Shared,
+}
+
+impl RowLayout {
+    /// The layout that reads less memory per decoding step, within a compute bound: [`Shared`] when
+    /// the batch has no fusion row, its unique adapters are at most half the slots its rows use, and
+    /// there are at most 64 of them; [`Gathered`] otherwise.
+    ///
+    /// [`Shared`]: RowLayout::Shared
+    /// [`Gathered`]: RowLayout::Gathered
+    pub fn choose(plan: &MixPlan, n_unique: usize) -> Self {
+        let slots: usize = plan.rows().iter().map(|r| r.entries.len()).sum();
+        let fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion);
+        if !fusion && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
+    }
+}
+
+/// The low-rank update that each row of a batch applies to one linear layer, with the adapters'
+/// weights and scales folded in.
 #[derive(Debug, Clone)]
-pub struct RowLora<B: Backend> {
-    /// `[rows, d_in, rank]`.
-    pub a: Tensor<B, 3>,
-    /// `[rows, rank, d_out]`.
-    pub b: Tensor<B, 3>,
+pub enum RowLora<B: Backend> {
+    /// Row `b` adds `(x_b · a_bᵀ) · b_b`. `a` keeps the PEFT layout (`[rank, d_in]` per row):
+    /// `a · xᵀ` is several times faster than `x · aᵀ` on the CPU backends for decode-shaped inputs.
+    Gathered {
+        /// `[rows, rank, d_in]`.
+        a: Tensor<B, 3>,
+        /// `[rows, rank, d_out]`.
+        b: Tensor<B, 3>,
+    },
+    /// Row `b` adds `((x_b · a_t) ⊙ coef_b) · b`: the unique adapters' factors side by side, shared by
+    /// every row, and the mapping matrix spread over their rank columns.
+    Shared {
+        /// `[d_in, U·r]`.
+        a_t: Tensor<B, 2>,
+        /// `[U·r, d_out]`.
+        b: Tensor<B, 2>,
+        /// `[rows, 1, U·r]`.
+        coef: Tensor<B, 3>,
+    },
 }
 
 impl<B: Backend> RowLora<B> {
@@ -370,12 +453,48 @@ impl<B: Backend> RowLora<B> {
     /// - `x`: `[rows, seq, d_in]`
     /// - output: `[rows, seq, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x.matmul(self.a.clone()) // [rows, seq, rank]
-            .matmul(self.b.clone()) // [rows, seq, d_out]
+        match self {
+            Self::Gathered { a, b } => a
+                .clone()
+                .matmul(x.swap_dims(1, 2)) // [rows, rank, seq]
+                .swap_dims(1, 2) // [rows, seq, rank]
+                .matmul(b.clone()), // [rows, seq, d_out]
+            Self::Shared { a_t, b, coef } => {
+                let [rows, seq, d_in] = x.dims();
+                let (r, d_out) = (a_t.dims()[1], b.dims()[1]);
+                let h = x.reshape([rows * seq, d_in]).matmul(a_t.clone()).reshape([rows, seq, r]); // [rows, seq, U·r]
+                (h * coef.clone()).reshape([rows * seq, r]).matmul(b.clone()).reshape([rows, seq, d_out])
+            }
+        }
     }
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.a.dims()[0]
+        match self {
+            Self::Gathered { a, .. } => a.dims()[0],
+            Self::Shared { coef, .. } => coef.dims()[0],
+        }
     }
+
+    /// The update of the given rows, in that order (rows leave a batch as they finish).
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        match self {
+            Self::Gathered { a, b } => {
+                Self::Gathered { a: select_rows(a.clone(), rows), b: select_rows(b.clone(), rows) }
+            }
+            Self::Shared { a_t, b, coef } => {
+                Self::Shared { a_t: a_t.clone(), b: b.clone(), coef: select_rows(coef.clone(), rows) }
+            }
+        }
+    }
+}
+
+/// The given rows (first dimension) of `t`, in that order. Slices and one concatenation, which every
+/// backend supports on any memory layout (burn-candle's `select` needs contiguous input).
+pub fn select_rows<B: Backend, const D: usize>(t: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
+    let n = t.dims()[0];
+    if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        return t;
+    }
+    Tensor::cat(rows.iter().map(|&r| t.clone().narrow(0, r, 1)).collect(), 0)
 }

@@ -4,7 +4,7 @@
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 use ramole_core::backend::{Selected, device};
-use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowMix, reference};
+use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -87,18 +87,21 @@ proptest! {
         let x = Tensor::<Selected, 3>::from_data(TensorData::new(c.x.clone(), [n, c.seq, c.d_in]), &dev);
         let w_t = Tensor::<Selected, 2>::from_data(TensorData::new(c.w.clone(), [c.d_out, c.d_in]), &dev).transpose();
         let base = x.clone().matmul(w_t.unsqueeze::<3>());
-        let y = match LoraStack::<Selected>::new(&refs, c.d_in, c.d_out, &dev).expect("stack") {
-            Some(stack) => base + stack.rows(&plan).expect("rows").forward(x),
-            None => base,
-        };
-        let got: Vec<f32> = y.into_data().iter::<f32>().collect();
-        for r in 0..n {
-            let delta = reference::row_delta(&plan, r, &refs, c.d_in, c.d_out).expect("reference");
-            let xr = &c.x[r * c.seq * c.d_in..(r + 1) * c.seq * c.d_in];
-            let want = reference::linear(xr, &c.w, &delta, c.d_in, c.d_out);
-            let gr = &got[r * c.seq * c.d_out..(r + 1) * c.seq * c.d_out];
-            for (g, w) in gr.iter().zip(&want) {
-                prop_assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "row {r}: {g} vs {w}");
+        let stack = LoraStack::<Selected>::new(&refs, c.d_in, c.d_out, &dev).expect("stack");
+        for layout in [RowLayout::Gathered, RowLayout::Shared] {
+            let y = match &stack {
+                Some(stack) => base.clone() + stack.rows_in(&plan, layout).expect("rows").forward(x.clone()),
+                None => base.clone(),
+            };
+            let got: Vec<f32> = y.into_data().iter::<f32>().collect();
+            for r in 0..n {
+                let delta = reference::row_delta(&plan, r, &refs, c.d_in, c.d_out).expect("reference");
+                let xr = &c.x[r * c.seq * c.d_in..(r + 1) * c.seq * c.d_in];
+                let want = reference::linear(xr, &c.w, &delta, c.d_in, c.d_out);
+                let gr = &got[r * c.seq * c.d_out..(r + 1) * c.seq * c.d_out];
+                for (g, w) in gr.iter().zip(&want) {
+                    prop_assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{layout:?} row {r}: {g} vs {w}");
+                }
             }
         }
     }
@@ -131,4 +134,24 @@ fn invalid_plans_are_refused() {
         MixPlan::new(vec![RowMix::base(), RowMix { composition: Composition::Mixture, entries: vec![(1, 0.5)] }], 2)
             .expect("valid");
     assert_eq!(plan.mapping_matrix(), vec![0.0, 0.0, 0.0, 0.5]);
+}
+
+#[test]
+fn layout_follows_memory_traffic() {
+    let mix = |k: usize, n: usize| {
+        let rows = (0..n)
+            .map(|r| RowMix {
+                composition: Composition::Mixture,
+                entries: (0..k).map(|j| ((r + j) % 16, 0.5)).collect(),
+            })
+            .collect();
+        MixPlan::new(rows, 16).expect("plan")
+    };
+    // 16 rows, 16 distinct adapters: 16 slots for 16 adapters -> one pair per row.
+    assert_eq!(RowLayout::choose(&mix(1, 16), 16), RowLayout::Gathered);
+    // 16 rows mixing 3 of 16: 48 slots over 16 adapters -> share the stack.
+    assert_eq!(RowLayout::choose(&mix(3, 16), 16), RowLayout::Shared);
+    let fusion =
+        MixPlan::new(vec![RowMix { composition: Composition::Fusion, entries: vec![(0, 1.0)] }; 4], 1).expect("plan");
+    assert_eq!(RowLayout::choose(&fusion, 1), RowLayout::Gathered);
 }

@@ -239,7 +239,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use ramole_core::lora::RowLora;
+use ramole_core::lora::{RowLora, select_rows};
 
 use crate::weights::WeightSource;
 
@@ -267,24 +267,14 @@ impl<B: Backend> LlamaLora<B> {
 
     /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
     pub fn select_rows(&self, rows: &[usize]) -> Self {
-        let pick = |r: &RowLora<B>| RowLora { a: select_rows(r.a.clone(), rows), b: select_rows(r.b.clone(), rows) };
-        let layers = self.layers.iter().map(|slots| slots.clone().map(|s| s.as_ref().map(pick))).collect();
+        let layers =
+            self.layers.iter().map(|slots| slots.clone().map(|s| s.as_ref().map(|r| r.select_rows(rows)))).collect();
         Self { layers }
     }
 
     fn get(&self, layer: usize, kind: LinearKind) -> Option<&RowLora<B>> {
         self.layers.get(layer).and_then(|l| l[kind.slot()].as_ref())
     }
-}
-
-/// The given rows (first dimension) of `t`, in that order. Slices and one concatenation, which every
-/// backend supports on any memory layout (burn-candle's `select` needs contiguous input).
-pub fn select_rows<B: Backend, const D: usize>(t: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
-    let n = t.dims()[0];
-    if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
-        return t;
-    }
-    Tensor::cat(rows.iter().map(|&r| t.clone().narrow(0, r, 1)).collect(), 0)
 }
 
 /// `x · W` for `x` `[batch, seq, d_in]` and a `Linear` whose weight is `[d_in, d_out]`, as one 2-D
