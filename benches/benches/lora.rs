@@ -1,10 +1,11 @@
-//! The per-row LoRA kernels alone: building the per-row pairs from a stack and a mapping matrix, and
-//! applying them, against the plain reference, for a decode-shaped batch (16 rows, d = 576).
+//! The per-row LoRA kernels alone, for a decode-shaped batch (16 rows, d = 576, 16 adapters of rank
+//! 8): building the per-row update from a stack and a mapping matrix, and applying it, in both
+//! layouts, against the plain per-row reference loop.
 
 use burn::tensor::{Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ramole_core::backend::{Selected, device};
-use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowMix, reference};
+use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
 
 fn lora(c: &mut Criterion) {
     let dev = device();
@@ -32,13 +33,16 @@ fn lora(c: &mut Criterion) {
             n_adapters,
         )
         .expect("plan");
-        group.bench_with_input(BenchmarkId::new("build_rows", mix), &plan, |b, plan| {
-            b.iter(|| stack.rows(plan).expect("rows").a.into_data())
-        });
-        let pairs = stack.rows(&plan).expect("rows");
-        group.bench_with_input(BenchmarkId::new("apply_batched", mix), &pairs, |b, pairs| {
-            b.iter(|| pairs.forward(x.clone()).into_data())
-        });
+        for layout in [RowLayout::Gathered, RowLayout::Shared] {
+            let id = format!("{layout:?}/mix{mix}");
+            group.bench_with_input(BenchmarkId::new("build", &id), &plan, |b, plan| {
+                b.iter(|| stack.rows_in(plan, layout).expect("rows").rows())
+            });
+            let rows = stack.rows_in(&plan, layout).expect("rows");
+            group.bench_with_input(BenchmarkId::new("apply", &id), &rows, |b, rows| {
+                b.iter(|| rows.forward(x.clone()).into_data())
+            });
+        }
         let xs: Vec<f32> = x.to_data().iter::<f32>().collect();
         let w = vec![0.0f32; d * d];
         group.bench_with_input(BenchmarkId::new("reference_loop", mix), &plan, |b, plan| {

@@ -163,46 +163,14 @@ impl<B: Backend> SentenceEncoder<B> {
     }
 
     /// Differentiable embeddings of already tokenized texts (see [`Self::token_ids`]), padded to the
-    /// longest one. An empty list, an empty sequence, a sequence longer than
-    /// [`Self::max_seq_length`] or an id outside the vocabulary is an [`RetrieverError::Input`].
+    /// longest one: [`mean_pool`] with this encoder's model and [`Self::max_seq_length`]. An empty list,
+    /// an empty sequence, a sequence longer than [`Self::max_seq_length`] or an id outside the
+    /// vocabulary is an [`RetrieverError::Input`].
     ///
     /// # Shapes
     /// `ids.len()` sequences → `[ids.len(), hidden]`
     pub fn encode_token_ids(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 2>, RetrieverError> {
-        let vocab = self.model.config.vocab_size;
-        if ids.is_empty() {
-            return Err(RetrieverError::Input("no sequence to encode".into()));
-        }
-        if let Some((i, s)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.is_empty() || s.len() > self.max_seq_length || s.iter().any(|&id| id as usize >= vocab))
-        {
-            return Err(RetrieverError::Input(format!(
-                "sequence {i}: {} tokens (1..={} allowed) with ids below {vocab} required",
-                s.len(),
-                self.max_seq_length
-            )));
-        }
-        let batch = ids.len();
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
-        let mut flat = vec![0i64; batch * seq];
-        let mut mask = vec![0f32; batch * seq];
-        for (row, seq_ids) in ids.iter().enumerate() {
-            for (col, id) in seq_ids.iter().enumerate() {
-                flat[row * seq + col] = i64::from(*id);
-                mask[row * seq + col] = 1.0;
-            }
-        }
-        let hidden = self.dim();
-        let input_ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), &self.device); // [batch, seq]
-        let mask = mask_tensor::<B>(mask, batch, seq, &self.device); // [batch, seq]
-        let h = self.model.forward(input_ids, mask.clone()); // [batch, seq, hidden]
-        let summed = (h * mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([batch, hidden]); // [batch, hidden]
-        let counts = mask.sum_dim(1).clamp_min(1e-9); // [batch, 1]
-        let mean = summed / counts; // [batch, hidden]
-        let norm = (mean.clone() * mean.clone()).sum_dim(1).sqrt().clamp_min(1e-12); // [batch, 1]
-        Ok(mean / norm)
+        mean_pool(&self.model, ids, self.max_seq_length, &self.device)
     }
 
     /// Differentiable sentence embeddings: tokenize, BERT, attention-masked mean pooling, L2
@@ -251,4 +219,53 @@ impl<B: Backend> SentenceEncoder<B> {
         self.model.save_safetensors(&dir.join("model.safetensors"))?;
         Ok(())
     }
+}
+
+/// Sentence embeddings of already tokenized texts under `model`: the sequences are padded to the longest
+/// one, run through BERT with the attention mask, mean-pooled over their real tokens and L2-normalised
+/// (what sentence-transformers computes for all-MiniLM-L6-v2). Differentiable: the training loss
+/// ([`crate::train`]) and [`SentenceEncoder::encode_token_ids`] both go through it.
+///
+/// An empty list, an empty sequence, a sequence longer than `max_len` tokens or an id outside the model's
+/// vocabulary is an [`RetrieverError::Input`] naming the sequence.
+///
+/// # Shapes
+/// `ids.len()` sequences → `[ids.len(), hidden]`
+pub fn mean_pool<B: Backend>(
+    model: &BertModel<B>,
+    ids: &[Vec<u32>],
+    max_len: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>, RetrieverError> {
+    let vocab = model.config.vocab_size;
+    if ids.is_empty() {
+        return Err(RetrieverError::Input("no sequence to encode".into()));
+    }
+    if let Some((i, s)) =
+        ids.iter().enumerate().find(|(_, s)| s.is_empty() || s.len() > max_len || s.iter().any(|&id| id as usize >= vocab))
+    {
+        return Err(RetrieverError::Input(format!(
+            "sequence {i}: {} tokens (1..={max_len} allowed) with ids below {vocab} required",
+            s.len()
+        )));
+    }
+    let batch = ids.len();
+    let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
+    let mut flat = vec![0i64; batch * seq];
+    let mut mask = vec![0f32; batch * seq];
+    for (row, seq_ids) in ids.iter().enumerate() {
+        for (col, id) in seq_ids.iter().enumerate() {
+            flat[row * seq + col] = i64::from(*id);
+            mask[row * seq + col] = 1.0;
+        }
+    }
+    let hidden = model.config.hidden_size;
+    let input_ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), device); // [batch, seq]
+    let mask = mask_tensor::<B>(mask, batch, seq, device); // [batch, seq]
+    let h = model.forward(input_ids, mask.clone()); // [batch, seq, hidden]
+    let summed = (h * mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([batch, hidden]); // [batch, hidden]
+    let counts = mask.sum_dim(1).clamp_min(1e-9); // [batch, 1]
+    let mean = summed / counts; // [batch, hidden]
+    let norm = (mean.clone() * mean.clone()).sum_dim(1).sqrt().clamp_min(1e-12); // [batch, 1]
+    Ok(mean / norm)
 }

@@ -12,26 +12,78 @@
 //! # Loss
 //! For a batch of `n` query embeddings `q` and positive embeddings `p` (unit vectors), the logits are
 //! `q·pᵀ / temperature`; the loss is the mean cross-entropy of each query against its own positive
-//! ([`info_nce`]). The other positives of the batch are the negatives, except those of the query's own
-//! task (false negatives), which are masked out. The optimiser is Adam.
+//! ([`info_nce`]). The other positives of the batch are the negatives, except those that
+//! [`TrainConfig::negatives`] masks out: the query's own task's (false negatives) under
+//! [`Negatives::OtherTasks`], LoraRetriever's setting; every task of the query's domain under
+//! [`Negatives::OtherDomains`], so that training does not push similar tasks apart (see `docs/results.md`
+//! for what each measured). Embeddings go through [`mean_pool`], the function the
+//! [`SentenceEncoder`] itself uses. The optimiser is Adam.
 
 use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ramole_models::bert::{BertModel, mask_tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use ramole_models::bert::BertModel;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::tasks::{Split, Suite};
+use crate::encoder::mean_pool;
+use crate::tasks::{Domain, Split, Suite};
 use crate::{DEFAULT_INSTRUCTION, RetrieverError, SentenceEncoder};
 
-/// Added to the logits of masked (same-task) negatives: their softmax weight becomes zero.
+/// Added to the logits of masked negatives (same task or domain): their softmax weight becomes zero.
 const MASKED_LOGIT: f32 = -1.0e4;
+
+/// Which in-batch positives serve as negatives of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Negatives {
+    /// The positives of every other task (LoraRetriever's setting): tasks of one domain are pushed apart too.
+    OtherTasks,
+    /// Only the positives of tasks of another domain: tasks of the query's domain are neither positives nor
+    /// negatives, so training does not push similar tasks apart (what retrieving a similar LoRA for an
+    /// unseen task relies on).
+    #[default]
+    OtherDomains,
+}
+
+impl Negatives {
+    /// The key under which two pairs' positives are not each other's negatives.
+    fn group(self, task: usize, domain: Domain) -> usize {
+        match self {
+            Self::OtherTasks => task,
+            Self::OtherDomains => domain as usize,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OtherTasks => "other-tasks",
+            Self::OtherDomains => "other-domains",
+        }
+    }
+}
+
+impl std::fmt::Display for Negatives {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Negatives {
+    type Err = RetrieverError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::OtherTasks, Self::OtherDomains].into_iter().find(|n| n.name() == s).ok_or_else(|| {
+            RetrieverError::Input(format!("negatives `{s}`: expected `other-tasks` or `other-domains`"))
+        })
+    }
+}
 
 /// How the retriever is trained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +104,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Prepended to every text.
     pub instruction: String,
+    /// Which in-batch positives are negatives.
+    #[serde(default)]
+    pub negatives: Negatives,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +122,7 @@ impl Default for TrainConfig {
             max_seq_len: 64,
             seed: 42,
             instruction: DEFAULT_INSTRUCTION.to_owned(),
+            negatives: Negatives::default(),
         }
     }
 }
@@ -99,6 +155,8 @@ pub struct Pair {
     pub positive: Vec<u32>,
     /// The task both come from (same-task in-batch negatives are masked).
     pub task: usize,
+    /// The task's domain (same-domain in-batch negatives are masked too under [`Negatives::OtherDomains`]).
+    pub domain: Domain,
 }
 
 /// What one epoch did.
@@ -165,50 +223,26 @@ pub fn info_nce<B: Backend>(
     own.mean().neg()
 }
 
-/// Attention-masked mean pooling and L2 normalisation of BERT's last hidden states (what
-/// [`SentenceEncoder::encode`] computes), on token ids already truncated.
-///
-/// # Shapes
-/// `ids.len()` sequences → `[ids.len(), hidden]`
-pub fn pooled_embeddings<B: Backend>(model: &BertModel<B>, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2> {
-    let batch = ids.len();
-    let seq = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut flat = vec![0i64; batch * seq];
-    let mut mask = vec![0f32; batch * seq];
-    for (row, seq_ids) in ids.iter().enumerate() {
-        for (col, id) in seq_ids.iter().enumerate() {
-            flat[row * seq + col] = i64::from(*id);
-            mask[row * seq + col] = 1.0;
-        }
-    }
-    let input_ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), device); // [batch, seq]
-    let mask = mask_tensor::<B>(mask, batch, seq, device); // [batch, seq]
-    let h = model.forward(input_ids, mask.clone()); // [batch, seq, hidden]
-    let hidden = model.config.hidden_size;
-    let summed = (h * mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([batch, hidden]); // [batch, hidden]
-    let mean = summed / mask.sum_dim(1).clamp_min(1e-9); // [batch, hidden]
-    let norm = (mean.clone() * mean.clone()).sum_dim(1).sqrt().clamp_min(1e-12); // [batch, 1]
-    mean / norm
-}
-
-/// The InfoNCE loss of a batch of pairs under `model` (queries and positives in one forward pass).
+/// The InfoNCE loss of a batch of pairs under `model` (queries and positives in one forward pass through
+/// [`mean_pool`], texts of at most [`TrainConfig::max_seq_len`] tokens). Which in-batch positives are not
+/// negatives follows [`TrainConfig::negatives`]. Token ids that [`mean_pool`] refuses are an error.
 ///
 /// # Shapes
 /// `batch.len()` pairs → `[1]`
 pub fn batch_loss<B: Backend>(
     model: &BertModel<B>,
     batch: &[Pair],
-    temperature: f64,
+    cfg: &TrainConfig,
     device: &B::Device,
-) -> Tensor<B, 1> {
+) -> Result<Tensor<B, 1>, RetrieverError> {
     let n = batch.len();
     let ids: Vec<Vec<u32>> =
         batch.iter().map(|p| p.query.clone()).chain(batch.iter().map(|p| p.positive.clone())).collect();
-    let emb = pooled_embeddings(model, &ids, device); // [2n, hidden]
+    let emb = mean_pool(model, &ids, cfg.max_seq_len, device)?; // [2n, hidden]
     let queries = emb.clone().narrow(0, 0, n); // [n, hidden]
     let positives = emb.narrow(0, n, n); // [n, hidden]
-    let tasks: Vec<usize> = batch.iter().map(|p| p.task).collect();
-    info_nce(queries, positives, Some(&tasks), temperature)
+    let groups: Vec<usize> = batch.iter().map(|p| cfg.negatives.group(p.task, p.domain)).collect();
+    Ok(info_nce(queries, positives, Some(&groups), cfg.temperature))
 }
 
 /// One Adam step on a batch; returns the updated model and the batch's loss before the step.
@@ -218,11 +252,11 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<BertModel<B>, B>>(
     batch: &[Pair],
     cfg: &TrainConfig,
     device: &B::Device,
-) -> (BertModel<B>, f64) {
-    let loss = batch_loss(&model, batch, cfg.temperature, device);
+) -> Result<(BertModel<B>, f64), RetrieverError> {
+    let loss = batch_loss(&model, batch, cfg, device)?;
     let value = loss.clone().into_scalar().elem::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (optim.step(cfg.lr, model, grads), value)
+    Ok((optim.step(cfg.lr, model, grads), value))
 }
 
 /// Runs the optimisation over ready-made pairs (one epoch): shuffles them with `rng`, steps batch by batch.
@@ -233,16 +267,16 @@ pub fn train_epoch<B: AutodiffBackend, O: Optimizer<BertModel<B>, B>>(
     cfg: &TrainConfig,
     rng: &mut StdRng,
     device: &B::Device,
-) -> (BertModel<B>, Vec<f64>) {
+) -> Result<(BertModel<B>, Vec<f64>), RetrieverError> {
     pairs.shuffle(rng);
     let mut losses = Vec::new();
     // A last batch of one pair has no negative: skip it.
     for batch in pairs.chunks(cfg.batch_size).filter(|b| b.len() >= 2) {
-        let (next, loss) = train_step(model, optim, batch, cfg, device);
+        let (next, loss) = train_step(model, optim, batch, cfg, device)?;
         model = next;
         losses.push(loss);
     }
-    (model, losses)
+    Ok((model, losses))
 }
 
 /// Truncates token ids to `max` tokens, keeping the final `[SEP]`.
@@ -259,6 +293,7 @@ fn truncate(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
 struct TaskTexts {
     queries: Vec<String>,
     samples: Vec<String>,
+    domain: Domain,
 }
 
 /// Draws one epoch's pairs (module docs).
@@ -276,7 +311,7 @@ fn draw_pairs<B: Backend>(
         let queries: Vec<&String> = t.queries.choose_multiple(rng, cfg.pairs_per_task).collect();
         for q in queries {
             let Some(positive) = t.samples.choose(rng) else { continue };
-            pairs.push(Pair { query: tokens(q)?, positive: tokens(positive)?, task });
+            pairs.push(Pair { query: tokens(q)?, positive: tokens(positive)?, task, domain: t.domain });
         }
     }
     Ok(pairs)
@@ -312,14 +347,21 @@ pub fn train_retriever<B: AutodiffBackend>(
                 suite.dir().display()
             )));
         }
-        texts.push(TaskTexts { queries, samples });
+        texts.push(TaskTexts { queries, samples, domain: meta.domain });
         train_tasks.push(meta.name.clone());
     }
-    if texts.len() < 2 {
+    let groups: std::collections::HashSet<usize> = texts
+        .iter()
+        .enumerate()
+        .map(|(task, t)| cfg.negatives.group(task, t.domain))
+        .collect();
+    if groups.len() < 2 {
         return Err(RetrieverError::Input(format!(
-            "{}: {} training task(s); in-batch negatives need at least 2",
+            "{}: {} training task(s) in {} group(s) for negatives `{}`; in-batch negatives need at least 2",
             suite.dir().display(),
-            texts.len()
+            texts.len(),
+            groups.len(),
+            cfg.negatives
         )));
     }
     let device = encoder.device().clone();
@@ -331,7 +373,7 @@ pub fn train_retriever<B: AutodiffBackend>(
         let start = Instant::now();
         let pairs = draw_pairs(&texts, &encoder, cfg, &mut rng)?;
         let n_pairs = pairs.len();
-        let (next, losses) = train_epoch(model, &mut optim, pairs, cfg, &mut rng, &device);
+        let (next, losses) = train_epoch(model, &mut optim, pairs, cfg, &mut rng, &device)?;
         model = next;
         let report = EpochReport {
             epoch,

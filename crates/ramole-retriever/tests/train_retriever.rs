@@ -8,8 +8,8 @@ use burn::tensor::{Tensor, TensorData};
 use ramole_core::backend::{Selected, SelectedAutodiff, device};
 use ramole_models::bert::{BertConfig, BertModel};
 use ramole_retriever::SentenceEncoder;
-use ramole_retriever::tasks::{Suite, SuiteConfig, TaskSpec, build_suite};
-use ramole_retriever::train::{Pair, TrainConfig, batch_loss, info_nce, train_epoch, train_retriever};
+use ramole_retriever::tasks::{Domain, Suite, SuiteConfig, TaskSpec, build_suite};
+use ramole_retriever::train::{Negatives, Pair, TrainConfig, batch_loss, info_nce, train_epoch, train_retriever};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use safetensors::{Dtype, tensor::TensorView};
@@ -114,7 +114,7 @@ fn synthetic_pairs() -> Vec<Pair> {
         for i in 0..8u32 {
             let query = vec![1, base + i % 8, base + (i + 3) % 8, base + (i + 5) % 8, 2];
             let positive = vec![1, base + (i + 1) % 8, base + (i + 6) % 8, 2];
-            pairs.push(Pair { query, positive, task: task as usize });
+            pairs.push(Pair { query, positive, task: task as usize, domain: Domain::Qa });
         }
     }
     pairs
@@ -127,16 +127,22 @@ fn train_tiny_model_loss_decreases() {
     let dev = device();
     let mut model = BertModel::<SelectedAutodiff>::load(tmp.path(), &dev).expect("tiny model");
     let pairs = synthetic_pairs();
-    let cfg = TrainConfig { lr: 1e-2, temperature: 0.1, batch_size: 8, ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        temperature: 0.1,
+        batch_size: 8,
+        negatives: Negatives::OtherTasks,
+        ..TrainConfig::default()
+    };
     let full_loss = |m: &BertModel<SelectedAutodiff>| {
-        f64::from(batch_loss(m, &pairs, cfg.temperature, &dev).into_data().iter::<f32>().next().expect("loss"))
+        f64::from(batch_loss(m, &pairs, &cfg, &dev).expect("loss").into_data().iter::<f32>().next().expect("loss"))
     };
     let before = full_loss(&model);
     let mut optim = AdamConfig::new().init::<SelectedAutodiff, BertModel<SelectedAutodiff>>();
     let mut rng = StdRng::seed_from_u64(1);
     let mut steps = 0;
     for _ in 0..6 {
-        let (next, losses) = train_epoch(model, &mut optim, pairs.clone(), &cfg, &mut rng, &dev);
+        let (next, losses) = train_epoch(model, &mut optim, pairs.clone(), &cfg, &mut rng, &dev).expect("epoch");
         model = next;
         assert!(losses.iter().all(|l| l.is_finite()));
         steps += losses.len();
@@ -145,6 +151,44 @@ fn train_tiny_model_loss_decreases() {
     assert_eq!(steps, 6 * 4, "32 pairs in batches of 8");
     eprintln!("tiny model: loss {before:.4} -> {after:.4} after {steps} steps");
     assert!(after < 0.5 * before, "loss {before} -> {after}");
+}
+
+/// The loss masks same-domain negatives under `Negatives::OtherDomains` (what `info_nce` gives with domain
+/// groups, and lower than with every other task as a negative), and bad token ids are an error, not a panic.
+#[test]
+fn train_batch_loss_masks_negatives_by_domain() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = tiny_config();
+    random_checkpoint(tmp.path(), &c);
+    let dev = device();
+    let model = BertModel::<Selected>::load(tmp.path(), &dev).expect("tiny model");
+    // Tasks 0 and 1 share a domain, tasks 2 and 3 another; two pairs of each task.
+    let pairs: Vec<Pair> = synthetic_pairs()
+        .into_iter()
+        .filter(|p| p.query[1] % 8 < 2)
+        .map(|p| Pair { domain: if p.task < 2 { Domain::Qa } else { Domain::Arithmetic }, ..p })
+        .collect();
+    assert_eq!(pairs.len(), 8);
+    let loss = |negatives| {
+        let cfg = TrainConfig { temperature: 0.1, negatives, ..TrainConfig::default() };
+        scalar(batch_loss(&model, &pairs, &cfg, &dev).expect("loss"))
+    };
+    let (tasks, domains) = (loss(Negatives::OtherTasks), loss(Negatives::OtherDomains));
+    let ids: Vec<Vec<u32>> =
+        pairs.iter().map(|p| p.query.clone()).chain(pairs.iter().map(|p| p.positive.clone())).collect();
+    let emb = ramole_retriever::encoder::mean_pool(&model, &ids, 64, &dev).expect("embed");
+    let groups: Vec<usize> = pairs.iter().map(|p| p.domain as usize).collect();
+    let expected = scalar(info_nce(emb.clone().narrow(0, 0, 8), emb.narrow(0, 8, 8), Some(&groups), 0.1));
+    assert!((domains - expected).abs() < 1e-5, "{domains} vs {expected}");
+    assert!(domains < tasks, "fewer negatives must lower the loss: {domains} vs {tasks}");
+    assert_eq!("other-domains".parse::<Negatives>().expect("parse"), Negatives::OtherDomains);
+    assert_eq!(Negatives::OtherTasks.to_string().parse::<Negatives>().expect("parse"), Negatives::OtherTasks);
+    assert!("domains".parse::<Negatives>().is_err());
+    // An id outside the 40-token vocabulary, or a text over `max_seq_len`, is refused.
+    let bad = vec![Pair { query: vec![1, 40, 2], ..pairs[0].clone() }, pairs[1].clone()];
+    assert!(batch_loss(&model, &bad, &TrainConfig::default(), &dev).is_err());
+    let short = TrainConfig { max_seq_len: 4, ..TrainConfig::default() };
+    assert!(batch_loss(&model, &pairs, &short, &dev).is_err(), "queries have 5 tokens");
 }
 
 /// One real step on all-MiniLM-L6-v2 (3 tasks, 2 pairs each); the saved folder loads back with the

@@ -6,7 +6,7 @@ use anyhow::Context;
 use ramole_core::backend::{self, SelectedAutodiff};
 use ramole_retriever::SentenceEncoder;
 use ramole_retriever::tasks::Suite;
-use ramole_retriever::train::{self, TrainConfig};
+use ramole_retriever::train::{self, Negatives, TrainConfig};
 
 /// Arguments of `ramole train-retriever`.
 #[derive(Debug, clap::Args)]
@@ -44,6 +44,10 @@ pub struct Args {
     /// Instruction prepended to every text.
     #[arg(long, default_value = ramole_retriever::DEFAULT_INSTRUCTION)]
     pub instruction: String,
+    /// In-batch negatives of a query: `other-domains` (tasks of another domain only) or `other-tasks`
+    /// (every other task, LoraRetriever's setting).
+    #[arg(long, default_value_t = TrainConfig::default().negatives)]
+    pub negatives: Negatives,
 }
 
 /// Runs `ramole train-retriever`: prints one line per epoch, saves the encoder and `train_report.json`.
@@ -62,13 +66,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_seq_len: args.max_seq_len,
         seed: args.seed,
         instruction: args.instruction,
+        negatives: args.negatives,
     };
     let held_out: Vec<&str> = suite.meta().tasks.iter().filter(|t| t.held_out).map(|t| t.name.as_str()).collect();
     println!(
-        "training on {} tasks, holding out {} ({}); backend {}",
+        "training on {} tasks, holding out {} ({}); negatives {}; backend {}",
         suite.meta().tasks.len() - held_out.len(),
         held_out.len(),
         held_out.join(", "),
+        cfg.negatives,
         backend::NAME
     );
     let (trained, report) = train::train_retriever(&suite, encoder, &cfg, &mut |e| {
