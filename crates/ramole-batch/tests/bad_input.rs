@@ -1,6 +1,8 @@
 //! Bad input gets a typed error naming the file, tensor or request, and nothing else in the batch
 //! or the loaded pool is affected.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use ramole_batch::{BatchError, Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
@@ -10,7 +12,7 @@ use ramole_mole::{MoleError, RowRequest};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/tiny-llama")
+    common::fixture("tiny-llama")
 }
 
 fn engine_with(adapters: &[&str]) -> Engine<Selected> {
@@ -32,8 +34,7 @@ fn edited_adapter(dir: &Path, name: &str, src: &str, edit: impl Fn(&str, &mut Ve
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (key, view) in st.tensors() {
         let mut shape = view.shape().to_vec();
-        let mut values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut values: Vec<f32> = common::f32s(&view);
         edit(&key, &mut shape, &mut values);
         tensors.push((key, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }

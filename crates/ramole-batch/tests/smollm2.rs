@@ -1,8 +1,11 @@
 //! The real SmolLM2-135M-Instruct GGUF (fetched through the project's asset cache): logits and greedy
 //! tokens equal transformers on the dequantised weights, and the chat answer names Paris.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{f32s, token_ids};
 use ramole_batch::{Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
 use ramole_core::assets::AssetCache;
 use ramole_core::backend::{Selected, device};
@@ -11,7 +14,7 @@ use ramole_mole::RowRequest;
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/smollm2")
+    common::fixture("smollm2")
 }
 
 fn engine() -> Engine<Selected> {
@@ -42,19 +45,12 @@ fn smollm2_matches_transformers_and_answers_paris() {
     for out in outs {
         let out = out.expect("request runs");
         let Ok(want) = reference.tensor(&format!("logits.{}", out.name)) else { continue };
-        let want: Vec<f32> =
-            want.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want = f32s(&want);
         let got = out.prompt_logits.as_ref().expect("logits");
         let got = &got[got.len() - 4 * vocab..];
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
         assert!(worst <= 5e-3, "{}: max |logit diff| {worst} > 5e-3", out.name);
-        let greedy: Vec<u32> = reference
-            .tensor(&format!("greedy.{}", out.name))
-            .expect("greedy")
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
-            .collect();
+        let greedy = token_ids(&reference.tensor(&format!("greedy.{}", out.name)).expect("greedy"));
         assert_eq!(out.new_tokens, greedy, "{}: greedy tokens", out.name);
         checked += 1;
     }

@@ -1,14 +1,17 @@
 //! Parity with PyTorch + transformers + PEFT on the tiny random Llama fixture: every case alone and
 //! all cases in one heterogeneous batch.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{f32s, token_ids};
 use ramole_batch::{Engine, RequestFile, RequestOutput, RunOptions};
 use ramole_core::backend::{Selected, device};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/tiny-llama")
+    common::fixture("tiny-llama")
 }
 
 struct Reference {
@@ -33,8 +36,7 @@ impl Reference {
     fn check(&self, out: &RequestOutput) {
         let st = SafeTensors::deserialize(&self.bytes).expect("reference file");
         let logits = st.tensor(&format!("logits.{}", out.name)).expect("reference logits");
-        let want: Vec<f32> =
-            logits.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want = f32s(&logits);
         let got = out.prompt_logits.as_ref().expect("prompt logits");
         assert_eq!(got.len(), want.len(), "{}: logits size", out.name);
         let worst = got
@@ -44,11 +46,7 @@ impl Reference {
             .fold(f32::NEG_INFINITY, f32::max);
         assert!(worst <= 0.0, "{}: logits exceed tolerance by {worst}", out.name);
         let greedy = st.tensor(&format!("greedy.{}", out.name)).expect("reference greedy");
-        let want: Vec<u32> = greedy
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
-            .collect();
+        let want = token_ids(&greedy);
         assert_eq!(out.new_tokens, want, "{}: greedy tokens", out.name);
     }
 }
@@ -108,13 +106,7 @@ fn rows_that_finish_early_leave_the_batch_without_changing_the_others() {
     for (request, out) in file.requests.iter().zip(outs) {
         let out = out.expect("runs");
         assert!(out.prompt_logits.is_none());
-        let greedy: Vec<u32> = reference
-            .tensor(&format!("greedy.{}", out.name))
-            .expect("greedy")
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
-            .collect();
+        let greedy = token_ids(&reference.tensor(&format!("greedy.{}", out.name)).expect("greedy"));
         assert_eq!(out.new_tokens, greedy[..request.max_new_tokens], "{}", out.name);
     }
 }

@@ -1,6 +1,8 @@
 //! Model variants the fixture does not cover directly: tied embeddings, the older `config.json` layout,
 //! f16/bf16 weights. Each is checked against an equivalent model the fixture does cover.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use ramole_batch::{Engine, RequestFile, RunOptions};
@@ -8,7 +10,7 @@ use ramole_core::backend::{Selected, device};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/tiny-llama")
+    common::fixture("tiny-llama")
 }
 
 /// Writes a copy of the tiny base model to `dir`, with tensors mapped by `edit` (None drops one) and
@@ -24,8 +26,7 @@ fn variant(
     let st = SafeTensors::deserialize(&bytes).expect("valid");
     let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (key, view) in st.tensors() {
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> = common::f32s(&view);
         let Some(values) = edit(&key, values, &st) else { continue };
         let raw: Vec<u8> = match dtype {
             Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
@@ -45,12 +46,7 @@ fn variant(
 }
 
 fn f32s(st: &SafeTensors<'_>, key: &str) -> Vec<f32> {
-    st.tensor(key)
-        .expect("tensor")
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    common::f32s(&st.tensor(key).expect("tensor"))
 }
 
 fn logits(model: &Path) -> Vec<Vec<f32>> {

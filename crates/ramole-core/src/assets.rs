@@ -449,14 +449,20 @@ mod tests {
         out
     }
 
-    #[test]
-    fn fetches_verifies_and_unpacks_a_wheel_then_works_offline() {
+    /// A work folder with a test wheel, its asset, and a cache whose "python" hands out that wheel.
+    fn wheel_fixture() -> (tempfile::TempDir, Asset, PathBuf, AssetCache, Vec<u8>) {
         let work = tempfile::tempdir().expect("tempdir");
         let wheel = work.path().join("test_pkg-9.9.9-py3-none-any.whl");
         let bytes = make_wheel(&wheel);
         let asset = test_asset("test_pkg-9.9.9-py3-none-any.whl", leak(sha256_hex(&bytes)));
         let root = work.path().join("cache");
         let cache = AssetCache::new(&root).python(fake_python(work.path(), &wheel)).quiet(true);
+        (work, asset, root, cache, bytes)
+    }
+
+    #[test]
+    fn fetches_verifies_and_unpacks_a_wheel_then_works_offline() {
+        let (work, asset, root, cache, bytes) = wheel_fixture();
 
         let dir = cache.asset_dir(&asset).expect("fetch + unpack");
         assert_eq!(dir, root.join("assets/testpkg"));
@@ -543,12 +549,7 @@ mod tests {
 
     #[test]
     fn concurrent_fetches_of_one_asset_all_see_the_whole_asset() {
-        let work = tempfile::tempdir().expect("tempdir");
-        let wheel = work.path().join("test_pkg-9.9.9-py3-none-any.whl");
-        let bytes = make_wheel(&wheel);
-        let asset = test_asset("test_pkg-9.9.9-py3-none-any.whl", leak(sha256_hex(&bytes)));
-        let root = work.path().join("cache");
-        let cache = AssetCache::new(&root).python(fake_python(work.path(), &wheel)).quiet(true);
+        let (_work, asset, root, cache, _) = wheel_fixture();
         let dirs: Vec<PathBuf> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6).map(|_| s.spawn(|| cache.asset_dir(&asset))).collect();
             handles.into_iter().map(|h| h.join().expect("thread").expect("fetch")).collect()
