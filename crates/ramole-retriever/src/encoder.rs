@@ -241,8 +241,10 @@ pub fn mean_pool<B: Backend>(
     if ids.is_empty() {
         return Err(RetrieverError::Input("no sequence to encode".into()));
     }
-    if let Some((i, s)) =
-        ids.iter().enumerate().find(|(_, s)| s.is_empty() || s.len() > max_len || s.iter().any(|&id| id as usize >= vocab))
+    if let Some((i, s)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.is_empty() || s.len() > max_len || s.iter().any(|&id| id as usize >= vocab))
     {
         return Err(RetrieverError::Input(format!(
             "sequence {i}: {} tokens (1..={max_len} allowed) with ids below {vocab} required",
