@@ -126,6 +126,38 @@ impl BertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    /// The tensors of a checkpoint of this configuration: HF names and PyTorch shapes (`Linear`
+    /// weights `[out, in]`), without the optional pooler.
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, f) = (self.hidden_size, self.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![self.vocab_size, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![self.max_position_embeddings, h]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![self.type_vocab_size, h]),
+            ("embeddings.LayerNorm.weight".into(), vec![h]),
+            ("embeddings.LayerNorm.bias".into(), vec![h]),
+        ];
+        for i in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            for (n, o, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", f, h),
+                ("output.dense", h, f),
+            ] {
+                shapes.push((format!("{p}.{n}.weight"), vec![o, inp]));
+                shapes.push((format!("{p}.{n}.bias"), vec![o]));
+            }
+            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                shapes.push((format!("{p}.{n}.weight"), vec![h]));
+                shapes.push((format!("{p}.{n}.bias"), vec![h]));
+            }
+        }
+        shapes
+    }
 }
 
 /// Token, position and token-type embeddings, summed and normalised.
@@ -571,34 +603,10 @@ mod tests {
 
     fn tiny_checkpoint_with_root(dir: &Path, drop: Option<&str>, root: &str) {
         let c = tiny_config();
-        let (h, f) = (c.hidden_size, c.intermediate_size);
-        let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h]),
-            ("embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h]),
-            ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
-            ("embeddings.LayerNorm.weight".into(), vec![h]),
-            ("embeddings.LayerNorm.bias".into(), vec![h]),
-            ("pooler.dense.weight".into(), vec![h, h]),
-            ("pooler.dense.bias".into(), vec![h]),
-        ];
-        for i in 0..c.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            for (n, o, inp) in [
-                ("attention.self.query", h, h),
-                ("attention.self.key", h, h),
-                ("attention.self.value", h, h),
-                ("attention.output.dense", h, h),
-                ("intermediate.dense", f, h),
-                ("output.dense", h, f),
-            ] {
-                shapes.push((format!("{p}.{n}.weight"), vec![o, inp]));
-                shapes.push((format!("{p}.{n}.bias"), vec![o]));
-            }
-            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
-                shapes.push((format!("{p}.{n}.weight"), vec![h]));
-                shapes.push((format!("{p}.{n}.bias"), vec![h]));
-            }
-        }
+        let h = c.hidden_size;
+        let mut shapes = c.weight_shapes();
+        shapes.push(("pooler.dense.weight".into(), vec![h, h]));
+        shapes.push(("pooler.dense.bias".into(), vec![h]));
         let mut seed = 12345u64;
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
             .into_iter()

@@ -184,7 +184,11 @@ impl EvalReport {
             let cells: Vec<String> = metrics(b)
                 .iter()
                 .zip(metrics(a))
-                .map(|(b, a)| format!("{:.1} → {:.1} ({:+.1})", 100.0 * b, 100.0 * a, 100.0 * (a - b)))
+                // rounded to the printed digit first, and `+ 0.0` turns -0.0 into 0.0: no change prints "+0.0"
+                .map(|(b, a)| {
+                    let delta = (1000.0 * (a - b)).round() / 10.0 + 0.0;
+                    format!("{:.1} → {:.1} ({delta:+.1})", 100.0 * b, 100.0 * a)
+                })
                 .collect();
             out += &format!("| {name} | {} | {} |\n", a.queries, cells.join(" | "));
         }

@@ -55,32 +55,7 @@ fn tiny_config() -> BertConfig {
 
 /// A random checkpoint (config.json + model.safetensors) in `dir`; LayerNorm weights are 1, biases 0.
 fn random_checkpoint(dir: &Path, c: &BertConfig) {
-    let (h, f) = (c.hidden_size, c.intermediate_size);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h]),
-        ("embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h]),
-        ("embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h]),
-        ("embeddings.LayerNorm.weight".into(), vec![h]),
-        ("embeddings.LayerNorm.bias".into(), vec![h]),
-    ];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("encoder.layer.{i}");
-        for (n, o, inp) in [
-            ("attention.self.query", h, h),
-            ("attention.self.key", h, h),
-            ("attention.self.value", h, h),
-            ("attention.output.dense", h, h),
-            ("intermediate.dense", f, h),
-            ("output.dense", h, f),
-        ] {
-            shapes.push((format!("{p}.{n}.weight"), vec![o, inp]));
-            shapes.push((format!("{p}.{n}.bias"), vec![o]));
-        }
-        for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            shapes.push((format!("{p}.{n}.weight"), vec![h]));
-            shapes.push((format!("{p}.{n}.bias"), vec![h]));
-        }
-    }
+    let shapes = c.weight_shapes();
     let mut seed = 7u64;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
         .into_iter()
