@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use ramole_core::assets::AssetCache;
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::{SentenceEncoder, read_jsonl_texts};
 
@@ -28,10 +27,7 @@ pub struct Args {
 
 /// Loads the encoder from `model`, or the cached all-MiniLM-L6-v2 when `None`.
 pub fn load_encoder(model: Option<&Path>) -> anyhow::Result<SentenceEncoder<Selected>> {
-    let dir = match model {
-        Some(dir) => dir.to_path_buf(),
-        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2")?,
-    };
+    let dir = super::engine::encoder_path(model.map(Path::to_path_buf))?;
     SentenceEncoder::load(&dir, &backend::device()).with_context(|| format!("loading the encoder in {}", dir.display()))
 }
 

@@ -1,4 +1,5 @@
-//! Loading the engine for `generate`, `batch` and `bench-decode`.
+//! Where the models come from: the LLM engine for `generate`, `batch` and `bench-decode`, and the
+//! retriever's encoder folder.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,14 @@ pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match model {
         Some(p) => Ok(p),
         None => AssetCache::from_env()?.smollm2_gguf().context("fetching SmolLM2-135M-Instruct"),
+    }
+}
+
+/// The sentence-encoder folder to load: the given one, or all-MiniLM-L6-v2 from the asset cache.
+pub fn encoder_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(p) => Ok(p),
+        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2"),
     }
 }
 

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ramole_core::assets::AssetCache;
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::SentenceEncoder;
 use ramole_retriever::eval::{self, EvalConfig, EvalReport};
@@ -37,14 +36,6 @@ pub struct Args {
     pub instruction: String,
 }
 
-/// The model folder asked for, else the cached all-MiniLM-L6-v2.
-pub fn model_dir(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match model {
-        Some(m) => Ok(m),
-        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2"),
-    }
-}
-
 /// The suite folder asked for, else the default one.
 pub fn suite_dir(tasks: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match tasks {
@@ -68,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let dir = suite_dir(args.tasks)?;
     let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let model = model_dir(args.model)?;
+    let model = super::engine::encoder_path(args.model)?;
     let encoder = SentenceEncoder::<Selected>::load(&model, &backend::device())
         .with_context(|| format!("loading the encoder from {}", model.display()))?;
     let cfg = EvalConfig { instruction: args.instruction, per_task: args.per_task, batch_size: args.batch_size };

@@ -54,7 +54,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = super::eval_retrieval::suite_dir(args.tasks)?;
     let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let model = super::eval_retrieval::model_dir(args.model)?;
+    let model = super::engine::encoder_path(args.model)?;
     let encoder = SentenceEncoder::<SelectedAutodiff>::load(&model, &backend::device())
         .with_context(|| format!("loading the encoder from {}", model.display()))?;
     let cfg = TrainConfig {
