@@ -302,12 +302,11 @@ impl<B: Backend> Engine<B> {
         stats.prefill_secs = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
 
-        // Decode: all unfinished rows advance together; finished rows leave the batch.
+        // Decode: all unfinished rows advance together; finished rows leave the batch. Line `i` of
+        // `logits` (and row `i` of the cache, the LoRA state and `pads`) belongs to `active[i]`.
         let mut samplers: Vec<Sampler> = rows.iter().map(|p| Sampler::new(p.request.sampling)).collect();
         let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].request.max_new_tokens > 0).collect();
-        let mut next: Vec<u32> = Vec::new();
-        let mut logits = last;
-        let mut positions_of_logits: Vec<usize> = (0..n).collect(); // row of each line of `logits`
+        let mut logits: Vec<f32> = active.iter().flat_map(|&i| &last[i * vocab..(i + 1) * vocab]).copied().collect();
         if active.len() < n {
             // Drop the rows that generate nothing before the first decode step.
             cache.select_rows(&active);
@@ -315,37 +314,32 @@ impl<B: Backend> Engine<B> {
             pads = active.iter().map(|&i| pads[i]).collect();
         }
         while !active.is_empty() {
-            next.clear();
-            let mut still = Vec::with_capacity(active.len());
-            for &row in &active {
-                let line = positions_of_logits.iter().position(|&r| r == row).unwrap_or(0);
+            let mut keep = Vec::with_capacity(active.len()); // lines whose row goes on
+            let mut next = Vec::with_capacity(active.len());
+            for (line, &row) in active.iter().enumerate() {
                 let tok = samplers[row].pick(&logits[line * vocab..(line + 1) * vocab]);
                 let out = &mut outputs[row];
                 out.new_tokens.push(tok);
                 let eos = !options.ignore_eos && self.config.eos_token_ids.contains(&tok);
-                let done = eos || out.new_tokens.len() >= rows[row].request.max_new_tokens;
-                if !done {
-                    still.push(row);
-                    next.push(tok);
+                if !eos && out.new_tokens.len() < rows[row].request.max_new_tokens {
+                    keep.push(line);
+                    next.push(i64::from(tok));
                 }
             }
-            if still.is_empty() {
+            if keep.is_empty() {
                 break;
             }
-            if still.len() < active.len() {
-                let keep: Vec<usize> = still.iter().map(|r| active.iter().position(|a| a == r).unwrap_or(0)).collect();
+            if keep.len() < active.len() {
                 cache.select_rows(&keep);
                 lora = lora.select_rows(&keep);
                 pads = keep.iter().map(|&k| pads[k]).collect();
+                active = keep.iter().map(|&k| active[k]).collect();
             }
-            active = still;
             let m = active.len();
-            let toks: Vec<i64> = next.iter().map(|&x| i64::from(x)).collect();
-            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [m, 1]), device);
+            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [m, 1]), device);
             let attn = AttentionInput::left_padded(&pads, cache.len(), 1, device);
             let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
             logits = to_vec(self.model.logits(hidden));
-            positions_of_logits = active.clone();
             stats.decode_steps += 1;
             stats.decode_tokens += m;
         }
