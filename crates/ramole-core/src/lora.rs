@@ -23,7 +23,7 @@
 //!
 //! Either way the cost per layer does not grow with the number of adapters a row uses by a loop. The
 //! update depends only on the batch's adapters, not on the tokens, so it is built once per batch and
-//! reused by every decoding step. [`reference`] holds the plain implementation.
+//! reused by every decoding step. [`reference`](mod@reference) holds the plain implementation.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
