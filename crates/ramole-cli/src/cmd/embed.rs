@@ -27,8 +27,7 @@ pub struct Args {
 
 /// Loads the encoder from `model`, or the cached all-MiniLM-L6-v2 when `None`.
 pub fn load_encoder(model: Option<&Path>) -> anyhow::Result<SentenceEncoder<Selected>> {
-    let dir = super::engine::encoder_path(model.map(Path::to_path_buf))?;
-    SentenceEncoder::load(&dir, &backend::device()).with_context(|| format!("loading the encoder in {}", dir.display()))
+    Ok(super::engine::load_encoder(model)?.1)
 }
 
 /// Reads the texts of a requests file (see [`Args::requests`]).

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use burn::tensor::backend::Backend;
 use ramole_batch::Engine;
 use ramole_core::assets::AssetCache;
 use ramole_core::backend::{Selected, device};
+use ramole_retriever::SentenceEncoder;
 
 /// The model to load: the given path, or SmolLM2-135M-Instruct from the asset cache.
 pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -17,12 +19,16 @@ pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The sentence-encoder folder to load: the given one, or all-MiniLM-L6-v2 from the asset cache.
-pub fn encoder_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match model {
-        Some(p) => Ok(p),
-        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2"),
-    }
+/// Loads the sentence encoder in `model`, or all-MiniLM-L6-v2 from the asset cache; returns its folder
+/// too (for reports).
+pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf, SentenceEncoder<B>)> {
+    let dir = match model {
+        Some(p) => p.to_path_buf(),
+        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2")?,
+    };
+    let encoder = SentenceEncoder::load(&dir, &Default::default())
+        .with_context(|| format!("loading the encoder in {}", dir.display()))?;
+    Ok((dir, encoder))
 }
 
 /// Loads the model (with a spinner) and the adapters of `adapters` (each sub-folder is one, named by

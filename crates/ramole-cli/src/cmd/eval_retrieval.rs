@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use burn::tensor::backend::Backend;
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::SentenceEncoder;
 use ramole_retriever::eval::{self, EvalConfig, EvalReport};
 use ramole_retriever::tasks::Suite;
 
-/// Arguments of `ramole eval-retrieval`.
+/// The suite and the encoder, shared by `eval-retrieval` and `train-retriever`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct SuiteArgs {
     /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`].
     #[arg(long)]
     pub tasks: Option<PathBuf>,
@@ -18,6 +19,40 @@ pub struct Args {
     /// all-MiniLM-L6-v2].
     #[arg(long)]
     pub model: Option<PathBuf>,
+}
+
+/// What [`SuiteArgs::load`] reads: the suite and its folder, the encoder and its folder.
+pub struct Loaded<B: Backend> {
+    /// The suite folder.
+    pub suite_dir: PathBuf,
+    /// The suite.
+    pub suite: Suite,
+    /// The encoder folder.
+    pub model_dir: PathBuf,
+    /// The encoder.
+    pub encoder: SentenceEncoder<B>,
+}
+
+impl SuiteArgs {
+    /// Reads the suite (default folder unless `--tasks`) and loads the encoder (cached MiniLM unless
+    /// `--model`).
+    pub fn load<B: Backend>(&self) -> anyhow::Result<Loaded<B>> {
+        let suite_dir = match &self.tasks {
+            Some(t) => t.clone(),
+            None => super::tasks::default_dir()?,
+        };
+        let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
+        let (model_dir, encoder) = super::engine::load_encoder(self.model.as_deref())?;
+        Ok(Loaded { suite_dir, suite, model_dir, encoder })
+    }
+}
+
+/// Arguments of `ramole eval-retrieval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The suite and the encoder.
+    #[command(flatten)]
+    pub input: SuiteArgs,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -36,14 +71,6 @@ pub struct Args {
     pub instruction: String,
 }
 
-/// The suite folder asked for, else the default one.
-pub fn suite_dir(tasks: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match tasks {
-        Some(t) => Ok(t),
-        None => super::tasks::default_dir(),
-    }
-}
-
 /// Runs `ramole eval-retrieval`: prints the markdown table and a timing line; writes `--json`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
@@ -57,11 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let dir = suite_dir(args.tasks)?;
-    let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let model = super::engine::encoder_path(args.model)?;
-    let encoder = SentenceEncoder::<Selected>::load(&model, &backend::device())
-        .with_context(|| format!("loading the encoder from {}", model.display()))?;
+    let Loaded { suite_dir: dir, suite, model_dir: model, encoder } = args.input.load::<Selected>()?;
     let cfg = EvalConfig { instruction: args.instruction, per_task: args.per_task, batch_size: args.batch_size };
     let report = eval::evaluate(&suite, &encoder, &cfg).context("evaluating retrieval")?;
     print!("{}", report.to_markdown());

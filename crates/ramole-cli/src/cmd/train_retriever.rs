@@ -4,19 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ramole_core::backend::{self, SelectedAutodiff};
-use ramole_retriever::SentenceEncoder;
-use ramole_retriever::tasks::Suite;
 use ramole_retriever::train::{self, Negatives, TrainConfig};
 
 /// Arguments of `ramole train-retriever`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`].
-    #[arg(long)]
-    pub tasks: Option<PathBuf>,
-    /// The sentence-transformers folder to start from [default: the cached all-MiniLM-L6-v2].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// The suite, and the encoder to start from.
+    #[command(flatten)]
+    pub input: super::eval_retrieval::SuiteArgs,
     /// Where to write the trained encoder (a sentence-transformers folder, loadable by `--model`).
     #[arg(long)]
     pub out: PathBuf,
@@ -52,11 +47,7 @@ pub struct Args {
 
 /// Runs `ramole train-retriever`: prints one line per epoch, saves the encoder and `train_report.json`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dir = super::eval_retrieval::suite_dir(args.tasks)?;
-    let suite = Suite::load(&dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let model = super::engine::encoder_path(args.model)?;
-    let encoder = SentenceEncoder::<SelectedAutodiff>::load(&model, &backend::device())
-        .with_context(|| format!("loading the encoder from {}", model.display()))?;
+    let super::eval_retrieval::Loaded { suite, encoder, .. } = args.input.load::<SelectedAutodiff>()?;
     let cfg = TrainConfig {
         epochs: args.epochs,
         lr: args.lr,
