@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::ModelError;
@@ -76,11 +77,15 @@ pub trait WeightSource {
     }
 }
 
-/// Weights in a `.safetensors` file (f32, f16 or bf16), read whole into memory.
+/// Weights in a `.safetensors` file (f32, f16 or bf16), read whole into memory; the header is parsed
+/// and validated once, at open.
 #[derive(Debug)]
 pub struct SafetensorsWeights {
     path: PathBuf,
     bytes: Vec<u8>,
+    /// Where the tensor data starts in `bytes` (after the length prefix and the header).
+    data_start: usize,
+    metadata: Metadata,
 }
 
 impl SafetensorsWeights {
@@ -93,14 +98,9 @@ impl SafetensorsWeights {
 
     /// Validates `bytes` as a safetensors file; `path` names it in errors.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self, ModelError> {
-        SafeTensors::deserialize(&bytes)
+        let (header_len, metadata) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| ModelError::format(&path, format!("not a valid safetensors file: {e}")))?;
-        Ok(Self { path, bytes })
-    }
-
-    fn parsed(&self) -> Result<SafeTensors<'_>, ModelError> {
-        SafeTensors::deserialize(&self.bytes)
-            .map_err(|e| ModelError::format(&self.path, format!("not a valid safetensors file: {e}")))
+        Ok(Self { path, bytes, data_start: 8 + header_len, metadata })
     }
 }
 
@@ -110,10 +110,10 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn get(&self, name: &str) -> Result<Option<HostTensor>, ModelError> {
-        let st = self.parsed()?;
-        let Ok(view) = st.tensor(name) else { return Ok(None) };
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
+        let Some(info) = self.metadata.info(name) else { return Ok(None) };
+        let (start, end) = info.data_offsets; // validated against the file size at open
+        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let data: Vec<f32> = match info.dtype {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -125,13 +125,13 @@ impl WeightSource for SafetensorsWeights {
                 });
             }
         };
-        HostTensor::new(view.shape().to_vec(), data).map(Some).ok_or_else(|| {
+        HostTensor::new(info.shape.clone(), data).map(Some).ok_or_else(|| {
             ModelError::format(&self.path, format!("tensor `{name}`: data size does not match its shape"))
         })
     }
 
     fn names(&self) -> Vec<String> {
-        self.parsed().map(|st| st.names().into_iter().map(String::from).collect()).unwrap_or_default()
+        self.metadata.offset_keys()
     }
 }
 
