@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use ramole_assets::AssetCache;
 use ramole_batch::Engine;
 use ramole_batch::bench::{DecodeBench, run_scenario};
-use ramole_core::assets::AssetCache;
 use ramole_core::backend::{Selected, device};
 
 fn decode(c: &mut Criterion) {

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ramole_core::assets::{AssetCache, MINILM};
+use ramole_assets::{AssetCache, MINILM};
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::{DEFAULT_INSTRUCTION, Index, SentenceEncoder};
 

@@ -81,9 +81,11 @@ impl DecodeBench {
     /// The three scenarios over the same prompts.
     pub fn scenarios(&self, vocab: usize) -> Vec<Scenario> {
         let mut rng = StdRng::seed_from_u64(42);
-        let prompts: Vec<Vec<u32>> = (0..self.batch)
-            .map(|_| (0..self.prompt_len).map(|_| rng.random_range(17..vocab as u32)).collect())
-            .collect();
+        // Ids past the first few (special tokens in real vocabularies), when the vocabulary has them.
+        let vocab = u32::try_from(vocab).unwrap_or(u32::MAX).max(1);
+        let first = if vocab > 17 { 17 } else { 0 };
+        let prompts: Vec<Vec<u32>> =
+            (0..self.batch).map(|_| (0..self.prompt_len).map(|_| rng.random_range(first..vocab)).collect()).collect();
         let rows = |row: &dyn Fn(usize) -> RowRequest| -> Vec<Request> {
             prompts
                 .iter()
@@ -132,4 +134,28 @@ pub fn run_scenario<B: Backend>(engine: &Engine<B>, scenario: &Scenario) -> Resu
 
 fn adapter_name(i: usize) -> String {
     format!("bench_{i:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_of_any_shape_build() {
+        for vocab in [1, 2, 17, 18, 512] {
+            for (batch, adapters, mix, prompt_len) in [(0, 0, 0, 0), (3, 0, 5, 2), (2, 4, 9, 1)] {
+                let bench = DecodeBench { batch, adapters, mix, prompt_len, ..DecodeBench::default() };
+                let scenarios = bench.scenarios(vocab);
+                assert_eq!(scenarios.len(), 3);
+                for s in &scenarios {
+                    assert_eq!(s.requests.len(), batch);
+                    for r in &s.requests {
+                        let RequestInput::Ids(ids) = &r.input else { panic!("ids") };
+                        assert_eq!(ids.len(), prompt_len);
+                        assert!(ids.iter().all(|&t| (t as usize) < vocab));
+                    }
+                }
+            }
+        }
+    }
 }

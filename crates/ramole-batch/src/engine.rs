@@ -95,7 +95,9 @@ impl<B: Backend> Engine<B> {
             let model = LlamaForCausalLM::load(&config, &weights, device)?;
             let tok_path = path.join("tokenizer.json");
             let tokenizer = if tok_path.exists() {
-                Some(Tokenizer::from_file(&tok_path).map_err(|e| BatchError::Model {
+                let bytes = ramole_core::fs::read_bounded(&tok_path, ramole_core::fs::MAX_TEXT_BYTES)
+                    .map_err(|source| BatchError::Io { path: tok_path.clone(), source })?;
+                Some(Tokenizer::from_bytes(&bytes).map_err(|e| BatchError::Model {
                     path: tok_path.clone(),
                     message: format!("invalid tokenizer: {e}"),
                 })?)
@@ -146,13 +148,12 @@ impl<B: Backend> Engine<B> {
 
     /// Tokenizes `text` (special tokens parsed, nothing added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, BatchError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| BatchError::Request {
-            request: "-".into(),
-            message: "the model has no tokenizer: give token ids".into(),
-        })?;
-        tok.encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
+        self.encode_text(text).map_err(|message| BatchError::Request { request: "-".into(), message })
+    }
+
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
+        let tok = self.tokenizer.as_ref().ok_or("the model has no tokenizer: give token ids")?;
+        tok.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| format!("tokenizer: {e}"))
     }
 
     /// Decodes token ids to text.
@@ -165,12 +166,12 @@ impl<B: Backend> Engine<B> {
             .map_err(|e| BatchError::Request { request: "-".into(), message: format!("tokenizer: {e}") })
     }
 
-    /// Checks one request on its own: prompt tokens, context length, adapters.
+    /// Checks one request on its own: prompt tokens, context length, sampling, adapters.
     fn prepare<'a>(&self, request: &'a Request) -> Result<Prepared<'a>, BatchError> {
         let err = |message: String| BatchError::Request { request: request.name.clone(), message };
         let ids = match &request.input {
             RequestInput::Ids(ids) => ids.clone(),
-            RequestInput::Prompt(p) => self.encode(p).map_err(|e| err(e.to_string()))?,
+            RequestInput::Prompt(p) => self.encode_text(p).map_err(err)?,
         };
         if ids.is_empty() {
             return Err(err("empty prompt".into()));
@@ -179,22 +180,24 @@ impl<B: Backend> Engine<B> {
         if let Some(t) = ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(err(format!("token id {t} is outside the vocabulary (size {vocab})")));
         }
-        let total = ids.len() + request.max_new_tokens;
+        // Checked: a budget near usize::MAX must not wrap around and pass.
         let ctx = self.config.max_position_embeddings;
-        if total > ctx {
+        if ids.len().checked_add(request.max_new_tokens).is_none_or(|total| total > ctx) {
             return Err(err(format!(
                 "prompt of {} tokens plus {} new tokens exceeds the context of {ctx}",
                 ids.len(),
                 request.max_new_tokens
             )));
         }
+        request.sampling.check().map_err(err)?;
         BatchAdapters::resolve(&self.adapters, std::slice::from_ref(&request.row), &[&request.name])?;
         Ok(Prepared { request, ids })
     }
 
     /// Runs `requests` as ONE heterogeneous batch: each row with its own adapters, weights and
     /// composition, rows of different lengths left-padded and masked. A request that fails validation
-    /// gets its own error; the others run as if it were absent.
+    /// gets its own error; the others run as if it were absent. A row whose logits stop being usable
+    /// numbers gets [`BatchError::Numerical`] and leaves the batch; the others go on unaffected.
     pub fn run(&self, requests: &[Request], options: RunOptions) -> Vec<Result<RequestOutput, BatchError>> {
         self.run_with_stats(requests, options).0
     }
@@ -223,7 +226,7 @@ impl<B: Backend> Engine<B> {
             match self.run_rows(&rows, options, &mut stats) {
                 Ok(outputs) => {
                     for (slot, out) in slots.iter().zip(outputs) {
-                        results[*slot] = Some(Ok(out));
+                        results[*slot] = Some(out);
                     }
                 }
                 Err(e) => {
@@ -237,18 +240,22 @@ impl<B: Backend> Engine<B> {
         }
         let results = results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BatchError::Request { request: "-".into(), message: "not run".into() })))
+            .zip(requests)
+            .map(|(res, req)| {
+                res.unwrap_or_else(|| Err(BatchError::Request { request: req.name.clone(), message: "not run".into() }))
+            })
             .collect();
         (results, stats)
     }
 
-    /// Prefill + decode for validated rows.
+    /// Prefill + decode for validated rows: one result per row (a row whose logits are not usable
+    /// numbers fails alone), or an error of the whole batch.
     fn run_rows(
         &self,
         rows: &[Prepared<'_>],
         options: RunOptions,
         stats: &mut RunStats,
-    ) -> Result<Vec<RequestOutput>, BatchError> {
+    ) -> Result<Vec<Result<RequestOutput, BatchError>>, BatchError> {
         let device = &self.device;
         let clock = Instant::now();
         let n = rows.len();
@@ -297,18 +304,28 @@ impl<B: Backend> Engine<B> {
         } else {
             to_vec(self.model.logits(hidden.slice([0..n, t - 1..t, 0..d])))
         };
+        // A row whose prompt logits are not usable numbers fails here, whether it decodes or not.
+        let mut failed: Vec<Option<BatchError>> = (0..n).map(|_| None).collect();
+        for (i, out) in outputs.iter().enumerate() {
+            let checked = out.prompt_logits.as_deref().unwrap_or(&last[i * vocab..(i + 1) * vocab]);
+            if let Some(problem) = logits_problem(checked, vocab) {
+                failed[i] = Some(numerical(rows[i].request, problem, "the prefill"));
+            }
+        }
 
         stats.prefill_tokens = rows.iter().map(|p| p.ids.len()).sum();
         stats.prefill_secs = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
 
-        // Decode: all unfinished rows advance together; finished rows leave the batch. Line `i` of
-        // `logits` (and row `i` of the cache, the LoRA state and `pads`) belongs to `active[i]`.
+        // Decode: all unfinished rows advance together; finished (or failed) rows leave the batch. Line
+        // `i` of `logits` (and row `i` of the cache, the LoRA state and `pads`) belongs to `active[i]`.
         let mut samplers: Vec<Sampler> = rows.iter().map(|p| Sampler::new(p.request.sampling)).collect();
-        let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].request.max_new_tokens > 0).collect();
+        let mut active: Vec<usize> =
+            (0..n).filter(|&i| failed[i].is_none() && rows[i].request.max_new_tokens > 0).collect();
         let mut logits: Vec<f32> = active.iter().flat_map(|&i| &last[i * vocab..(i + 1) * vocab]).copied().collect();
-        if active.len() < n {
-            // Drop the rows that generate nothing before the first decode step.
+        if !active.is_empty() && active.len() < n {
+            // Drop the rows that generate nothing before the first decode step (when no row decodes,
+            // there is nothing to select: the loop below does not run).
             cache.select_rows(&active);
             lora = lora.select_rows(&active);
             pads = active.iter().map(|&i| pads[i]).collect();
@@ -317,8 +334,16 @@ impl<B: Backend> Engine<B> {
             let mut keep = Vec::with_capacity(active.len()); // lines whose row goes on
             let mut next = Vec::with_capacity(active.len());
             for (line, &row) in active.iter().enumerate() {
-                let tok = samplers[row].pick(&logits[line * vocab..(line + 1) * vocab]);
+                let line_logits = &logits[line * vocab..(line + 1) * vocab];
                 let out = &mut outputs[row];
+                if !out.new_tokens.is_empty()
+                    && let Some(problem) = logits_problem(line_logits, vocab)
+                {
+                    let when = format!("decoding step {}", out.new_tokens.len());
+                    failed[row] = Some(numerical(rows[row].request, problem, &when));
+                    continue;
+                }
+                let tok = samplers[row].pick(line_logits);
                 out.new_tokens.push(tok);
                 let eos = !options.ignore_eos && self.config.eos_token_ids.contains(&tok);
                 if !eos && out.new_tokens.len() < rows[row].request.max_new_tokens {
@@ -344,7 +369,31 @@ impl<B: Backend> Engine<B> {
             stats.decode_tokens += m;
         }
         stats.decode_secs = clock.elapsed().as_secs_f64();
-        Ok(outputs)
+        Ok(outputs.into_iter().zip(failed).map(|(out, failed)| failed.map_or(Ok(out), Err)).collect())
+    }
+}
+
+/// What makes a row of logits unusable, if anything: a NaN or an infinity, or all `vocab` values
+/// equal — the final RMSNorm zeroes a hidden state whose mean square overflowed f32 (activations
+/// beyond ~1e19), and the LM head then gives the same logit to every token.
+fn logits_problem(logits: &[f32], vocab: usize) -> Option<&'static str> {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Some("its logits are not finite (NaN or infinity)");
+    }
+    for row in logits.chunks(vocab.max(1)) {
+        if row.len() > 1 && row.iter().all(|&v| v == row[0]) {
+            return Some("its logits are all equal (its activations overflowed f32)");
+        }
+    }
+    None
+}
+
+fn numerical(request: &Request, problem: &str, when: &str) -> BatchError {
+    BatchError::Numerical {
+        request: request.name.clone(),
+        message: format!(
+            "{problem} after {when}: its adapters or adapter weights make the model diverge; the row left the batch"
+        ),
     }
 }
 

@@ -62,32 +62,47 @@ pub struct RequestFile {
 }
 
 impl RequestFile {
-    /// Reads a request file. Fails on invalid JSON, a case with neither `input_ids` nor `prompt`,
-    /// negative or oversized token ids, or duplicate names; other checks (empty prompt, context
-    /// length, adapters) happen per request when the batch runs.
+    /// Reads a request file (a regular UTF-8 file of at most [`ramole_core::fs::MAX_TEXT_BYTES`]; a
+    /// byte-order mark is dropped). Fails on what [`RequestFile::from_json`] refuses, with the path;
+    /// other checks (empty prompt, context length, adapters) happen per request when the batch runs.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BatchError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| BatchError::Io { path: path.into(), source })?;
-        Self::from_json(&text).map_err(|message| BatchError::RequestFile { path: path.into(), message })
+        let text = ramole_core::fs::read_text(path, ramole_core::fs::MAX_TEXT_BYTES)
+            .map_err(|source| BatchError::Io { path: path.into(), source })?;
+        Self::from_json(&text).map_err(|e| BatchError::RequestFile { path: path.into(), message: e.to_string() })
     }
 
-    /// Parses the JSON text of a request file.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let raw: RawFile = serde_json::from_str(text).map_err(|e| format!("not a valid request file: {e}"))?;
+    /// Parses the JSON text of a request file. Fails with [`BatchError::InvalidRequests`] on invalid
+    /// JSON, no cases, a case with an empty name or with neither `input_ids` nor `prompt`, negative or
+    /// oversized token ids, or duplicate names.
+    pub fn from_json(text: &str) -> Result<Self, BatchError> {
+        let invalid = |request: Option<&str>, message: String| BatchError::InvalidRequests {
+            request: request.map(String::from),
+            message,
+        };
+        let raw: RawFile =
+            serde_json::from_str(text).map_err(|e| invalid(None, format!("not a valid request file: {e}")))?;
+        if raw.cases.is_empty() {
+            return Err(invalid(None, "`cases` is empty: no request to run".into()));
+        }
+        let mut names = std::collections::HashSet::with_capacity(raw.cases.len());
         let mut requests = Vec::with_capacity(raw.cases.len());
         for case in raw.cases {
-            if requests.iter().any(|r: &Request| r.name == case.name) {
-                return Err(format!("duplicate request name `{}`", case.name));
+            if case.name.is_empty() {
+                return Err(invalid(None, format!("case {} has an empty `name`", requests.len())));
+            }
+            if !names.insert(case.name.clone()) {
+                return Err(invalid(None, format!("duplicate request name `{}`", case.name)));
             }
             let input = match (case.input_ids, case.prompt) {
                 (Some(ids), _) => RequestInput::Ids(
                     ids.iter()
                         .map(|&t| u32::try_from(t))
                         .collect::<Result<_, _>>()
-                        .map_err(|_| format!("request `{}`: token ids must be in 0..2^32", case.name))?,
+                        .map_err(|_| invalid(Some(&case.name), "token ids must be in 0..2^32".into()))?,
                 ),
                 (None, Some(p)) => RequestInput::Prompt(p),
-                (None, None) => return Err(format!("request `{}`: needs `input_ids` or `prompt`", case.name)),
+                (None, None) => return Err(invalid(Some(&case.name), "needs `input_ids` or `prompt`".into())),
             };
             requests.push(Request {
                 name: case.name,
@@ -133,8 +148,21 @@ mod tests {
             r#"{"cases": [{"name": "a", "input_ids": [1]}, {"name": "a", "input_ids": [1]}]}"#,
             r#"{"cases": [{"name": "a", "input_ids": [1], "composition": "blend"}]}"#,
             r#"{"cases": [{"name": "a", "input_ids": [1], "adapter": []}]}"#,
+            r#"{"cases": []}"#,
+            r#"{"cases": [{"name": "", "input_ids": [1]}]}"#,
+            r#"{"cases": [{"name": "a", "input_ids": [1], "greedy_new_tokens": -1}]}"#,
+            r#"{"cases": [{"name": "a", "input_ids": [1], "greedy_new_tokens": 18446744073709551616}]}"#,
+            "[]",
+            "",
         ] {
-            assert!(RequestFile::from_json(bad).is_err(), "{bad}");
+            let err = RequestFile::from_json(bad).expect_err(bad);
+            assert!(matches!(err, BatchError::InvalidRequests { .. }), "{bad}: {err}");
         }
+        let err = RequestFile::from_json(r#"{"cases": [{"name": "x"}]}"#).expect_err("no input");
+        assert!(
+            matches!(&err, BatchError::InvalidRequests { request: Some(r), .. } if r == "x"),
+            "the error names the case: {err}"
+        );
+        assert_eq!(err.to_string(), "request `x`: needs `input_ids` or `prompt`");
     }
 }

@@ -20,6 +20,24 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// Checks the parameters: a temperature that is a finite number > 0 and a `top_p` in (0, 1].
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Sampling::Greedy => Ok(()),
+            Sampling::TopP { temperature, top_p, .. } => {
+                if !(temperature.is_finite() && temperature > 0.0) {
+                    return Err(format!("sampling temperature {temperature} must be a finite number > 0"));
+                }
+                if !(top_p > 0.0 && top_p <= 1.0) {
+                    return Err(format!("top_p {top_p} must be in (0, 1]"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A per-request token picker (owns the request's random generator).
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -37,9 +55,12 @@ impl Sampler {
         Self { mode, rng: StdRng::seed_from_u64(seed) }
     }
 
-    /// The next token for one row of logits.
+    /// The next token for one row of logits. Parameters that [`Sampling::check`] refuses, and logits
+    /// that give no probability distribution (NaN, infinities), fall back to greedy; an empty row
+    /// gives 0.
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
         match self.mode {
+            Sampling::TopP { .. } if self.mode.check().is_err() => argmax(logits),
             Sampling::Greedy => argmax(logits),
             Sampling::TopP { temperature, top_p, .. } => {
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -47,6 +68,9 @@ impl Sampler {
                     logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / temperature).exp())).collect();
                 probs.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let total: f32 = probs.iter().map(|p| p.1).sum();
+                if !(total.is_finite() && total > 0.0) {
+                    return argmax(logits);
+                }
                 let mut kept = 0;
                 let mut mass = 0.0;
                 for p in &probs {
@@ -106,5 +130,37 @@ mod tests {
         assert!(a.contains(&1) && a.contains(&2));
         let tiny = Sampling::TopP { temperature: 1.0, top_p: 1e-6, seed: 1 };
         assert!(draw(tiny).iter().all(|&t| t == 1), "a tiny nucleus is greedy");
+    }
+
+    #[test]
+    fn edge_parameters_and_logits_never_panic() {
+        let logits = [0.0, 5.0, 4.9, -10.0, 1.0];
+        for (temperature, top_p) in [
+            (0.0, 1.0),
+            (-1.0, 0.5),
+            (f32::NAN, 0.5),
+            (f32::INFINITY, 0.5),
+            (1.0, 0.0),
+            (1.0, -0.5),
+            (1.0, 1.5),
+            (1.0, f32::NAN),
+        ] {
+            let mode = Sampling::TopP { temperature, top_p, seed: 3 };
+            assert!(mode.check().is_err(), "{temperature} {top_p}");
+            assert_eq!(Sampler::new(mode).pick(&logits), 1, "invalid parameters fall back to greedy");
+        }
+        for (temperature, top_p) in [(1e-30, 1.0), (1e30, 1.0), (f32::MIN_POSITIVE, f32::MIN_POSITIVE)] {
+            let mode = Sampling::TopP { temperature, top_p, seed: 3 };
+            assert!(mode.check().is_ok());
+            let t = Sampler::new(mode).pick(&logits);
+            assert!((t as usize) < logits.len());
+        }
+        let mode = Sampling::TopP { temperature: 1.0, top_p: 0.9, seed: 3 };
+        for bad in [&[][..], &[f32::NAN, 1.0], &[f32::INFINITY, 0.0], &[f32::NEG_INFINITY; 3], &[f32::MAX, f32::MIN]] {
+            let t = Sampler::new(mode).pick(bad);
+            assert!(bad.is_empty() && t == 0 || (t as usize) < bad.len(), "{bad:?}: {t}");
+            let g = Sampler::new(Sampling::Greedy).pick(bad);
+            assert!(bad.is_empty() && g == 0 || (g as usize) < bad.len(), "{bad:?}: {g}");
+        }
     }
 }

@@ -201,3 +201,387 @@ fn bad_model_files_are_refused() {
     let err = Engine::<Selected>::load(dir.path().join("absent"), &device()).expect_err("absent");
     assert!(matches!(err, BatchError::Model { .. }), "{err}");
 }
+
+fn engine_with_fixture_adapters() -> Engine<Selected> {
+    let mut engine = engine_with(&[]);
+    engine.adapters_mut().load_dir(fixture().join("adapters")).expect("adapters");
+    engine
+}
+
+fn with_logits() -> RunOptions {
+    RunOptions { prompt_logits: true, ..Default::default() }
+}
+
+/// Largest absolute difference of two outputs' prompt logits.
+fn logits_gap(a: &ramole_batch::RequestOutput, b: &ramole_batch::RequestOutput) -> f32 {
+    let (x, y) = (a.prompt_logits.as_deref().expect("logits"), b.prompt_logits.as_deref().expect("logits"));
+    assert_eq!(x.len(), y.len(), "{}", a.name);
+    x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max)
+}
+
+/// Each request of `batch` that succeeded gives what it gives alone (same tokens, logits within 1e-4).
+fn assert_same_as_alone(
+    engine: &Engine<Selected>,
+    batch: &[Request],
+    results: &[Result<ramole_batch::RequestOutput, BatchError>],
+) {
+    for (req, res) in batch.iter().zip(results) {
+        let Ok(out) = res else { continue };
+        let alone = engine.run(std::slice::from_ref(req), with_logits()).pop().expect("one").expect("runs alone");
+        assert_eq!(out.new_tokens, alone.new_tokens, "{}", req.name);
+        assert!(logits_gap(out, &alone) < 1e-4, "{}", req.name);
+    }
+}
+
+// Issue 6: a request without `greedy_new_tokens` (README examples `b` and `c`) panicked in
+// `Tensor::cat` of an empty list when no row of the batch decodes.
+#[test]
+fn batches_where_no_row_decodes_or_all_rows_stop_together_run() {
+    let engine = engine_with_fixture_adapters();
+    let readme = RequestFile::from_json(
+        r#"{"cases": [
+          {"name": "b", "input_ids": [5, 9, 13], "adapters": [["a1", 0.6], ["a2", 0.4]], "composition": "mixture"},
+          {"name": "c", "input_ids": [7, 7], "adapters": [["a0", 0.7], ["a1", 0.3]], "composition": "fusion"}
+        ]}"#,
+    )
+    .expect("README examples b and c");
+    for options in [with_logits(), RunOptions::default()] {
+        let results = engine.run(&readme.requests, options);
+        for (req, res) in readme.requests.iter().zip(&results) {
+            let out = res.as_ref().expect("no row decodes: runs");
+            assert!(out.new_tokens.is_empty(), "{}", req.name);
+            assert_eq!(out.prompt_logits.is_some(), options.prompt_logits);
+        }
+        // One alone too (the batch of one row that does not decode).
+        let alone = engine.run(&readme.requests[1..], options);
+        assert!(alone[0].as_ref().is_ok_and(|o| o.new_tokens.is_empty()));
+    }
+    let with = engine.run(&readme.requests, with_logits());
+    assert_same_as_alone(&engine, &readme.requests, &with);
+
+    // Every row stops after its first token: the batch ends before any decoding step.
+    let fixture_cases = RequestFile::from_file(fixture().join("cases.json")).expect("cases").requests;
+    let full = engine.run(&fixture_cases, RunOptions::default());
+    let mut one_each = fixture_cases.clone();
+    for r in &mut one_each {
+        r.max_new_tokens = 1;
+    }
+    let (results, stats) = engine.run_with_stats(&one_each, RunOptions::default());
+    assert_eq!(stats.decode_steps, 0);
+    for (a, b) in results.iter().zip(&full) {
+        let (a, b) = (a.as_ref().expect("runs"), b.as_ref().expect("runs"));
+        assert_eq!(a.new_tokens, b.new_tokens[..1], "{}", a.name);
+    }
+
+    // Rows that decode next to rows that do not: each as alone.
+    let mut mixed = readme.requests.clone();
+    mixed.splice(1..1, fixture_cases.iter().take(3).cloned());
+    let results = engine.run(&mixed, with_logits());
+    assert!(results.iter().all(Result::is_ok));
+    assert_same_as_alone(&engine, &mixed, &results);
+
+    // No request at all, and only requests that fail validation.
+    assert!(engine.run(&[], with_logits()).is_empty());
+    let (results, stats) = engine.run_with_stats(&[request("empty", RequestInput::Ids(vec![]), &[], 0)], with_logits());
+    assert!(results[0].is_err());
+    assert_eq!(stats.rows, 0);
+}
+
+// Issue 6: `prompt length + max_new_tokens` wrapped around for a huge budget, the context check
+// passed and decoding never ended.
+#[test]
+fn huge_token_budgets_are_refused_per_request() {
+    let engine = engine_with_fixture_adapters();
+    let ctx = engine.config().max_position_embeddings;
+    let ids = vec![5u32, 9, 13];
+    let budgets = [usize::MAX, usize::MAX - 1, usize::MAX - 2, usize::MAX / 2 + 1, ctx - ids.len() + 1];
+    let mut batch: Vec<Request> = budgets
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| request(&format!("huge{i}"), RequestInput::Ids(ids.clone()), &[], n))
+        .collect();
+    batch.push(request("fits", RequestInput::Ids(ids.clone()), &[("a0", 1.0)], 4));
+    let start = std::time::Instant::now();
+    let results = engine.run(&batch, RunOptions::default());
+    assert!(start.elapsed().as_secs() < 60, "refused at once, not decoded");
+    for (req, res) in batch.iter().zip(&results) {
+        if req.name == "fits" {
+            assert_eq!(res.as_ref().expect("runs").new_tokens.len(), 4);
+        } else {
+            let err = res.as_ref().expect_err(&req.name);
+            assert!(matches!(err, BatchError::Request { request, .. } if *request == req.name), "{err}");
+            assert!(err.to_string().contains("exceeds the context"), "{err}");
+        }
+    }
+    // The same from a request file.
+    let file = RequestFile::from_json(
+        r#"{"cases": [{"name": "x", "input_ids": [1, 2], "greedy_new_tokens": 18446744073709551615}]}"#,
+    )
+    .expect("parses");
+    assert_eq!(file.requests[0].max_new_tokens, usize::MAX);
+    let err = engine.run(&file.requests, RunOptions::default()).pop().expect("one").expect_err("refused");
+    assert!(err.to_string().contains("request `x`") && err.to_string().contains("exceeds the context"), "{err}");
+    // Exactly the context: runs (to the end of the context at most).
+    let exact = request("exact", RequestInput::Ids(ids.clone()), &[], ctx - ids.len());
+    let out = engine.run(&[exact], RunOptions { ignore_eos: true, ..Default::default() }).pop().expect("one");
+    assert_eq!(out.expect("fits the context").new_tokens.len(), ctx - ids.len());
+}
+
+// Issue 6: adapter weights of 1e30 gave NaN or all-zero logits, and exit 0.
+#[test]
+fn rows_whose_logits_diverge_fail_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut engine = engine_with_fixture_adapters();
+    // An adapter whose weights are finite but huge: it loads, and overflows f32 in the forward pass.
+    let huge = edited_adapter(dir.path(), "huge", "a0", |_, _, values| values.iter_mut().for_each(|v| *v *= 1e30));
+    engine.adapters_mut().add("huge", &huge).expect("finite weights load");
+
+    let good = RequestFile::from_file(fixture().join("cases.json")).expect("cases").requests;
+    let alone = engine.run(&good, with_logits());
+    let diverging = vec![
+        request("w1e30", RequestInput::Ids(vec![5, 9, 13]), &[("a0", 1e30)], 3),
+        request("w1e30_prompt_only", RequestInput::Ids(vec![5, 9]), &[("a0", -1e30)], 0),
+        request("huge_adapter", RequestInput::Ids(vec![7, 7, 7, 7]), &[("huge", 1.0)], 2),
+        request("mixture_1e30", RequestInput::Ids(vec![11, 3]), &[("a1", 0.5), ("a2", 1e30)], 2),
+    ];
+    for options in [with_logits(), RunOptions::default()] {
+        let mut mixed = diverging.clone();
+        mixed.splice(2..2, good.iter().cloned());
+        let results = engine.run(&mixed, options);
+        let mut ok = Vec::new();
+        for (req, res) in mixed.iter().zip(results) {
+            if diverging.iter().any(|d| d.name == req.name) {
+                let err = res.expect_err(&req.name);
+                assert!(
+                    matches!(&err, BatchError::Numerical { request, .. } if *request == req.name),
+                    "{}: {err}",
+                    req.name
+                );
+                assert!(err.to_string().contains("after the prefill"), "{err}");
+            } else {
+                ok.push(res.expect("the other rows run"));
+            }
+        }
+        // The other rows give exactly what they give alone.
+        for (a, b) in alone.iter().zip(&ok) {
+            let a = a.as_ref().expect("runs");
+            assert_eq!(a.new_tokens, b.new_tokens, "{}", a.name);
+            if options.prompt_logits {
+                assert!(logits_gap(a, b) < 1e-4, "{}", a.name);
+            }
+        }
+    }
+
+    // A row that is fine after the prefill and diverges at a decoding step leaves the batch then.
+    let prompt = [5u32, 9, 13];
+    let late = late_diverging_adapter(dir.path(), &prompt);
+    engine.adapters_mut().add("late", &late).expect("finite weights load");
+    let mut mixed = good.clone();
+    mixed.insert(1, request("late", RequestInput::Ids(prompt.to_vec()), &[("late", 1.0)], 6));
+    let results = engine.run(&mixed, RunOptions { prompt_logits: true, ignore_eos: true });
+    let err = results[1].as_ref().expect_err("diverges while decoding");
+    assert!(matches!(err, BatchError::Numerical { request, .. } if request == "late"), "{err}");
+    assert!(err.to_string().contains("after decoding step"), "{err}");
+    let again = engine.run(&good, RunOptions { prompt_logits: true, ignore_eos: true });
+    for (a, b) in again.iter().zip(results.iter().filter(|r| r.as_ref().is_ok_and(|o| o.name != "late"))) {
+        let (a, b) = (a.as_ref().expect("runs"), b.as_ref().expect("runs"));
+        assert_eq!(a.new_tokens, b.new_tokens, "{}", a.name);
+        assert!(logits_gap(a, b) < 1e-4, "{}", a.name);
+    }
+
+    // Weights that are not numbers once multiplied by the adapter's scale are refused up front.
+    for (w, what) in [(f32::INFINITY, "inf"), (f32::NAN, "NaN"), (f32::MAX, "max")] {
+        let req = request("bad_weight", RequestInput::Ids(vec![5]), &[("a0", w)], 1);
+        let err = engine.run(&[req], RunOptions::default()).pop().expect("one").expect_err(what);
+        assert!(
+            matches!(&err, BatchError::Mole(MoleError::Request { request, .. }) if request == "bad_weight"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("adapter `a0`") && err.to_string().contains("not a finite"), "{err}");
+    }
+}
+
+/// An adapter (from `a0`: q/v of both layers, rank 4) whose only non-zero update is layer 0's
+/// `v_proj`, with huge `A` rows orthogonal to the normalised embeddings of the `prompt` tokens: the
+/// prefill stays finite, and the first generated token outside the prompt overflows f32.
+fn late_diverging_adapter(dir: &Path, prompt: &[u32]) -> PathBuf {
+    let bytes = std::fs::read(fixture().join("base/model.safetensors")).expect("read");
+    let st = SafeTensors::deserialize(&bytes).expect("valid");
+    let embed = common::f32s(&st.tensor("model.embed_tokens.weight").expect("embed"));
+    let gamma = common::f32s(&st.tensor("model.layers.0.input_layernorm.weight").expect("norm"));
+    let d = gamma.len();
+    // Gram-Schmidt in f64: the prompt directions, then the adapter's rows orthogonal to them.
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    let mut orthogonalise = |mut v: Vec<f64>, keep: bool| -> Vec<f64> {
+        for b in &basis {
+            let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+            v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        if keep {
+            basis.push(v.clone());
+        }
+        v
+    };
+    for &t in prompt {
+        let row = &embed[t as usize * d..(t as usize + 1) * d];
+        orthogonalise(row.iter().zip(&gamma).map(|(e, g)| f64::from(e * g)).collect(), true);
+    }
+    let rows: Vec<Vec<f64>> =
+        (0..4).map(|k| orthogonalise((0..d).map(|j| ((j * 7 + k * 13) % 11) as f64 - 5.0).collect(), true)).collect();
+    edited_adapter(dir, "late", "a0", |key, shape, values| {
+        if key.contains("layers.0.self_attn.v_proj.lora_A") {
+            assert_eq!(*shape, [4, d]);
+            *values = rows.iter().flatten().map(|&x| (x * 1e22) as f32).collect();
+        } else if key.contains("layers.0.self_attn.v_proj.lora_B") {
+            values.iter_mut().for_each(|v| *v = 1.0);
+        } else {
+            values.iter_mut().for_each(|v| *v = 0.0);
+        }
+    })
+}
+
+// Issue 6: "adapter 0 listed twice" named an index; a failed load was reported as an unknown adapter;
+// `--adapters` at one adapter's folder loaded nothing.
+#[test]
+fn adapter_errors_name_the_adapter_and_why() {
+    let engine = engine_with_fixture_adapters();
+    let twice = request("twice", RequestInput::Ids(vec![5]), &[("a1", 0.5), ("a0", 0.2), ("a1", 0.5)], 0);
+    let err = engine.run(&[twice], RunOptions::default()).pop().expect("one").expect_err("duplicate");
+    assert_eq!(err.to_string(), "request `twice`: adapter `a1` is listed twice");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    edited_adapter(dir.path(), "good", "a1", |_, _, _| {});
+    edited_adapter(dir.path(), "bad", "a1", |_, _, values| values[0] = f32::NAN);
+    let mut engine = engine_with(&[]);
+    let report = engine.adapters_mut().load_dir(dir.path()).expect("folder");
+    assert_eq!(report.loaded, ["good"]);
+    let why = engine.adapters().load_error("bad").expect("remembered").to_string();
+    assert!(why.contains("non-finite"), "{why}");
+    let uses_bad = request("uses_bad", RequestInput::Ids(vec![5]), &[("bad", 1.0)], 0);
+    let uses_ghost = request("uses_ghost", RequestInput::Ids(vec![5]), &[("ghost", 1.0)], 0);
+    let results = engine.run(&[uses_bad, uses_ghost], RunOptions::default());
+    let err = results[0].as_ref().expect_err("bad");
+    assert!(
+        matches!(err, BatchError::Mole(MoleError::AdapterNotLoaded { request, adapter, .. }) if request == "uses_bad" && adapter == "bad"),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), format!("request `uses_bad`: adapter `bad` failed to load: {why}"));
+    let err = results[1].as_ref().expect_err("ghost");
+    assert!(matches!(err, BatchError::Mole(MoleError::UnknownAdapter { adapter, .. }) if adapter == "ghost"), "{err}");
+    // Loading it under that name later clears the failure.
+    engine.adapters_mut().add("bad", fixture().join("adapters/a1")).expect("loads");
+    assert!(engine.adapters().load_error("bad").is_none());
+
+    // A folder that is one adapter loads as that adapter, named by the folder.
+    let mut engine = engine_with(&[]);
+    let report = engine.adapters_mut().load_dir(fixture().join("adapters/a2")).expect("one adapter");
+    assert_eq!(report.loaded, ["a2"]);
+    assert!(report.failed.is_empty());
+    let out = engine.run(&[request("x", RequestInput::Ids(vec![5, 6]), &[("a2", 1.0)], 1)], RunOptions::default());
+    assert!(out[0].is_ok());
+    // A folder with no adapter at all is an error.
+    let empty = tempfile::tempdir().expect("tmp");
+    std::fs::write(empty.path().join("notes.txt"), "no adapters").expect("write");
+    let err = engine.adapters_mut().load_dir(empty.path()).expect_err("no adapters");
+    assert!(matches!(&err, MoleError::NoAdapters { path, .. } if path == empty.path()), "{err}");
+    assert!(err.to_string().contains("no adapters"), "{err}");
+}
+
+/// A tokenizer for the tiny model (word level, with one special token), so prompts work.
+pub const TINY_TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+  "added_tokens": [{"id": 3, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": true},
+                   {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": true}],
+  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+  "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "Plural": 1, "</s>": 2, "<|im_start|>": 3, "of": 4,
+            "mouse": 5, ":": 6, "hello": 7}, "unk_token": "<unk>"}}"#;
+
+#[test]
+fn prompts_sampling_and_request_files_at_the_edges() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).expect("mkdir");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join("base").join(f), base.join(f)).expect("copy");
+    }
+    std::fs::write(base.join("tokenizer.json"), TINY_TOKENIZER).expect("write");
+    let mut engine = Engine::<Selected>::load(&base, &device()).expect("with tokenizer");
+    engine.adapters_mut().load_dir(fixture().join("adapters")).expect("adapters");
+
+    let prompt = |name: &str, text: &str, n: usize| request(name, RequestInput::Prompt(text.into()), &[], n);
+    let mut batch = vec![
+        prompt("special_only", "<|im_start|>", 3),
+        prompt("specials", "<|im_start|></s><|im_start|>", 2),
+        prompt("unknown_words", "zebra zebra", 1),
+        prompt("empty", "", 2),
+        prompt("spaces", "   \n\t ", 2),
+    ];
+    // README example `b`, as written (a prompt, a mixture, no `greedy_new_tokens`).
+    let readme_b = RequestFile::from_json(
+        r#"{"cases": [{"name": "b", "prompt": "Plural of mouse:", "adapters": [["a1", 0.6], ["a2", 0.4]], "composition": "mixture"}]}"#,
+    )
+    .expect("example b");
+    batch.extend(readme_b.requests);
+    let sampled = |name: &str, temperature: f32, top_p: f32| Request {
+        sampling: Sampling::TopP { temperature, top_p, seed: 1 },
+        ..prompt(name, "hello of", 3)
+    };
+    batch.extend([
+        sampled("t0", 0.0, 0.9),
+        sampled("t_neg", -1.0, 0.9),
+        sampled("t_nan", f32::NAN, 0.9),
+        sampled("p0", 1.0, 0.0),
+        sampled("p_big", 1.0, 1.5),
+        sampled("tiny_t", 1e-30, 1.0),
+        sampled("huge_t", 1e30, 1e-30),
+    ]);
+    let results = engine.run(&batch, with_logits());
+    for (req, res) in batch.iter().zip(&results) {
+        match req.name.as_str() {
+            "empty" | "spaces" => {
+                let err = res.as_ref().expect_err(&req.name).to_string();
+                assert_eq!(err, format!("request `{}`: empty prompt", req.name));
+            }
+            "t0" | "t_neg" | "t_nan" => {
+                let err = res.as_ref().expect_err(&req.name).to_string();
+                assert!(err.contains("temperature") && err.contains(&req.name), "{err}");
+            }
+            "p0" | "p_big" => {
+                let err = res.as_ref().expect_err(&req.name).to_string();
+                assert!(err.contains("top_p") && err.contains(&req.name), "{err}");
+            }
+            _ => {
+                let out = res.as_ref().unwrap_or_else(|e| panic!("{}: {e}", req.name));
+                assert!(out.new_tokens.len() <= req.max_new_tokens);
+                assert!(out.new_tokens.iter().all(|&t| (t as usize) < engine.config().vocab_size));
+                engine.decode(&out.new_tokens).expect("decodes");
+            }
+        }
+    }
+    let special = results[0].as_ref().expect("runs");
+    assert_eq!(special.prompt_ids, [3]);
+    assert_eq!(results[5].as_ref().expect("b").prompt_ids, [1, 4, 5, 6]);
+
+    // Request files: a BOM, a FIFO and a folder (refused at once, not read).
+    let bom = dir.path().join("bom.json");
+    std::fs::write(&bom, "\u{feff}{\"cases\": [{\"name\": \"a\", \"input_ids\": [1]}]}").expect("write");
+    assert_eq!(RequestFile::from_file(&bom).expect("BOM dropped").requests.len(), 1);
+    let err = RequestFile::from_file(dir.path()).expect_err("a folder");
+    assert!(matches!(&err, BatchError::Io { path, .. } if path == dir.path()), "{err}");
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.json");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            let err = RequestFile::from_file(&fifo).expect_err("a FIFO");
+            assert!(err.to_string().contains("FIFO"), "{err}");
+        }
+    }
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"cases": [{"name": "q"}]}"#).expect("write");
+    let err = RequestFile::from_file(&bad).expect_err("no input");
+    assert!(matches!(&err, BatchError::RequestFile { path, .. } if *path == bad), "{err}");
+    assert!(err.to_string().contains("request `q`: needs `input_ids` or `prompt`"), "{err}");
+}

@@ -6,8 +6,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{f32s, token_ids};
+use ramole_assets::AssetCache;
 use ramole_batch::{Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
-use ramole_core::assets::AssetCache;
 use ramole_core::backend::{Selected, device};
 use ramole_models::tokenizer::chatml_prompt;
 use ramole_mole::RowRequest;

@@ -18,6 +18,10 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Generate text with the base model (optionally with adapters).
     Generate(cmd::generate::Args),
+    /// RAMoLE: route every input through the pool (retrieval + composition) and answer them in batches.
+    Run(cmd::run::Args),
+    /// The paper's comparison: base, perfect selection, selection, mixture, fusion; IID and OOD.
+    Eval(cmd::eval::Args),
     /// Run every request of a file in one heterogeneous batch; write logits and greedy tokens.
     Batch(cmd::batch::Args),
     /// Decode throughput of a batch without and with per-row adapters (figures, not a test).
@@ -28,6 +32,10 @@ enum Command {
     EvalRetrieval(cmd::eval_retrieval::Args),
     /// Contrastive fine-tuning of the retriever's encoder on the suite's training tasks.
     TrainRetriever(cmd::train_retriever::Args),
+    /// The LoRA zoo: one LoRA per suite task, registered in a pool (`ramole zoo build`).
+    Zoo(cmd::zoo::Args),
+    /// Train a LoRA adapter on `{input, target}` records (frozen base, burn autodiff); saves a PEFT folder.
+    TrainLora(cmd::train_lora::Args),
     /// Sentence embeddings of texts (all-MiniLM-L6-v2), written as safetensors.
     Embed(cmd::embed::Args),
     /// The LoRA pool: add, remove, list.
@@ -40,11 +48,15 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Batch(a) => cmd::batch::run(a),
         Command::BenchDecode(a) => cmd::bench_decode::run(a),
         Command::Tasks(a) => cmd::tasks::run(a),
         Command::EvalRetrieval(a) => cmd::eval_retrieval::run(a),
         Command::TrainRetriever(a) => cmd::train_retriever::run(a),
+        Command::TrainLora(a) => cmd::train_lora::run(a),
+        Command::Zoo(a) => cmd::zoo::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Pool(a) => cmd::pool::run(a),
         Command::Retrieve(a) => cmd::retrieve::run(a),

@@ -490,11 +490,37 @@ impl<B: Backend> RowLora<B> {
 }
 
 /// The given rows (first dimension) of `t`, in that order. Slices and one concatenation, which every
-/// backend supports on any memory layout (burn-candle's `select` needs contiguous input).
+/// backend supports on any memory layout (burn-candle's `select` needs contiguous input). No rows
+/// give a tensor with a first dimension of 0 (a batch whose rows have all left).
 pub fn select_rows<B: Backend, const D: usize>(t: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
     let n = t.dims()[0];
     if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
         return t;
     }
+    if rows.is_empty() {
+        let mut dims = t.dims();
+        dims[0] = 0;
+        return Tensor::empty(dims, &t.device());
+    }
     Tensor::cat(rows.iter().map(|&r| t.clone().narrow(0, r, 1)).collect(), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Selected, device};
+
+    #[test]
+    fn select_rows_keeps_the_given_rows_and_takes_an_empty_list() {
+        let t = Tensor::<Selected, 3>::from_data(
+            TensorData::new((0..12).map(|x| x as f32).collect::<Vec<_>>(), [3, 2, 2]),
+            &device(),
+        );
+        let picked = select_rows(t.clone(), &[2, 0]);
+        assert_eq!(picked.dims(), [2, 2, 2]);
+        assert_eq!(picked.into_data().to_vec::<f32>().expect("f32"), vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+        let none = select_rows(t, &[]);
+        assert_eq!(none.dims(), [0, 2, 2]);
+        assert!(none.into_data().to_vec::<f32>().expect("f32").is_empty());
+    }
 }

@@ -26,7 +26,11 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::llama::{MAX_CONFIG_SIZE, MAX_LAYERS};
 use crate::weights::{HostTensor, SafetensorsWeights, WeightSource};
+
+/// The largest `config.json` read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Added to the attention scores of padded keys (the softmax then gives them zero weight).
 const MASKED_SCORE: f64 = -1.0e9;
@@ -80,7 +84,7 @@ impl BertConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = ramole_core::fs::read_text(path, MAX_CONFIG_BYTES).map_err(|e| ModelError::io(path, e))?;
         let config: Self = serde_json::from_str(&text)
             .map_err(|e| ModelError::config(path, format!("not a BERT config.json: {e}")))?;
         config.validate().map_err(|message| ModelError::config(path, message))?;
@@ -100,6 +104,16 @@ impl BertConfig {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{name}` must be at least 1"));
+        }
+        if let Some((name, v)) = sizes.iter().find(|(_, v)| *v > MAX_CONFIG_SIZE) {
+            return Err(format!("`{name}` {v} is over the limit of {MAX_CONFIG_SIZE}"));
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(format!("`num_hidden_layers` {} is over the limit of {MAX_LAYERS}", self.num_hidden_layers));
+        }
+        let widths = [self.vocab_size, self.max_position_embeddings, self.type_vocab_size, self.intermediate_size];
+        if widths.iter().any(|&n| n.checked_mul(self.hidden_size).is_none()) {
+            return Err("the sizes overflow when multiplied into weight shapes".into());
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(

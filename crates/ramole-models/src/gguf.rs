@@ -3,14 +3,16 @@
 //!
 //! [`GgufFile::open`] parses the header, every metadata value and every tensor description, and checks
 //! each tensor's data range against the file size. Every count and length read from the file is bounded
-//! by the bytes left, so a corrupt or truncated file is a [`ModelError::Format`] naming the file (and the
-//! tensor), never a panic or a huge allocation. Tensor data is read on demand.
+//! by the bytes left and by a cap ([`MAX_TENSORS`], [`MAX_METADATA_PAIRS`], [`MAX_STRING_BYTES`],
+//! [`MAX_ARRAY_ELEMENTS`]), so a corrupt or truncated file is a [`ModelError::Format`] naming the file
+//! (and the tensor), never a panic or a huge allocation. Only regular files are opened (a FIFO or a
+//! device is refused before it is opened). Tensor data is read on demand. [`GgufFile::from_bytes`]
+//! parses a header held in memory (the fuzz tests use it).
 //!
 //! ggml lists dimensions innermost first (`[ne0 = in, ne1 = out]`); [`GgufTensorInfo::shape`] is in
 //! PyTorch order (`[out, in]`).
 
-use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,15 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Deepest nesting of arrays accepted in metadata.
 const MAX_ARRAY_DEPTH: usize = 4;
+/// The most tensors a file may declare (real models have a few thousand).
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// The most metadata key/value pairs a file may declare.
+pub const MAX_METADATA_PAIRS: u64 = 1 << 20;
+/// The longest string (key, value or tensor name) accepted.
+pub const MAX_STRING_BYTES: u64 = 16 << 20;
+/// The most array elements, all metadata arrays together (nested ones included). A token list has
+/// up to a few hundred thousand; each element takes 32 bytes in memory however small it is in the file.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 
 /// A ggml tensor data type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +283,18 @@ impl GgufValue {
         }
     }
 
+    /// A short description for messages: the value, or for an array its type and length (a corrupt
+    /// file's value may be huge).
+    pub fn preview(&self) -> String {
+        match self {
+            Self::Array(a) => format!("an array of {} values", a.len()),
+            Self::String(s) if s.chars().count() > 60 => {
+                format!("String({:?}…, {} bytes)", s.chars().take(60).collect::<String>(), s.len())
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
     /// The GGUF name of the value's type.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -308,9 +331,9 @@ pub struct GgufTensorInfo {
 }
 
 impl GgufTensorInfo {
-    /// Number of values.
+    /// Number of values (`usize::MAX` if the product overflows, which a parsed file never has).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 
@@ -323,17 +346,21 @@ pub struct GgufFile {
     data_offset: u64,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
+    /// Index of each tensor in `tensors`, by name.
+    index: HashMap<String, usize>,
 }
 
 /// Bounds-checked little-endian reading of the header.
-struct HeaderReader<'a> {
-    inner: BufReader<File>,
+struct HeaderReader<'a, R> {
+    inner: R,
     pos: u64,
     len: u64,
     path: &'a Path,
+    /// Array elements read so far (against [`MAX_ARRAY_ELEMENTS`]).
+    array_elements: u64,
 }
 
-impl HeaderReader<'_> {
+impl<R: Read> HeaderReader<'_, R> {
     fn err(&self, message: impl Into<String>) -> ModelError {
         ModelError::format(self.path, message)
     }
@@ -350,8 +377,11 @@ impl HeaderReader<'_> {
                 self.remaining()
             )));
         }
-        let mut buf = vec![0u8; n as usize];
-        self.inner.read_exact(&mut buf).map_err(|e| ModelError::io(self.path, e))?;
+        let len = usize::try_from(n).map_err(|_| self.err(format!("{what}: {n} bytes do not fit in memory")))?;
+        let mut buf = vec![0u8; len];
+        self.inner.read_exact(&mut buf).map_err(|e| {
+            ModelError::format(self.path, format!("{what}: cannot read {n} bytes at offset {}: {e}", self.pos))
+        })?;
         self.pos += n;
         Ok(buf)
     }
@@ -371,9 +401,12 @@ impl HeaderReader<'_> {
         self.array(what).map(u64::from_le_bytes)
     }
 
-    /// A count of items each at least `min_size` bytes long, checked against the bytes left.
-    fn count(&mut self, min_size: u64, what: &str) -> Result<u64, ModelError> {
+    /// A count of at most `max` items each at least `min_size` bytes long, checked against the bytes left.
+    fn count(&mut self, min_size: u64, max: u64, what: &str) -> Result<u64, ModelError> {
         let n = self.u64(what)?;
+        if n > max {
+            return Err(self.err(format!("{what} is {n}, over the limit of {max} (at offset {})", self.pos)));
+        }
         if n.checked_mul(min_size).is_none_or(|b| b > self.remaining()) {
             return Err(self.err(format!(
                 "{what} is {n}, more than the {} bytes left at offset {} can hold",
@@ -385,7 +418,7 @@ impl HeaderReader<'_> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, ModelError> {
-        let n = self.count(1, &format!("length of {what}"))?;
+        let n = self.count(1, MAX_STRING_BYTES, &format!("length of {what}"))?;
         let b = self.bytes(n, what)?;
         String::from_utf8(b).map_err(|_| self.err(format!("{what} is not valid UTF-8")))
     }
@@ -424,7 +457,13 @@ impl HeaderReader<'_> {
                 let elem = self.u32(key)?;
                 let min = Self::min_size(elem)
                     .ok_or_else(|| self.err(format!("metadata `{key}`: unknown array element type {elem}")))?;
-                let n = self.count(min, &format!("element count of metadata `{key}`"))?;
+                let n = self.count(min, MAX_ARRAY_ELEMENTS, &format!("element count of metadata `{key}`"))?;
+                self.array_elements = self.array_elements.saturating_add(n);
+                if self.array_elements > MAX_ARRAY_ELEMENTS {
+                    return Err(self.err(format!(
+                        "metadata `{key}`: the arrays hold more than {MAX_ARRAY_ELEMENTS} elements in all"
+                    )));
+                }
                 let values = (0..n).map(|_| self.value(elem, key, depth + 1)).collect::<Result<Vec<_>, _>>()?;
                 GgufValue::Array(values)
             }
@@ -437,12 +476,25 @@ impl HeaderReader<'_> {
 }
 
 impl GgufFile {
-    /// Parses the header, metadata and tensor descriptions of the GGUF file at `path`.
+    /// Parses the header, metadata and tensor descriptions of the GGUF file at `path`, which must be a
+    /// regular file (checked before it is opened).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-        let mut r = HeaderReader { inner: BufReader::with_capacity(1 << 16, file), pos: 0, len, path };
+        let (file, len) = ramole_core::fs::open_regular(path).map_err(|e| ModelError::io(path, e))?;
+        Self::parse(path, BufReader::with_capacity(1 << 16, file), len)
+    }
+
+    /// Parses a GGUF file held in memory (header, metadata, tensor descriptions, data ranges checked
+    /// against `bytes.len()`); `path` names it in errors. Tensor data is still read from `path` by
+    /// [`Self::read_raw`]; slice `bytes` with [`GgufTensorInfo::offset`] and [`GgufTensorInfo::size`]
+    /// to read it from memory.
+    pub fn from_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<Self, ModelError> {
+        Self::parse(path.as_ref(), bytes, bytes.len() as u64)
+    }
+
+    /// Parses the header from `inner`, a reader at the start of a file of `len` bytes.
+    fn parse<R: Read>(path: &Path, inner: R, len: u64) -> Result<Self, ModelError> {
+        let mut r = HeaderReader { inner, pos: 0, len, path, array_elements: 0 };
 
         let magic: [u8; 4] = r.array("magic")?;
         if magic != MAGIC {
@@ -455,8 +507,8 @@ impl GgufFile {
         }
         // A tensor description takes at least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
         // a metadata pair at least 8 (key length) + 4 (type) + 1 (value).
-        let n_tensors = r.count(24, "tensor count")?;
-        let n_kv = r.count(13, "metadata count")?;
+        let n_tensors = r.count(24, MAX_TENSORS, "tensor count")?;
+        let n_kv = r.count(13, MAX_METADATA_PAIRS, "metadata count")?;
 
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
@@ -469,17 +521,17 @@ impl GgufFile {
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_i128() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= u32::MAX.into() => a as u64,
-                _ => return Err(r.err(format!("general.alignment {v:?} is not a positive power of two"))),
+            Some(v) => match v.as_i128().and_then(|a| u32::try_from(a).ok()) {
+                Some(a) if a.is_power_of_two() => u64::from(a),
+                _ => return Err(r.err(format!("general.alignment {} is not a positive power of two", v.preview()))),
             },
         };
 
         let mut raw_infos = Vec::new();
-        let mut seen = HashSet::new();
+        let mut index = HashMap::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("name of tensor {i}"))?;
-            if !seen.insert(name.clone()) {
+            if index.insert(name.clone(), raw_infos.len()).is_some() {
                 return Err(r.err(format!("tensor `{name}` appears twice")));
             }
             let n_dims = r.u32(&name)?;
@@ -492,7 +544,11 @@ impl GgufFile {
             dims.reverse();
             raw_infos.push((name, dims, dtype, offset));
         }
-        let data_offset = r.pos.div_ceil(alignment) * alignment;
+        let data_offset = r
+            .pos
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| r.err("the data section starts past any possible file size"))?;
 
         let tensors = raw_infos
             .into_iter()
@@ -534,7 +590,7 @@ impl GgufFile {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
 
-        Ok(Self { path: path.to_path_buf(), version, alignment, data_offset, metadata, tensors })
+        Ok(Self { path: path.to_path_buf(), version, alignment, data_offset, metadata, tensors, index })
     }
 
     /// The file's path.
@@ -572,7 +628,7 @@ impl GgufFile {
     }
 
     fn wrong(&self, key: &str, want: &str, v: &GgufValue) -> ModelError {
-        ModelError::config(&self.path, format!("metadata `{key}` is {v:?}, expected {want}"))
+        ModelError::config(&self.path, format!("metadata `{key}` is {}, expected {want}", v.preview()))
     }
 
     fn integer<T: TryFrom<i128>>(&self, key: &str, want: &str) -> Result<T, ModelError> {
@@ -657,7 +713,7 @@ impl GgufFile {
 
     /// The description of the tensor `name` (GGUF name).
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.index.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     /// The raw bytes of a tensor.
@@ -665,7 +721,18 @@ impl GgufFile {
         let size = info.size.ok_or_else(|| self.unsupported(info))?;
         let len = usize::try_from(size)
             .map_err(|_| ModelError::format(&self.path, format!("tensor `{}` is too large", info.name)))?;
-        let mut file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        // Re-checked: the file may have been replaced (by a FIFO, or a shorter file) since it was parsed.
+        let (mut file, file_len) =
+            ramole_core::fs::open_regular(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        if info.offset.checked_add(size).is_none_or(|end| end > file_len) {
+            return Err(ModelError::format(
+                &self.path,
+                format!(
+                    "tensor `{}`: data [{}, +{size}) runs past the end of the file ({file_len} bytes)",
+                    info.name, info.offset
+                ),
+            ));
+        }
         file.seek(SeekFrom::Start(info.offset)).map_err(|e| ModelError::io(&self.path, e))?;
         let mut buf = vec![0u8; len];
         file.read_exact(&mut buf).map_err(|e| {
@@ -740,8 +807,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// RoPE) wants `(j, i)`. `None` if `out` is not a multiple of `2 · n_heads`.
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
     let [out, cols] = t.shape[..] else { return None };
-    if n_heads == 0 || !out.is_multiple_of(2 * n_heads) {
+    if n_heads == 0 || !out.is_multiple_of(n_heads.checked_mul(2)?) || out.checked_mul(cols)? != t.data.len() {
         return None;
+    }
+    if t.data.is_empty() {
+        return Some(t.clone()); // nothing to move (and `out` may be huge when `cols` is 0)
     }
     let head_dim = out / n_heads;
     let half = head_dim / 2;

@@ -2,10 +2,12 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod causal_lm;
 mod error;
 pub mod gguf;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;
 
+pub use causal_lm::CausalLm;
 pub use error::ModelError;

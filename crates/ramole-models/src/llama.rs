@@ -7,6 +7,13 @@ use serde_json::Value;
 
 use crate::ModelError;
 
+/// The largest `config.json` read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The largest size (vocabulary, widths, heads, positions) a configuration may declare.
+pub const MAX_CONFIG_SIZE: usize = 1 << 24;
+/// The most layers a configuration may declare (real models have at most a few hundred).
+pub const MAX_LAYERS: usize = 4096;
+
 /// The hyper-parameters of a Llama model, read from an HF `config.json` or GGUF metadata.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
@@ -43,10 +50,18 @@ impl LlamaConfig {
     /// and top-level `rope_theta`; an explicit `head_dim` or `hidden_size / num_attention_heads`.
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::config(path, format!("not valid JSON: {e}")))?;
-        Self::from_hf_json(&v).map_err(|m| ModelError::config(path, m))
+        let text = ramole_core::fs::read_text(path, MAX_CONFIG_BYTES).map_err(|e| ModelError::io(path, e))?;
+        Self::from_hf_str(&text).map_err(|m| ModelError::config(path, m))
+    }
+
+    /// Parses and validates the text of an HF `config.json` (what [`Self::from_hf_file`] does after
+    /// reading the file); the error says what is wrong.
+    pub fn from_hf_str(text: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        if !v.is_object() {
+            return Err("not a JSON object".into());
+        }
+        Self::from_hf_json(&v)
     }
 
     fn from_hf_json(v: &Value) -> Result<Self, String> {
@@ -56,14 +71,26 @@ impl LlamaConfig {
             return Err(format!("model_type `{mt}` is not a Llama-family model"));
         }
         let int = |k: &str| -> Result<usize, String> {
-            v.get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| format!("missing or invalid `{k}`"))
+            v.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or_else(|| format!("missing or invalid `{k}` (a non-negative integer)"))
+        };
+        // An optional integer: absent or null is `None`, anything but a non-negative integer an error.
+        let opt_int = |k: &str| -> Result<Option<u64>, String> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x.as_u64().map(Some).ok_or_else(|| format!("`{k}` is {x}, not a non-negative integer")),
+            }
+        };
+        let token_id = |k: &str, x: u64| -> Result<u32, String> {
+            u32::try_from(x).map_err(|_| format!("`{k}` {x} is not a valid token id"))
         };
         let hidden_size = int("hidden_size")?;
         let num_attention_heads = int("num_attention_heads")?;
-        let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
-            Some(h) => h as usize,
-            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
-            None => 0,
+        let head_dim = match opt_int("head_dim")? {
+            Some(h) => usize::try_from(h).map_err(|_| format!("`head_dim` {h} is too large"))?,
+            None => hidden_size.checked_div(num_attention_heads).unwrap_or(0),
         };
         let rope_theta = v
             .get("rope_parameters")
@@ -90,9 +117,12 @@ impl LlamaConfig {
             return Err(format!("hidden_act `{act}` is not supported (only `silu`)"));
         }
         let eos_token_ids = match v.get("eos_token_id") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
-            Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            None => vec![],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_u64().ok_or_else(|| format!("`eos_token_id` holds {x}, not a token id")))
+                .map(|x| x.and_then(|x| token_id("eos_token_id", x)))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => opt_int("eos_token_id")?.map(|x| token_id("eos_token_id", x)).transpose()?.into_iter().collect(),
         };
         let cfg = Self {
             vocab_size: int("vocab_size")?,
@@ -100,23 +130,25 @@ impl LlamaConfig {
             intermediate_size: int("intermediate_size")?,
             num_hidden_layers: int("num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads: v
-                .get("num_key_value_heads")
-                .and_then(Value::as_u64)
-                .map_or(num_attention_heads, |x| x as usize),
+            num_key_value_heads: match opt_int("num_key_value_heads")? {
+                Some(x) => usize::try_from(x).map_err(|_| format!("`num_key_value_heads` {x} is too large"))?,
+                None => num_attention_heads,
+            },
             head_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings: int("max_position_embeddings")?,
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: opt_int("bos_token_id")?.map(|x| token_id("bos_token_id", x)).transpose()?,
             eos_token_ids,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks that the sizes fit together (heads divide, head_dim even for RoPE, nothing zero).
+    /// Checks that the sizes fit together (heads divide, head_dim even for RoPE, nothing zero, nothing
+    /// beyond [`MAX_CONFIG_SIZE`] or [`MAX_LAYERS`], the products of sizes that make weight shapes
+    /// without overflow, the floats finite and positive).
     pub fn validate(&self) -> Result<(), String> {
         let sizes = [
             ("vocab_size", self.vocab_size),
@@ -131,6 +163,22 @@ impl LlamaConfig {
         if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{k}` must be positive"));
         }
+        if let Some((k, v)) = sizes.iter().find(|(_, v)| *v > MAX_CONFIG_SIZE) {
+            return Err(format!("`{k}` {v} is over the limit of {MAX_CONFIG_SIZE}"));
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(format!("`num_hidden_layers` {} is over the limit of {MAX_LAYERS}", self.num_hidden_layers));
+        }
+        // The weight shapes are products of two sizes: with each size at most 2^24, no product
+        // (nor q·d) overflows a 64-bit usize; checked anyway for 32-bit targets.
+        let q = self.num_attention_heads.checked_mul(self.head_dim);
+        let kv = self.num_key_value_heads.checked_mul(self.head_dim);
+        let products = [q, kv, q.and_then(|q| q.checked_mul(self.hidden_size))];
+        if products.iter().any(Option::is_none)
+            || [self.vocab_size, self.intermediate_size].iter().any(|&n| n.checked_mul(self.hidden_size).is_none())
+        {
+            return Err("the sizes overflow when multiplied into weight shapes".into());
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -140,8 +188,12 @@ impl LlamaConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
-            return Err("rms_norm_eps and rope_theta must be positive".into());
+        if !(self.rms_norm_eps > 0.0
+            && self.rope_theta > 0.0
+            && self.rms_norm_eps.is_finite()
+            && self.rope_theta.is_finite())
+        {
+            return Err("rms_norm_eps and rope_theta must be positive finite numbers".into());
         }
         Ok(())
     }
@@ -229,6 +281,37 @@ impl LinearKind {
         let (layer, module) = rest.split_once('.')?;
         let layer = layer.parse().ok()?;
         Self::ALL.into_iter().find(|k| k.path() == module).map(|k| (layer, k))
+    }
+}
+
+impl std::fmt::Display for LinearKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LinearKind {
+    type Err = String;
+
+    /// Parses an HF module name (`q_proj`, …).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_name(s).ok_or_else(|| {
+            format!("`{s}` is not a Llama linear layer (one of {})", Self::ALL.map(Self::name).join(", "))
+        })
+    }
+}
+
+/// Serialized as its HF module name (`"q_proj"`), as PEFT's `target_modules` lists it.
+impl serde::Serialize for LinearKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LinearKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

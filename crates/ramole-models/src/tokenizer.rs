@@ -15,6 +15,9 @@ use tokenizers::Tokenizer;
 use crate::ModelError;
 use crate::gguf::GgufFile;
 
+/// The largest `tokenizer.json` read (real ones are up to a few tens of MB).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = ramole_core::fs::MAX_TEXT_BYTES;
+
 /// GGUF token type of control (special) tokens.
 const CONTROL_TOKEN: i64 = 3;
 
@@ -83,7 +86,8 @@ pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, ModelError> {
 /// Loads an HF `tokenizer.json` (as found in a model folder).
 pub fn load_tokenizer_json(path: impl AsRef<Path>) -> Result<Tokenizer, ModelError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    // Regular files only (a FIFO or a device is refused before it is opened), size capped.
+    let bytes = ramole_core::fs::read_bounded(path, MAX_TOKENIZER_JSON_BYTES).map_err(|e| ModelError::io(path, e))?;
     Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
 }
 

@@ -5,13 +5,21 @@
 //! f16/bf16). [`WeightSource::load`] checks presence, shape and finiteness, so a loader gets either
 //! a usable tensor or an error naming the file and the tensor.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
-use safetensors::tensor::Metadata;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::ModelError;
+
+/// The largest safetensors header accepted (the format's own limit, as in the `safetensors` crate).
+pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
+/// The most dimensions a safetensors tensor may declare.
+const MAX_SAFETENSORS_RANK: usize = 8;
 
 /// An f32 tensor on the host, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +33,8 @@ pub struct HostTensor {
 impl HostTensor {
     /// A tensor from its shape and values; `None` if they do not agree.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Self> {
-        (shape.iter().product::<usize>() == data.len()).then_some(Self { shape, data })
+        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        (numel == Some(data.len())).then_some(Self { shape, data })
     }
 
     /// Moves the tensor to a device. `D` must be the tensor's rank (loaders check shapes first).
@@ -34,12 +43,21 @@ impl HostTensor {
     }
 
     /// The transpose of a 2-D tensor (`[out, in]` → `[in, out]`, the layout of burn's `Linear`).
+    ///
+    /// The loops run over the values held, not the declared dimensions, so a tensor with a zero
+    /// dimension (and a huge other one) costs nothing.
     pub fn transposed(&self) -> Self {
-        let (rows, cols) = (self.shape[0], self.shape.get(1).copied().unwrap_or(1));
+        let rows = self.shape.first().copied().unwrap_or(1);
+        let cols = self.shape.get(1).copied().unwrap_or(1);
         let mut data = vec![0f32; self.data.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                data[c * rows + r] = self.data[r * cols + c];
+        if cols > 0 {
+            for (r, row) in self.data.chunks_exact(cols).enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    if let Some(slot) = c.checked_mul(rows).and_then(|i| i.checked_add(r)).and_then(|i| data.get_mut(i))
+                    {
+                        *slot = v;
+                    }
+                }
             }
         }
         Self { shape: vec![cols, rows], data }
@@ -79,28 +97,238 @@ pub trait WeightSource {
 
 /// Weights in a `.safetensors` file (f32, f16 or bf16), read whole into memory; the header is parsed
 /// and validated once, at open.
+///
+/// What is checked before the tensor data is read: the file is a regular file (a FIFO or a device is
+/// refused without opening it), the 8-byte header length is at most [`MAX_SAFETENSORS_HEADER_BYTES`]
+/// and fits the file, the header is a JSON object of tensor descriptions (at most 8 dimensions each,
+/// no name twice), every tensor's element count times its dtype's size is its byte range (overflow
+/// checked), and the ranges tile the data section exactly, which must be the rest of the file.
 #[derive(Debug)]
 pub struct SafetensorsWeights {
     path: PathBuf,
     bytes: Vec<u8>,
     /// Where the tensor data starts in `bytes` (after the length prefix and the header).
     data_start: usize,
-    metadata: Metadata,
+    tensors: BTreeMap<String, SafetensorsEntry>,
+    /// Tensor names in the order of their data.
+    order: Vec<String>,
+}
+
+/// A validated tensor description: its byte range is relative to the data section.
+#[derive(Debug, Clone)]
+struct SafetensorsEntry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A tensor description as written in the header.
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: Dtype,
+    shape: BoundedShape,
+    data_offsets: (u64, u64),
+}
+
+/// A shape of at most [`MAX_SAFETENSORS_RANK`] dimensions, refused while it is parsed if longer.
+struct BoundedShape(Vec<u64>);
+
+impl<'de> Deserialize<'de> for BoundedShape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BoundedShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {MAX_SAFETENSORS_RANK} dimensions")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BoundedShape, A::Error> {
+                let mut dims = Vec::new();
+                while let Some(d) = seq.next_element::<u64>()? {
+                    if dims.len() == MAX_SAFETENSORS_RANK {
+                        return Err(de::Error::custom(format!("more than {MAX_SAFETENSORS_RANK} dimensions")));
+                    }
+                    dims.push(d);
+                }
+                Ok(BoundedShape(dims))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The header: tensor descriptions in file order (`__metadata__`, a string-to-string map, is skipped).
+struct RawHeader(Vec<(String, RawEntry)>);
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHeader;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of tensor descriptions")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        map.next_value::<BTreeMap<String, String>>()?;
+                    } else {
+                        let entry = map
+                            .next_value::<RawEntry>()
+                            .map_err(|e| de::Error::custom(format!("tensor `{key}`: {e}")))?;
+                        entries.push((key, entry));
+                    }
+                }
+                Ok(RawHeader(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Checks the 8-byte header length `n` of a safetensors file of `file_len` bytes.
+fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<usize, ModelError> {
+    if n > MAX_SAFETENSORS_HEADER_BYTES {
+        return Err(ModelError::format(
+            path,
+            format!(
+                "not a valid safetensors file: header length {n} is over the {MAX_SAFETENSORS_HEADER_BYTES}-byte limit"
+            ),
+        ));
+    }
+    if n.checked_add(8).is_none_or(|end| end > file_len) {
+        return Err(ModelError::format(
+            path,
+            format!("not a valid safetensors file: header length {n} runs past the end of the file ({file_len} bytes)"),
+        ));
+    }
+    usize::try_from(n).map_err(|_| ModelError::format(path, format!("header length {n} does not fit in memory")))
+}
+
+/// Parses and validates a safetensors header against the size of the data section that follows it.
+/// Returns the tensors by name and their names in data order.
+fn parse_header(
+    path: &Path,
+    header: &[u8],
+    data_len: u64,
+) -> Result<(BTreeMap<String, SafetensorsEntry>, Vec<String>), ModelError> {
+    let bad = |m: String| ModelError::format(path, format!("not a valid safetensors file: {m}"));
+    let RawHeader(raw) = serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
+    let mut entries = Vec::with_capacity(raw.len());
+    for (name, e) in raw {
+        let terr = |m: String| bad(format!("tensor `{name}`: {m}"));
+        let dims = &e.shape.0;
+        let numel = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let bits = u64::try_from(e.dtype.bitsize()).ok();
+        let size =
+            numel.zip(bits).and_then(|(n, b)| n.checked_mul(b)).filter(|b| b % 8 == 0).map(|b| b / 8).ok_or_else(
+                || terr(format!("shape {dims:?} of {:?} overflows or is not a whole number of bytes", e.dtype)),
+            )?;
+        let (start, end) = e.data_offsets;
+        if end < start || end - start != size {
+            return Err(terr(format!(
+                "data_offsets [{start}, {end}] hold {} bytes, its shape {dims:?} of {:?} needs {size}",
+                end.saturating_sub(start),
+                e.dtype
+            )));
+        }
+        let shape = dims
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| terr(format!("shape {dims:?} does not fit in memory")))?;
+        entries.push((name, e.dtype, shape, start, end));
+    }
+    // The byte ranges must tile the data section: sorted by offset, each starts where the previous
+    // ends, the last ends at the end of the file.
+    entries.sort_by_key(|&(_, _, _, start, end)| (start, end));
+    let mut tensors = BTreeMap::new();
+    let mut order = Vec::with_capacity(entries.len());
+    let mut at = 0u64;
+    for (name, dtype, shape, start, end) in entries {
+        if start != at {
+            return Err(bad(format!(
+                "tensor `{name}`: data starts at {start}, expected {at} (overlapping or gapped tensors)"
+            )));
+        }
+        at = end;
+        let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+            return Err(bad(format!("tensor `{name}`: data offsets do not fit in memory")));
+        };
+        if tensors.insert(name.clone(), SafetensorsEntry { dtype, shape, start, end }).is_some() {
+            return Err(bad(format!("tensor `{name}` appears twice")));
+        }
+        order.push(name);
+    }
+    if at != data_len {
+        return Err(bad(format!(
+            "the tensors hold {at} bytes of data but the file has {data_len} after the header (truncated or padded)"
+        )));
+    }
+    Ok((tensors, order))
 }
 
 impl SafetensorsWeights {
-    /// Reads and validates the file (header, offsets, sizes).
+    /// Reads and validates the file: its type and size, the header length and the header are checked
+    /// before the tensor data is read.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-        Self::from_bytes(path, bytes)
+        let io = |e| ModelError::io(&path, e);
+        let (file, len) = ramole_core::fs::open_regular(&path).map_err(io)?;
+        if len < 8 {
+            return Err(ModelError::format(
+                &path,
+                format!("not a valid safetensors file: {len} bytes, shorter than the 8-byte header length"),
+            ));
+        }
+        let size =
+            usize::try_from(len).map_err(|_| ModelError::format(&path, format!("{len} bytes do not fit in memory")))?;
+        // `take` guards against a file that grows while it is read.
+        let mut reader = file.take(len);
+        let mut prefix = [0u8; 8];
+        reader.read_exact(&mut prefix).map_err(io)?;
+        let n = check_header_len(&path, u64::from_le_bytes(prefix), len)?;
+        let mut header = vec![0u8; n];
+        reader.read_exact(&mut header).map_err(io)?;
+        let data_len = len - 8 - n as u64; // n + 8 <= len was checked
+        let (tensors, order) = parse_header(&path, &header, data_len)?;
+
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(size)
+            .map_err(|_| ModelError::format(&path, format!("cannot hold its {len} bytes in memory")))?;
+        bytes.extend_from_slice(&prefix);
+        bytes.extend_from_slice(&header);
+        drop(header);
+        reader.read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() != size {
+            return Err(ModelError::format(
+                &path,
+                format!("shrank from {len} to {} bytes while it was read (truncated)", bytes.len()),
+            ));
+        }
+        Ok(Self { path, bytes, data_start: 8 + n, tensors, order })
     }
 
     /// Validates `bytes` as a safetensors file; `path` names it in errors.
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self, ModelError> {
-        let (header_len, metadata) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| ModelError::format(&path, format!("not a valid safetensors file: {e}")))?;
-        Ok(Self { path, bytes, data_start: 8 + header_len, metadata })
+        let len = bytes.len() as u64;
+        let Some(prefix) = bytes.first_chunk::<8>() else {
+            return Err(ModelError::format(
+                &path,
+                format!("not a valid safetensors file: {len} bytes, shorter than the 8-byte header length"),
+            ));
+        };
+        let n = check_header_len(&path, u64::from_le_bytes(*prefix), len)?;
+        let header = bytes.get(8..8 + n).unwrap_or_default();
+        let (tensors, order) = parse_header(&path, header, len - 8 - n as u64)?;
+        Ok(Self { path, bytes, data_start: 8 + n, tensors, order })
+    }
+
+    /// The shape of the tensor `name`, without reading its data; `None` if there is no such tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
     }
 }
 
@@ -110,9 +338,14 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn get(&self, name: &str) -> Result<Option<HostTensor>, ModelError> {
-        let Some(info) = self.metadata.info(name) else { return Ok(None) };
-        let (start, end) = info.data_offsets; // validated against the file size at open
-        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let Some(info) = self.tensors.get(name) else { return Ok(None) };
+        // Validated against the file size at open; checked again rather than trusted.
+        let raw = self
+            .data_start
+            .checked_add(info.start)
+            .zip(self.data_start.checked_add(info.end))
+            .and_then(|(s, e)| self.bytes.get(s..e))
+            .ok_or_else(|| ModelError::format(&self.path, format!("tensor `{name}`: data lies outside the file")))?;
         let data: Vec<f32> = match info.dtype {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -131,7 +364,7 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn names(&self) -> Vec<String> {
-        self.metadata.offset_keys()
+        self.order.clone()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The real SmolLM2-135M-Instruct GGUF (fetched through the asset cache on first use).
 
-use ramole_core::assets::AssetCache;
+use ramole_assets::AssetCache;
 use ramole_models::gguf::{GgmlType, GgufFile, GgufWeights, hf_name};
 use ramole_models::weights::WeightSource;
 

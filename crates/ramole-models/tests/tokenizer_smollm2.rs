@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ramole_core::assets::AssetCache;
+use ramole_assets::AssetCache;
 use ramole_models::gguf::GgufFile;
 use ramole_models::tokenizer::{chatml_prompt, decode, encode, from_gguf};
 

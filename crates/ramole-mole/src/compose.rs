@@ -33,10 +33,33 @@ impl BatchAdapters {
         for (i, row) in rows.iter().enumerate() {
             let request = names.get(i).map_or_else(|| format!("row {i}"), |n| n.to_string());
             let mut entries = Vec::with_capacity(row.adapters.len());
+            let mut seen = std::collections::HashSet::with_capacity(row.adapters.len());
             for (name, w) in &row.adapters {
-                let adapter = pool
-                    .get(name)
-                    .ok_or_else(|| MoleError::UnknownAdapter { request: request.clone(), adapter: name.clone() })?;
+                // By name, so the error names the adapter (the mapping matrix only knows indices).
+                if !seen.insert(name.as_str()) {
+                    return Err(MoleError::Request {
+                        request: request.clone(),
+                        message: format!("adapter `{name}` is listed twice"),
+                    });
+                }
+                let adapter = pool.get(name).ok_or_else(|| match pool.load_error(name) {
+                    Some(reason) => MoleError::AdapterNotLoaded {
+                        request: request.clone(),
+                        adapter: name.clone(),
+                        reason: reason.to_string(),
+                    },
+                    None => MoleError::UnknownAdapter { request: request.clone(), adapter: name.clone() },
+                })?;
+                // The weight is folded into the adapter's B with its scale: both must stay numbers.
+                let scale = adapter.config().scale();
+                if !w.is_finite() || !(w * scale).is_finite() {
+                    return Err(MoleError::Request {
+                        request: request.clone(),
+                        message: format!(
+                            "weight {w} of adapter `{name}` is not usable: times the adapter's scale {scale} it is not a finite number"
+                        ),
+                    });
+                }
                 let u = match unique.iter().position(|a| Arc::ptr_eq(a, adapter)) {
                     Some(u) => u,
                     None => {

@@ -48,6 +48,25 @@ pub enum MoleError {
         /// The adapter name.
         adapter: String,
     },
+    /// A request that names an adapter whose loading failed (e.g. a bad sub-folder of
+    /// [`crate::AdapterPool::load_dir`]).
+    #[error("request `{request}`: adapter `{adapter}` failed to load: {reason}")]
+    AdapterNotLoaded {
+        /// The request (or row).
+        request: String,
+        /// The adapter name.
+        adapter: String,
+        /// Why it did not load.
+        reason: String,
+    },
+    /// A folder given as a pool of adapters that holds none.
+    #[error("{path}: {message}")]
+    NoAdapters {
+        /// The folder.
+        path: PathBuf,
+        /// What it holds instead.
+        message: String,
+    },
     /// A request whose adapter list or composition is invalid.
     #[error("request `{request}`: {message}")]
     Request {
@@ -59,6 +78,19 @@ pub enum MoleError {
     /// An adapter name already in the pool.
     #[error("adapter `{0}` is already loaded")]
     Duplicate(String),
+    /// A training data file with a bad record.
+    #[error("{path}: line {line}: {message}")]
+    TrainData {
+        /// The data file.
+        path: PathBuf,
+        /// The 1-based line (0 for the file as a whole).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A LoRA training run that cannot start or that failed (bad configuration, diverging loss).
+    #[error("LoRA training: {0}")]
+    Training(String),
     /// An error of the model layer.
     #[error(transparent)]
     Model(#[from] ramole_models::ModelError),

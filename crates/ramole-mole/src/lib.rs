@@ -6,6 +6,7 @@ mod error;
 pub mod peft;
 pub mod pool;
 pub mod synthetic;
+pub mod train;
 
 pub use compose::{BatchAdapters, RowRequest};
 pub use error::MoleError;

@@ -10,6 +10,11 @@ use serde_json::Value;
 
 use crate::MoleError;
 
+/// The largest `adapter_config.json` read.
+const MAX_ADAPTER_CONFIG_BYTES: u64 = 16 << 20;
+/// The largest LoRA rank accepted.
+pub const MAX_RANK: usize = 1 << 16;
+
 /// The parts of `adapter_config.json` that determine the computation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterConfig {
@@ -31,11 +36,22 @@ impl AdapterConfig {
     }
 
     /// Parses and validates `adapter_config.json`, refusing options this implementation does not
-    /// compute (rather than silently ignoring them).
+    /// compute (rather than silently ignoring them). Only a regular file of at most 16 MiB is read (a
+    /// FIFO or a device is refused before it is opened).
     pub fn from_file(path: &Path) -> Result<Self, MoleError> {
-        let text = std::fs::read_to_string(path).map_err(|source| MoleError::Io { path: path.into(), source })?;
-        let v: Value = serde_json::from_str(&text)
+        let text = ramole_core::fs::read_text(path, MAX_ADAPTER_CONFIG_BYTES)
+            .map_err(|source| MoleError::Io { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of an `adapter_config.json` (what [`Self::from_file`] does after
+    /// reading it); `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, MoleError> {
+        let v: Value = serde_json::from_str(text)
             .map_err(|e| MoleError::Config { path: path.into(), message: format!("not valid JSON: {e}") })?;
+        if !v.is_object() {
+            return Err(MoleError::Config { path: path.into(), message: "not a JSON object".into() });
+        }
         Self::from_json(&v, path)
     }
 
@@ -45,7 +61,7 @@ impl AdapterConfig {
             |option: &str, detail: String| MoleError::Unsupported { path: path.into(), option: option.into(), detail };
         match v.get("peft_type").and_then(Value::as_str) {
             Some("LORA") | None => {}
-            Some(other) => return Err(unsupported("peft_type", format!("`{other}` (only LORA)"))),
+            Some(other) => return Err(unsupported("peft_type", format!("`{}` (only LORA)", short(other)))),
         }
         // Options that change the computation and that we do not implement.
         let flags = ["use_dora", "fan_in_fan_out", "lora_bias", "use_qalora", "use_bdlora"];
@@ -57,7 +73,7 @@ impl AdapterConfig {
         if let Some(b) = v.get("bias").and_then(Value::as_str)
             && b != "none"
         {
-            return Err(unsupported("bias", format!("`{b}` (only `none`)")));
+            return Err(unsupported("bias", format!("`{}` (only `none`)", short(b))));
         }
         let non_empty = |x: &Value| match x {
             Value::Null => false,
@@ -77,14 +93,18 @@ impl AdapterConfig {
             "arrow_config",
         ] {
             if let Some(x) = v.get(opt).filter(|x| non_empty(x)) {
-                return Err(unsupported(opt, format!("{x}")));
+                return Err(unsupported(opt, short(&x.to_string())));
             }
         }
         let r = v
             .get("r")
             .and_then(Value::as_u64)
             .filter(|&r| r > 0)
-            .ok_or_else(|| config("missing or invalid `r`".into()))? as usize;
+            .ok_or_else(|| config("missing or invalid `r` (a positive integer)".into()))?;
+        let r = usize::try_from(r)
+            .ok()
+            .filter(|&r| r <= MAX_RANK)
+            .ok_or_else(|| config(format!("`r` {r} is over the limit of {MAX_RANK}")))?;
         let lora_alpha = v
             .get("lora_alpha")
             .and_then(Value::as_f64)
@@ -140,12 +160,17 @@ impl LoraAdapter {
             let [d_out, d_in] = base.linear_shape(kind);
             let r = config.r;
             let shape = if side == 0 { [r, d_in] } else { [d_out, r] };
-            let t = weights.get(&key)?.ok_or_else(|| tensor_err(&key, "unreadable".into()))?;
-            if t.shape != shape {
+            // The shape is checked before the data is converted.
+            let declared = weights.shape(&key).ok_or_else(|| tensor_err(&key, "unreadable".into()))?;
+            if declared != shape {
                 return Err(tensor_err(
                     &key,
-                    format!("shape {:?} does not fit the base model's {} (expected {shape:?})", t.shape, kind.name()),
+                    format!("shape {declared:?} does not fit the base model's {} (expected {shape:?})", kind.name()),
                 ));
+            }
+            let t = weights.get(&key)?.ok_or_else(|| tensor_err(&key, "unreadable".into()))?;
+            if t.shape != shape {
+                return Err(tensor_err(&key, format!("data of shape {:?}, expected {shape:?}", t.shape)));
             }
             if t.data.iter().any(|x| !x.is_finite()) {
                 return Err(tensor_err(&key, "holds non-finite values (NaN or Inf)".into()));
@@ -190,6 +215,145 @@ impl LoraAdapter {
     pub fn targets(&self) -> impl Iterator<Item = (usize, LinearKind)> + '_ {
         self.layers.keys().copied()
     }
+}
+
+/// The precision in which [`write_adapter`] stores the factors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdapterDtype {
+    /// 32-bit floats (exact).
+    #[default]
+    F32,
+    /// 16-bit floats (half the size; what a shipped zoo uses).
+    F16,
+}
+
+/// The PEFT key of one factor: `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`.
+pub fn peft_key(layer: usize, kind: LinearKind, side: char) -> String {
+    format!("base_model.model.model.layers.{layer}.{}.lora_{side}.weight", kind.path())
+}
+
+/// Writes a PEFT LoRA folder that `PeftModel.from_pretrained` loads: `adapter_config.json`
+/// (`peft_type`, `task_type`, `base_model_name_or_path`, `r`, `lora_alpha`, `target_modules`, …) and
+/// `adapter_model.safetensors` with PEFT's key names, plus `extra` files (name, bytes).
+///
+/// The folder appears whole or not at all: everything is written into a temporary sibling folder
+/// that is renamed into place. An existing `dir` is refused unless `overwrite`, in which case it is
+/// replaced (the old folder is moved aside first and removed after the new one is in place).
+pub fn write_adapter(
+    dir: &Path,
+    config: &AdapterConfig,
+    base_model: &str,
+    factors: &BTreeMap<(usize, LinearKind), LoraFactors>,
+    dtype: AdapterDtype,
+    extra: &[(&str, Vec<u8>)],
+    overwrite: bool,
+) -> Result<(), MoleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MoleError::Io { path, source }
+    };
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !overwrite {
+        return Err(MoleError::Io {
+            path: dir.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists (give --force to replace it)",
+            ),
+        });
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stage = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempdir_in(&parent)
+        .map_err(io(&parent))?;
+
+    let mut targets: Vec<&str> = factors.keys().map(|(_, k)| k.name()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let json = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": config.use_rslora,
+        "use_dora": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "peft_version": "0.21.2",
+    });
+    let config_bytes = serde_json::to_vec_pretty(&json).map_err(|e| MoleError::Training(e.to_string()))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(2 * factors.len());
+    for (&(layer, kind), f) in factors {
+        let d_in = f.a.len() / f.rank.max(1);
+        let d_out = f.b.len() / f.rank.max(1);
+        let bytes = |v: &[f32]| -> Vec<u8> {
+            match dtype {
+                AdapterDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                AdapterDtype::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            }
+        };
+        tensors.push((peft_key(layer, kind, 'A'), vec![f.rank, d_in], bytes(&f.a)));
+        tensors.push((peft_key(layer, kind, 'B'), vec![d_out, f.rank], bytes(&f.b)));
+    }
+    let st_dtype = match dtype {
+        AdapterDtype::F32 => safetensors::Dtype::F32,
+        AdapterDtype::F16 => safetensors::Dtype::F16,
+    };
+    let views = tensors
+        .iter()
+        .map(|(k, shape, b)| safetensors::tensor::TensorView::new(st_dtype, shape.clone(), b).map(|v| (k.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MoleError::Training(format!("serialising the adapter: {e}")))?;
+    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let weights = safetensors::serialize(views, metadata)
+        .map_err(|e| MoleError::Training(format!("serialising the adapter: {e}")))?;
+    let mut files: Vec<(&str, &[u8])> =
+        vec![("adapter_config.json", &config_bytes), ("adapter_model.safetensors", &weights)];
+    files.extend(extra.iter().map(|(n, b)| (*n, b.as_slice())));
+    for (file, bytes) in files {
+        let path = stage.path().join(file);
+        ramole_core::fs::write_atomic(&path, bytes).map_err(io(&path))?;
+    }
+    // Publish: move an old folder aside, rename the new one in, drop the old one.
+    let stage = stage.keep();
+    let aside = exists.then(|| parent.join(format!(".{name}.old-{}", std::process::id())));
+    if let Some(aside) = &aside {
+        std::fs::rename(dir, aside).map_err(io(dir))?;
+    }
+    if let Err(e) = std::fs::rename(&stage, dir) {
+        if let Some(aside) = &aside {
+            let _ = std::fs::rename(aside, dir); // put the old one back
+        }
+        let _ = std::fs::remove_dir_all(&stage);
+        return Err(MoleError::Io { path: dir.into(), source: e });
+    }
+    if let Some(aside) = aside {
+        let _ = std::fs::remove_dir_all(aside);
+    }
+    Ok(())
+}
+
+/// `text` cut to 200 bytes (at a character boundary) for an error message: values from a file may be huge.
+fn short(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let cut = (0..=MAX).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes)", text.get(..cut).unwrap_or_default(), text.len())
 }
 
 /// Splits `base_model.model.<module>.lora_A[.<adapter>].weight` into (`<module>`, 0 for A / 1 for B).

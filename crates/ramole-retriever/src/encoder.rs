@@ -65,7 +65,8 @@ pub struct SentenceEncoder<B: Backend> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RetrieverError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
+    let text =
+        ramole_core::fs::read_text(path, ramole_core::fs::MAX_TEXT_BYTES).map_err(|e| RetrieverError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| RetrieverError::format(path, e.to_string()))
 }
 
@@ -122,7 +123,9 @@ impl<B: Backend> SentenceEncoder<B> {
             .filter(|f| dir.join(f).is_file())
             .map(|f| {
                 let path = dir.join(f);
-                std::fs::read(&path).map(|b| ((*f).to_string(), b)).map_err(|e| RetrieverError::io(&path, e))
+                ramole_core::fs::read_bounded(&path, ramole_core::fs::MAX_TEXT_BYTES)
+                    .map(|b| ((*f).to_string(), b))
+                    .map_err(|e| RetrieverError::io(&path, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { model, tokenizer, tokenizer_path, max_seq_length, device: device.clone(), carried })
@@ -189,12 +192,15 @@ impl<B: Backend> SentenceEncoder<B> {
     /// Embeddings on the host, computed `batch_size` texts at a time (texts of similar token
     /// length are batched together to limit padding; the result keeps the input order).
     pub fn embed(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>, RetrieverError> {
+        if batch_size == 0 {
+            return Err(RetrieverError::InvalidArgument { name: "batch size", message: "must be at least 1".into() });
+        }
         let ids = texts.iter().map(|t| self.token_ids(t)).collect::<Result<Vec<_>, _>>()?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let hidden = self.dim();
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
+        for chunk in order.chunks(batch_size) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             let values: Vec<f32> = self.encode_token_ids(&batch)?.into_data().iter::<f32>().collect();
             for (&i, row) in chunk.iter().zip(values.chunks_exact(hidden)) {
@@ -214,7 +220,7 @@ impl<B: Backend> SentenceEncoder<B> {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| RetrieverError::io(parent, e))?;
             }
-            crate::pool::write_atomic(&path, bytes)?;
+            ramole_core::fs::write_atomic(&path, bytes).map_err(|e| RetrieverError::io(&path, e))?;
         }
         self.model.save_safetensors(&dir.join("model.safetensors"))?;
         Ok(())

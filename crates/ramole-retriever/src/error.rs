@@ -106,6 +106,22 @@ pub enum RetrieverError {
     /// An input the encoder cannot take (for example an empty list of texts).
     #[error("input: {0}")]
     Input(String),
+    /// A numeric argument or setting outside its range (a top-k of 0, an evaluation of 0 inputs per
+    /// task, a training run of 0 epochs, a batch size of 0, …).
+    #[error("{name}: {message}")]
+    InvalidArgument {
+        /// The argument or setting.
+        name: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// A pool folder opened for reading that does not exist (or has no `entries/` folder); only
+    /// [`crate::LoraPool::create`] creates a pool.
+    #[error("no LoRA pool in {dir}: the pool does not exist (`ramole pool add` creates it)")]
+    NoPool {
+        /// The pool folder.
+        dir: PathBuf,
+    },
     /// An error of the task suite (building it, or reading it for evaluation and training).
     #[error(transparent)]
     Task(#[from] crate::tasks::TaskError),

@@ -37,6 +37,23 @@ pub struct EvalConfig {
     pub batch_size: usize,
 }
 
+impl EvalConfig {
+    /// Checks the settings: at least one test input per task and one text per batch
+    /// ([`RetrieverError::InvalidArgument`] otherwise).
+    pub fn validate(&self) -> Result<(), RetrieverError> {
+        if self.per_task == 0 {
+            return Err(RetrieverError::InvalidArgument {
+                name: "per task",
+                message: "must be at least 1 test input per task".into(),
+            });
+        }
+        if self.batch_size == 0 {
+            return Err(RetrieverError::InvalidArgument { name: "batch size", message: "must be at least 1".into() });
+        }
+        Ok(())
+    }
+}
+
 impl Default for EvalConfig {
     /// [`DEFAULT_INSTRUCTION`], [`DEFAULT_PER_TASK`] inputs per task, batches of [`DEFAULT_BATCH_SIZE`].
     fn default() -> Self {
@@ -206,6 +223,9 @@ pub fn score(emb: &SuiteEmbeddings) -> Result<EvalReport, RetrieverError> {
             emb.queries.len()
         )));
     }
+    if emb.queries.iter().all(Vec::is_empty) {
+        return Err(RetrieverError::Input(format!("no test input to evaluate ({n} tasks, no query)")));
+    }
     let dim = emb.loras.first().map_or(0, Vec::len);
     let mut index = Index::new(dim);
     for (task, lora) in emb.tasks.iter().zip(&emb.loras) {
@@ -254,6 +274,7 @@ pub fn embed_suite<B: Backend>(
     encoder: &SentenceEncoder<B>,
     cfg: &EvalConfig,
 ) -> Result<SuiteEmbeddings, RetrieverError> {
+    cfg.validate()?;
     let mut tasks = Vec::new();
     let mut texts = Vec::new();
     // Per task: (first text, number of samples, number of queries).

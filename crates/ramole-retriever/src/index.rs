@@ -181,8 +181,13 @@ impl Index {
         units.iter().map(|u| if u.is_some() { found.next().unwrap_or_default() } else { Vec::new() }).collect()
     }
 
-    /// Checked search: an error names the first query of the wrong length or that is zero/non-finite.
+    /// Checked search: `k` must be at least 1 ([`RetrieverError::InvalidArgument`]); an error names
+    /// the first query of the wrong length or that is zero/non-finite. A `k` larger than the index
+    /// returns every LoRA.
     pub fn search(&self, queries: &[Vec<f32>], k: usize) -> Result<Vec<Vec<Hit>>, RetrieverError> {
+        if k == 0 {
+            return Err(RetrieverError::InvalidArgument { name: "top-k", message: "must be at least 1".into() });
+        }
         let units = queries
             .iter()
             .enumerate()

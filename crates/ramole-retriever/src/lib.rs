@@ -12,4 +12,4 @@ pub mod train;
 pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder};
 pub use error::RetrieverError;
 pub use index::{Hit, Index};
-pub use pool::{LoraPool, PoolEntry, read_jsonl_texts};
+pub use pool::{LoraPool, PoolEntry, SkippedEntry, parse_jsonl_texts, read_jsonl_texts};

@@ -7,6 +7,14 @@
 //! * **Readers** list `entries/` and read only `*.json` names that do not start with a dot, so a
 //!   file being written is never seen, and a crash mid-write leaves only an ignored temporary file
 //!   next to the previous, intact entries.
+//! * **Opening** ([`LoraPool::open`]) reads a pool that exists and creates nothing: a missing folder is
+//!   [`RetrieverError::NoPool`]. Only [`LoraPool::create`] (what `pool add` uses) creates the folders.
+//! * **A bad entry** (unreadable, not a regular file, not a valid entry, a name that differs from its
+//!   file name, an embedding that is not finite or whose dimension differs from the pool's) is skipped
+//!   and returned as a [`SkippedEntry`] next to the pool, so one bad file never takes the whole pool
+//!   down; [`LoraPool::remove`] deletes it by name. Entry files are read through
+//!   [`ramole_core::fs::read_text`] (regular files only, at most [`MAX_ENTRY_BYTES`]), so a FIFO or a
+//!   link to a device in `entries/` can neither block nor exhaust memory.
 //!
 //! Names are safe file names: 1 to 128 bytes of ASCII letters, digits, `-`, `_`, `.`, not starting
 //! with a dot.
@@ -17,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::backend::Backend;
+use ramole_core::fs::{MAX_TEXT_BYTES, read_bounded, read_text};
 use serde::{Deserialize, Serialize};
 
 use crate::RetrieverError;
@@ -27,6 +36,12 @@ use crate::index::{Index, normalized};
 pub const MAX_NAME_LEN: usize = 128;
 /// The texts embedded per forward pass when a LoRA's samples are embedded.
 pub const SAMPLE_BATCH: usize = 32;
+/// The largest entry file read (an entry holds its samples).
+pub const MAX_ENTRY_BYTES: u64 = MAX_TEXT_BYTES;
+/// The largest embedding dimension an entry may declare.
+pub const MAX_DIM: usize = 1 << 16;
+/// The largest `adapter_model.safetensors` [`validate_adapter`] reads.
+pub const MAX_ADAPTER_BYTES: u64 = 4 << 30;
 const ENTRY_FORMAT: &str = "ramole-pool-entry/1";
 
 /// One LoRA of the pool.
@@ -38,7 +53,8 @@ pub struct PoolEntry {
     pub embedding: Vec<f32>,
     /// How many samples the mean is over (at least 1).
     pub n_samples: usize,
-    /// The PEFT adapter folder, if the LoRA has one (stored as an absolute path).
+    /// The PEFT adapter folder, if the LoRA has one: relative to the pool folder when it lies inside
+    /// it (see [`LoraPool::adapter_dir`]), absolute otherwise.
     pub adapter: Option<PathBuf>,
     /// The instruction prepended to each sample before embedding.
     pub instruction: String,
@@ -58,6 +74,73 @@ impl PoolEntry {
             instruction: DEFAULT_INSTRUCTION.into(),
             samples: Vec::new(),
         }
+    }
+
+    /// Parses the bytes of an entry file found at `path` (whose file name, without `.json`, must be
+    /// the entry's name). Everything a pool entry must satisfy is checked: the format, the name (a
+    /// valid name, equal to the file's), the embedding (`dim` finite f32 values, not all zero,
+    /// `1 ≤ dim ≤` [`MAX_DIM`]) and `n_samples ≥ 1`. A leading UTF-8 byte-order mark is ignored.
+    /// Errors are [`RetrieverError::Format`] naming `path`.
+    pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self, RetrieverError> {
+        let bad = |message: String| RetrieverError::format(path, message);
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        let file: EntryFile = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a pool entry: {e}")))?;
+        if file.format != ENTRY_FORMAT {
+            return Err(bad(format!("format `{}` is not `{ENTRY_FORMAT}`", file.format)));
+        }
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if file.name != stem {
+            return Err(bad(format!("the entry is named `{}` but its file is named `{stem}.json`", file.name)));
+        }
+        validate_name(&file.name).map_err(|e| bad(e.to_string()))?;
+        if file.dim == 0 || file.dim > MAX_DIM {
+            return Err(bad(format!("dim {} is not in 1..={MAX_DIM}", file.dim)));
+        }
+        if file.embedding_f32le_hex.len() != file.dim * 8 {
+            return Err(bad(format!(
+                "embedding has {} hex digits, {} dimensions need {}",
+                file.embedding_f32le_hex.len(),
+                file.dim,
+                file.dim * 8
+            )));
+        }
+        let embedding = from_hex(&file.embedding_f32le_hex)
+            .ok_or_else(|| bad(format!("embedding is not {} hex-encoded f32", file.dim)))?;
+        if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("embedding value {i} is {} (not finite)", embedding[i])));
+        }
+        if normalized(&embedding).is_none() {
+            return Err(bad("embedding is zero".into()));
+        }
+        if file.n_samples == 0 {
+            return Err(bad("n_samples is 0 (a LoRA needs at least one sample)".into()));
+        }
+        Ok(PoolEntry {
+            name: file.name,
+            embedding,
+            n_samples: file.n_samples,
+            adapter: file.adapter,
+            instruction: file.instruction,
+            samples: file.samples,
+        })
+    }
+}
+
+/// A file of `entries/` that [`LoraPool::open`] skipped, and why.
+#[derive(Debug)]
+pub struct SkippedEntry {
+    /// The entry file.
+    pub path: PathBuf,
+    /// Its file name without `.json`: the name [`LoraPool::remove`] (`ramole pool remove`) takes to
+    /// delete it.
+    pub name: String,
+    /// Why it was skipped (it names the file).
+    pub error: RetrieverError,
+}
+
+impl std::fmt::Display for SkippedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)
     }
 }
 
@@ -115,7 +198,7 @@ pub fn validate_adapter(dir: &Path) -> Result<(), RetrieverError> {
         return Err(bad("not a readable folder".into()));
     }
     let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| bad(format!("adapter_config.json: {e}")))?;
+    let text = read_text(&config_path, MAX_TEXT_BYTES).map_err(|e| bad(format!("adapter_config.json: {e}")))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("adapter_config.json: {e}")))?;
     if let Some(kind) = config.get("peft_type").and_then(|v| v.as_str())
@@ -128,7 +211,8 @@ pub fn validate_adapter(dir: &Path) -> Result<(), RetrieverError> {
         _ => return Err(bad("adapter_config.json: no rank `r` >= 1".into())),
     }
     let weights_path = dir.join("adapter_model.safetensors");
-    let bytes = std::fs::read(&weights_path).map_err(|e| bad(format!("adapter_model.safetensors: {e}")))?;
+    let bytes =
+        read_bounded(&weights_path, MAX_ADAPTER_BYTES).map_err(|e| bad(format!("adapter_model.safetensors: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("adapter_model.safetensors: not a valid safetensors file: {e}")))?;
     if st.is_empty() {
@@ -138,9 +222,17 @@ pub fn validate_adapter(dir: &Path) -> Result<(), RetrieverError> {
 }
 
 /// Reads a JSONL file of texts: each non-blank line is a JSON string or an object with a string
-/// `input`. An empty file is an error.
+/// `input`. An empty file is an error. The file is read with [`ramole_core::fs::read_text`]: a
+/// regular file of at most [`MAX_TEXT_BYTES`] (a FIFO or a device is refused without blocking), a
+/// leading UTF-8 byte-order mark dropped. Errors name the file and, for a bad line, its number.
 pub fn read_jsonl_texts(path: &Path) -> Result<Vec<String>, RetrieverError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
+    let text = read_text(path, MAX_TEXT_BYTES).map_err(|e| RetrieverError::io(path, e))?;
+    parse_jsonl_texts(path, &text)
+}
+
+/// [`read_jsonl_texts`] on text already read; `path` names the source in errors.
+pub fn parse_jsonl_texts(path: &Path, text: &str) -> Result<Vec<String>, RetrieverError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let bad = |message: String| RetrieverError::JsonlLine { path: path.into(), line: i + 1, message };
@@ -181,18 +273,9 @@ fn write_temp(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RetrieverError> {
-    let tmp = temp_path(path);
-    let result = write_temp(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp); // best effort; readers ignore temporary names anyway
-        return Err(RetrieverError::io(path, e));
-    }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// Creates `path` atomically with `bytes`, failing with `AlreadyExists` if it exists.
+/// Creates `path` atomically with `bytes`, failing with `AlreadyExists` if it exists (unlike
+/// [`ramole_core::fs::write_atomic`], which replaces: two writers adding the same name must not both
+/// succeed).
 fn create_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_path(path);
     let result = write_temp(&tmp, bytes).and_then(|()| match std::fs::hard_link(&tmp, path) {
@@ -217,11 +300,19 @@ pub struct LoraPool {
 }
 
 impl LoraPool {
-    /// Opens the pool in `dir`, creating the folder if absent, and loads every entry.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, RetrieverError> {
+    /// Opens the pool in `dir` for reading and loads every entry; creates nothing. A pool that does
+    /// not exist (no `dir/entries/` folder) is [`RetrieverError::NoPool`]. An entry that cannot be
+    /// used is skipped and returned, with the reason, next to the pool (see the module docs); the
+    /// embedding dimension of the pool is that of most entries (on a tie, of the first by file name).
+    pub fn open(dir: impl AsRef<Path>) -> Result<(Self, Vec<SkippedEntry>), RetrieverError> {
         let dir = dir.as_ref().to_path_buf();
         let entries_dir = dir.join("entries");
-        std::fs::create_dir_all(&entries_dir).map_err(|e| RetrieverError::io(&entries_dir, e))?;
+        match std::fs::metadata(&entries_dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(RetrieverError::format(&entries_dir, "is not a folder: not a LoRA pool")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RetrieverError::NoPool { dir }),
+            Err(e) => return Err(RetrieverError::io(&entries_dir, e)),
+        }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&entries_dir)
             .map_err(|e| RetrieverError::io(&entries_dir, e))?
             .filter_map(Result::ok)
@@ -232,41 +323,54 @@ impl LoraPool {
             })
             .collect();
         files.sort();
-        let mut pool =
-            Self { dir, entries: HashMap::new(), index: Index::new(0), instruction: DEFAULT_INSTRUCTION.into() };
+        let mut skipped = Vec::new();
+        let mut parsed = Vec::new();
         for path in files {
-            // An entry removed between the listing and the read is simply gone.
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let entry = match read_bounded(&path, MAX_ENTRY_BYTES) {
+                Ok(bytes) => PoolEntry::from_json(&path, &bytes),
+                // An entry removed between the listing and the read is simply gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(RetrieverError::io(&path, e)),
+                Err(e) => Err(RetrieverError::io(&path, e)),
             };
-            let entry = Self::parse_entry(&path, &text)?;
-            pool.insert(entry).map_err(|e| RetrieverError::format(&path, e.to_string()))?;
+            match entry {
+                Ok(entry) => parsed.push((path, name, entry)),
+                Err(error) => skipped.push(SkippedEntry { path, name, error }),
+            }
         }
-        Ok(pool)
+        // The pool's dimension: that of most entries, so one odd entry cannot hide all the others.
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        for (_, _, e) in &parsed {
+            match counts.iter_mut().find(|(d, _)| *d == e.embedding.len()) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.embedding.len(), 1)),
+            }
+        }
+        let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let dim = counts.iter().find(|(_, n)| *n == best).map_or(0, |(d, _)| *d);
+        let mut pool =
+            Self { dir, entries: HashMap::new(), index: Index::new(dim), instruction: DEFAULT_INSTRUCTION.into() };
+        for (path, name, entry) in parsed {
+            if entry.embedding.len() != dim {
+                let message =
+                    format!("embedding has {} dimensions, the pool's other entries have {dim}", entry.embedding.len());
+                skipped.push(SkippedEntry { error: RetrieverError::format(&path, message), path, name });
+                continue;
+            }
+            if let Err(e) = pool.insert(entry) {
+                skipped.push(SkippedEntry { error: RetrieverError::format(&path, e.to_string()), path, name });
+            }
+        }
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((pool, skipped))
     }
 
-    fn parse_entry(path: &Path, text: &str) -> Result<PoolEntry, RetrieverError> {
-        let file: EntryFile = serde_json::from_str(text).map_err(|e| RetrieverError::format(path, e.to_string()))?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        if file.format != ENTRY_FORMAT || file.name != stem {
-            return Err(RetrieverError::format(
-                path,
-                format!("not a `{ENTRY_FORMAT}` entry named after its file (name `{}`)", file.name),
-            ));
-        }
-        let embedding = from_hex(&file.embedding_f32le_hex)
-            .filter(|v| v.len() == file.dim)
-            .ok_or_else(|| RetrieverError::format(path, format!("embedding is not {} hex-encoded f32", file.dim)))?;
-        Ok(PoolEntry {
-            name: file.name,
-            embedding,
-            n_samples: file.n_samples,
-            adapter: file.adapter,
-            instruction: file.instruction,
-            samples: file.samples,
-        })
+    /// Opens the pool in `dir` like [`Self::open`], creating the folders first if absent (what
+    /// adding a LoRA does).
+    pub fn create(dir: impl AsRef<Path>) -> Result<(Self, Vec<SkippedEntry>), RetrieverError> {
+        let entries_dir = dir.as_ref().join("entries");
+        std::fs::create_dir_all(&entries_dir).map_err(|e| RetrieverError::io(&entries_dir, e))?;
+        Self::open(dir)
     }
 
     /// Adds an entry to the in-memory state (index first: it validates).
@@ -329,9 +433,21 @@ impl LoraPool {
         adapter
             .map(|a| {
                 validate_adapter(a)?;
-                std::fs::canonicalize(a).map_err(|e| RetrieverError::Adapter { path: a.into(), message: e.to_string() })
+                let abs = std::fs::canonicalize(a)
+                    .map_err(|e| RetrieverError::Adapter { path: a.into(), message: e.to_string() })?;
+                // An adapter inside the pool folder is stored relative to it, so that the pool can be
+                // moved or shipped whole (the zoo); any other is stored as an absolute path.
+                let inside = std::fs::canonicalize(&self.dir)
+                    .ok()
+                    .and_then(|dir| abs.strip_prefix(dir).ok().map(Path::to_path_buf));
+                Ok(inside.unwrap_or(abs))
             })
             .transpose()
+    }
+
+    /// The adapter folder of an entry, with a path relative to the pool resolved against it.
+    pub fn adapter_dir(&self, entry: &PoolEntry) -> Option<PathBuf> {
+        entry.adapter.as_ref().map(|a| if a.is_relative() { self.dir.join(a) } else { a.clone() })
     }
 
     /// Adds a LoRA given its embedding. The name, adapter folder, embedding (dimension, finite,
@@ -407,10 +523,26 @@ impl LoraPool {
     }
 
     /// Removes a LoRA (its file, then its index row). O(dim) in memory.
+    ///
+    /// An entry file that the pool skipped (see [`SkippedEntry`]) or that another writer added
+    /// since the pool was opened is removed too: whatever `entries/<name>.json` is, it is unlinked
+    /// without being read. Such a file's name only has to be a plain file name (no path separator,
+    /// not starting with a dot), so that a file put there by hand under an invalid name can go too.
     pub fn remove(&mut self, name: &str) -> Result<(), RetrieverError> {
-        validate_name(name)?;
-        if !self.entries.contains_key(name) {
-            return Err(RetrieverError::UnknownName { pool: self.dir.clone(), name: name.into() });
+        let valid = validate_name(name);
+        let loaded = self.entries.contains_key(name);
+        if !loaded {
+            let plain = !name.is_empty()
+                && !name.starts_with('.')
+                && !name.contains(['/', '\\', '\0'])
+                && std::path::Path::new(name).components().count() == 1;
+            let on_disk = plain && std::fs::symlink_metadata(self.entry_path(name)).is_ok();
+            if !on_disk {
+                valid?;
+                return Err(RetrieverError::UnknownName { pool: self.dir.clone(), name: name.into() });
+            }
+        } else {
+            valid?;
         }
         let path = self.entry_path(name);
         match std::fs::remove_file(&path) {
@@ -419,8 +551,10 @@ impl LoraPool {
             Err(e) => return Err(RetrieverError::io(&path, e)),
         }
         sync_dir(&self.dir.join("entries"))?;
-        self.index.remove(name)?;
-        self.entries.remove(name);
+        if loaded {
+            self.index.remove(name)?;
+            self.entries.remove(name);
+        }
         Ok(())
     }
 

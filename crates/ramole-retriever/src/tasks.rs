@@ -35,9 +35,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use ramole_core::fs::{MAX_TEXT_BYTES, read_text};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -389,7 +390,7 @@ impl Suite {
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, TaskError> {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(SUITE_FILE);
-        let text = fs::read_to_string(&path).map_err(|e| TaskError::io(&path, e))?;
+        let text = read_text(&path, MAX_TEXT_BYTES).map_err(|e| TaskError::io(&path, e))?;
         let meta: SuiteMeta =
             serde_json::from_str(&text).map_err(|e| TaskError::Parse { path: path.clone(), message: e.to_string() })?;
         if meta.format != SUITE_FORMAT {
@@ -397,6 +398,16 @@ impl Suite {
                 path,
                 message: format!("format {} is not the supported {SUITE_FORMAT}", meta.format),
             });
+        }
+        // Task names become folder names below `dir`: refuse anything that could leave it.
+        let mut seen = HashSet::new();
+        for t in &meta.tasks {
+            if !is_safe_name(&t.name) || !seen.insert(t.name.as_str()) {
+                return Err(TaskError::Parse {
+                    path,
+                    message: format!("task name `{}` is not a safe file name or appears twice", t.name),
+                });
+            }
         }
         Ok(Self { dir, meta })
     }
@@ -428,16 +439,17 @@ impl Suite {
     }
 }
 
-/// Reads a JSONL file of [`Example`]s.
+/// Reads a JSONL file of [`Example`]s, through [`ramole_core::fs::read_text`] (a regular file of at
+/// most [`MAX_TEXT_BYTES`], a leading UTF-8 byte-order mark dropped). A bad line is a
+/// [`TaskError::Parse`] naming the file and the line number.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, TaskError> {
-    let file = fs::File::open(path).map_err(|e| TaskError::io(path, e))?;
+    let text = read_text(path, MAX_TEXT_BYTES).map_err(|e| TaskError::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| TaskError::io(path, e))?;
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let ex: Example = serde_json::from_str(&line)
+        let ex: Example = serde_json::from_str(line)
             .map_err(|e| TaskError::Parse { path: path.to_path_buf(), message: format!("line {}: {e}", i + 1) })?;
         out.push(ex);
     }
@@ -647,7 +659,7 @@ struct Scan {
 /// once all are found (the rest of the file is still hashed).
 fn scan_archive(archive: &Path, tasks: &[TaskSpec], progress: &mut dyn FnMut(u64)) -> Result<Scan, TaskError> {
     let io_err = |e| TaskError::io(archive, e);
-    let file = fs::File::open(archive).map_err(io_err)?;
+    let (file, _) = ramole_core::fs::open_regular(archive).map_err(io_err)?;
     let mut tracking = TrackingReader { inner: file, read: 0, hasher: Sha256::new(), progress };
     let mut found = BTreeMap::new();
     {
@@ -673,14 +685,14 @@ fn scan_archive(archive: &Path, tasks: &[TaskSpec], progress: &mut dyn FnMut(u64
 }
 
 fn write_jsonl(path: &Path, examples: &[Example]) -> Result<(), TaskError> {
-    let file = fs::File::create(path).map_err(|e| TaskError::io(path, e))?;
-    let mut w = BufWriter::new(file);
-    for ex in examples {
-        let line = serde_json::to_string(ex)
-            .map_err(|e| TaskError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-        writeln!(w, "{line}").map_err(|e| TaskError::io(path, e))?;
-    }
-    w.flush().map_err(|e| TaskError::io(path, e))
+    ramole_core::fs::write_atomic_with(path, |w| {
+        for ex in examples {
+            serde_json::to_writer(&mut *w, ex)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| TaskError::io(path, e))
 }
 
 /// Builds the suite from the BIG-bench sdist `archive` into `out` (created if needed) and returns its
@@ -729,11 +741,9 @@ pub fn build_suite(
         tasks: splits.into_iter().map(|s| s.meta).collect(),
     };
     let path = out.join(SUITE_FILE);
-    let tmp = out.join(format!("{SUITE_FILE}.tmp"));
     let text = serde_json::to_string_pretty(&meta)
         .map_err(|e| TaskError::Parse { path: path.clone(), message: e.to_string() })?;
-    fs::write(&tmp, text + "\n").map_err(|e| TaskError::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| TaskError::io(&path, e))?;
+    ramole_core::fs::write_atomic(&path, (text + "\n").as_bytes()).map_err(|e| TaskError::io(&path, e))?;
     Ok(meta)
 }
 

@@ -130,21 +130,30 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<(), RetrieverError> {
-        let ok = self.epochs > 0
-            && self.batch_size >= 2
-            && self.pairs_per_task > 0
-            && self.max_seq_len >= 2
-            && self.lr > 0.0
-            && self.temperature > 0.0;
-        if ok {
-            Ok(())
-        } else {
-            Err(RetrieverError::Input(format!(
-                "training configuration: epochs, pairs per task ≥ 1, batch size ≥ 2, max seq len ≥ 2, lr and \
-                 temperature > 0 are needed; got {self:?}"
-            )))
+    /// Checks the settings: epochs, pairs per task ≥ 1, batch size ≥ 2 (a batch of one pair has no
+    /// negative), max seq len ≥ 2 (`[CLS]` and `[SEP]`), lr and temperature finite and > 0. The first
+    /// setting out of range is a [`RetrieverError::InvalidArgument`] naming it.
+    pub fn validate(&self) -> Result<(), RetrieverError> {
+        let bad = |name: &'static str, message: String| Err(RetrieverError::InvalidArgument { name, message });
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
         }
+        if self.batch_size < 2 {
+            return bad("batch size", format!("{} is too small: in-batch negatives need at least 2", self.batch_size));
+        }
+        if self.pairs_per_task == 0 {
+            return bad("pairs per task", "must be at least 1".into());
+        }
+        if self.max_seq_len < 2 {
+            return bad("max seq len", format!("{} cannot hold [CLS] and [SEP]", self.max_seq_len));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("{} is not a finite number > 0", self.lr));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", format!("{} is not a finite number > 0", self.temperature));
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ramole_core::assets::AssetCache;
+use ramole_assets::AssetCache;
 use ramole_core::backend::{Selected, device};
 use ramole_models::weights::{SafetensorsWeights, WeightSource};
 use ramole_retriever::{DEFAULT_INSTRUCTION, LoraPool, RetrieverError, SentenceEncoder};
@@ -136,7 +136,7 @@ fn model_folder_with_a_missing_file_is_a_typed_error() {
 fn pool_add_stores_the_mean_of_instructed_sample_embeddings() {
     let enc = SentenceEncoder::<B>::load(minilm_dir(), &device()).expect("load");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut pool = LoraPool::open(dir.path()).expect("open");
+    let (mut pool, _) = LoraPool::create(dir.path()).expect("create");
     let math: Vec<String> =
         ["What is 80 plus 29?", "What is 13 times 7?", "Compute 5 minus 3."].map(String::from).into();
     let movies: Vec<String> =
@@ -161,6 +161,7 @@ fn pool_add_stores_the_mean_of_instructed_sample_embeddings() {
     assert_eq!(hits[1][0].0, "movies");
     assert!(hits[0][0].1 > hits[0][1].1);
 
-    let reopened = LoraPool::open(dir.path()).expect("reopen");
+    let (reopened, skipped) = LoraPool::open(dir.path()).expect("reopen");
+    assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(reopened.index(), pool.index());
 }

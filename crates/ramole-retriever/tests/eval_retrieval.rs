@@ -2,9 +2,10 @@
 //! real all-MiniLM-L6-v2, both fetched by the project's asset cache).
 
 use ramole_core::backend::{Selected, device};
-use ramole_retriever::SentenceEncoder;
 use ramole_retriever::eval::{EvalConfig, EvalReport, EvalTask, SuiteEmbeddings, evaluate, score};
 use ramole_retriever::tasks::{Domain, Suite, SuiteConfig, TaskSpec, build_suite};
+use ramole_retriever::train::TrainConfig;
+use ramole_retriever::{Index, RetrieverError, SentenceEncoder};
 
 fn task(name: &str, domain: Domain, held_out: bool) -> EvalTask {
     EvalTask { name: name.into(), domain, held_out }
@@ -91,13 +92,45 @@ fn eval_rejects_inconsistent_embeddings() {
     let mut e = hand_made();
     e.queries[0][0] = vec![1.0, 0.0];
     assert!(score(&e).is_err(), "a query of the wrong dimension");
+    let mut e = hand_made();
+    e.queries.iter_mut().for_each(Vec::clear);
+    assert!(matches!(score(&e), Err(RetrieverError::Input(_))), "no query at all: a table of zeros");
+}
+
+/// Zero sizes fed to the library are typed errors naming the setting, not empty or zero results.
+#[test]
+fn zero_sizes_are_refused_by_the_library() {
+    let invalid = |r: Result<(), RetrieverError>, want: &str| match r {
+        Err(RetrieverError::InvalidArgument { name, .. }) => assert_eq!(name, want),
+        other => panic!("{want}: {other:?}"),
+    };
+    let mut index = Index::new(2);
+    index.add("a", vec![1.0, 0.0]).expect("add");
+    invalid(index.search(&[vec![1.0, 0.0]], 0).map(|_| ()), "top-k");
+    assert_eq!(index.search(&[vec![1.0, 0.0]], 5).expect("k > len")[0].len(), 1);
+    invalid(EvalConfig { per_task: 0, ..EvalConfig::default() }.validate(), "per task");
+    invalid(EvalConfig { batch_size: 0, ..EvalConfig::default() }.validate(), "batch size");
+    EvalConfig::default().validate().expect("defaults are valid");
+    let train = TrainConfig::default();
+    train.validate().expect("defaults are valid");
+    invalid(TrainConfig { epochs: 0, ..train.clone() }.validate(), "epochs");
+    invalid(TrainConfig { batch_size: 0, ..train.clone() }.validate(), "batch size");
+    invalid(TrainConfig { batch_size: 1, ..train.clone() }.validate(), "batch size");
+    invalid(TrainConfig { pairs_per_task: 0, ..train.clone() }.validate(), "pairs per task");
+    invalid(TrainConfig { max_seq_len: 1, ..train.clone() }.validate(), "max seq len");
+    for lr in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        invalid(TrainConfig { lr, ..train.clone() }.validate(), "lr");
+    }
+    for temperature in [0.0, f64::NAN, f64::INFINITY] {
+        invalid(TrainConfig { temperature, ..train.clone() }.validate(), "temperature");
+    }
 }
 
 /// Four real tasks, five test inputs each, the real encoder: the pipeline runs end to end and the
 /// retriever finds the right LoRA for most inputs of these clearly different tasks.
 #[test]
 fn eval_real_minilm_on_four_tasks() {
-    let cache = ramole_core::assets::AssetCache::from_env().expect("cache");
+    let cache = ramole_assets::AssetCache::from_env().expect("cache");
     let archive = cache.bigbench_sdist().expect("bigbench");
     let model = cache.minilm_dir().expect("minilm");
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -244,10 +244,48 @@ fn tasks_bad_input_is_a_typed_error_and_writes_nothing() {
     assert!(read_jsonl(&tmp.path().join(SUITE_FILE)).is_err());
 }
 
+/// The suite's JSONL files: a UTF-8 byte-order mark is dropped, a bad line is named by file and line,
+/// a file that is not a regular file is refused without blocking; a `suite.json` whose task names could
+/// leave the suite folder is refused.
+#[test]
+fn tasks_jsonl_reader_takes_a_bom_names_bad_lines_and_refuses_devices() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("test.jsonl");
+    let line = r#"{"task": "t", "input": "Q: 1+1\nA: ", "target": "2"}"#;
+    std::fs::write(&path, format!("\u{feff}{line}\r\n\r\n{line}\r\n")).expect("w");
+    let examples = read_jsonl(&path).expect("a BOM and CRLF line ends are accepted");
+    assert_eq!(examples.len(), 2);
+    assert_eq!(examples[0].target, "2");
+    std::fs::write(&path, format!("{line}\n\n{{\"task\": \"t\"}}\n")).expect("w");
+    let err = read_jsonl(&path).expect_err("line 3 lacks input/target");
+    assert!(
+        matches!(&err, TaskError::Parse { path: p, message } if p == &path && message.starts_with("line 3:")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("test.jsonl") && err.to_string().contains("line 3"), "{err}");
+    #[cfg(unix)]
+    {
+        let zero = tmp.path().join("zero.jsonl");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        let err = read_jsonl(&zero).expect_err("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    // A suite.json naming a task `../x` would read outside the suite folder.
+    let suite = serde_json::json!({
+        "format": 1, "source": {"file": "a", "sha256": "b"}, "seed": 1, "max_examples": 10,
+        "test_fraction": 0.2, "samples_per_task": 2, "domains": {},
+        "tasks": [{"name": "../x", "path": "p", "domain": "qa", "held_out": false, "examples": 2, "unique": 2,
+                   "used": 2, "train": 1, "test": 1, "samples": 1}]
+    });
+    std::fs::write(tmp.path().join(SUITE_FILE), format!("\u{feff}{suite}")).expect("w");
+    let err = Suite::load(tmp.path()).expect_err("unsafe task name");
+    assert!(matches!(&err, TaskError::Parse { .. }) && err.to_string().contains("../x"), "{err}");
+}
+
 /// The real suite from `bigbench==1.0.0`, fetched and verified by the project's asset cache.
 #[test]
 fn tasks_real_bigbench_suite_has_24_tasks() {
-    let archive = ramole_core::assets::AssetCache::from_env().expect("cache").bigbench_sdist().expect("bigbench sdist");
+    let archive = ramole_assets::AssetCache::from_env().expect("cache").bigbench_sdist().expect("bigbench sdist");
     let tmp = tempfile::tempdir().expect("tempdir");
     let start = std::time::Instant::now();
     let meta = build_suite(&archive, tmp.path(), &SuiteConfig::default(), &mut |_| {}).expect("build real suite");

@@ -170,7 +170,7 @@ fn train_batch_loss_masks_negatives_by_domain() {
 /// trained weights.
 #[test]
 fn train_real_minilm_step_saves_a_loadable_encoder() {
-    let cache = ramole_core::assets::AssetCache::from_env().expect("cache");
+    let cache = ramole_assets::AssetCache::from_env().expect("cache");
     let archive = cache.bigbench_sdist().expect("bigbench");
     let model_dir = cache.minilm_dir().expect("minilm");
     let tmp = tempfile::tempdir().expect("tempdir");

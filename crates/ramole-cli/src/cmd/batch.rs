@@ -1,11 +1,10 @@
 //! `ramole batch`: every request of a file in ONE heterogeneous batch.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use ramole_batch::{RequestFile, RunOptions};
-use safetensors::{Dtype, tensor::TensorView};
+
+use super::output::{Data, OutTensor};
 
 /// Arguments of `ramole batch`.
 #[derive(Debug, clap::Args)]
@@ -24,51 +23,49 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// Runs `ramole batch`. Requests that fail get their error on stderr (and no output tensors); the
-/// others are written. Exits with an error if any request failed.
+/// Runs `ramole batch`. `--out` is checked before any work (not the request file, the model or a
+/// file in the model or adapters folder). Requests that fail get their error on stderr (and no output
+/// tensors); the others are written, atomically. Exits with an error if any request failed; when every
+/// request failed nothing is written (an earlier `--out` stays as it was).
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut inputs: Vec<&Path> = vec![&args.requests];
+    inputs.extend(args.model.as_deref());
+    inputs.extend(args.adapters.as_deref());
+    super::output::check("--out", &args.out, &inputs)?;
     let file = RequestFile::from_file(&args.requests)?;
-    let model = super::engine::model_path(args.model)?;
+    let model = super::engine::model_path(args.model.clone())?;
+    super::output::check("--out", &args.out, &[&model])?;
     let engine = super::engine::load(&model, args.adapters.as_deref())?;
     let vocab = engine.config().vocab_size;
     let start = std::time::Instant::now();
     let results = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
     let secs = start.elapsed().as_secs_f64();
 
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut outputs = Vec::with_capacity(results.len());
     let mut failed = 0;
-    for result in results {
+    for (request, result) in file.requests.iter().zip(results) {
         match result {
-            Ok(out) => {
-                let logits = out.prompt_logits.unwrap_or_default();
-                let rows = logits.len() / vocab.max(1);
-                let bytes = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-                tensors.push((format!("logits.{}", out.name), Dtype::F32, vec![rows, vocab], bytes));
-                let request = file.requests.iter().find(|r| r.name == out.name);
-                if request.is_some_and(|r| r.max_new_tokens > 0) {
-                    let bytes = out.new_tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()).collect();
-                    tensors.push((format!("greedy.{}", out.name), Dtype::I64, vec![out.new_tokens.len()], bytes));
-                }
-            }
+            Ok(out) => outputs.push((request, out)),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {e}");
             }
         }
     }
-    let views: HashMap<String, TensorView<'_>> = tensors
-        .iter()
-        .map(|(name, dtype, shape, bytes)| Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let tmp = args.out.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(&views, None, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!(
-        "{} request(s) in one batch in {secs:.2} s ({} failed), written to {}",
-        file.requests.len(),
-        failed,
-        args.out.display()
-    );
-    anyhow::ensure!(failed == 0, "{failed} request(s) failed");
+    let n = file.requests.len();
+    anyhow::ensure!(!outputs.is_empty(), "all {n} request(s) failed: {} not written", args.out.display());
+    let mut tensors: Vec<(String, OutTensor<'_>)> = Vec::with_capacity(2 * outputs.len());
+    for (request, out) in &outputs {
+        let logits = out.prompt_logits.as_deref().unwrap_or_default();
+        let rows = logits.len() / vocab.max(1);
+        tensors.push((format!("logits.{}", out.name), OutTensor { shape: vec![rows, vocab], data: Data::F32(logits) }));
+        if request.max_new_tokens > 0 {
+            let shape = vec![out.new_tokens.len()];
+            tensors.push((format!("greedy.{}", out.name), OutTensor { shape, data: Data::I64(&out.new_tokens) }));
+        }
+    }
+    super::output::write_safetensors(&args.out, tensors)?;
+    eprintln!("{n} request(s) in one batch in {secs:.2} s ({failed} failed), written to {}", args.out.display());
+    anyhow::ensure!(failed == 0, "{failed} of {n} request(s) failed");
     Ok(())
 }

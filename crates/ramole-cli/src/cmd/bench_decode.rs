@@ -11,32 +11,79 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Rows in the batch.
-    #[arg(long, default_value_t = 16)]
+    /// Rows in the batch (1 to 256).
+    #[arg(long, default_value_t = 16, value_parser = super::args::usize_in(1, 256))]
     pub batch: usize,
-    /// Distinct synthetic adapters (rank `--rank` on q/k/v/o).
-    #[arg(long, default_value_t = 16)]
+    /// Distinct synthetic adapters (rank `--rank` on q/k/v/o; 1 to 256, and `--adapters` × `--rank`
+    /// at most 4096).
+    #[arg(long, default_value_t = 16, value_parser = super::args::usize_in(1, 256))]
     pub adapters: usize,
-    /// Adapters each row mixes in the mixture scenario.
-    #[arg(long, default_value_t = 3)]
+    /// Adapters each row mixes in the mixture scenario (1 to 16, at most `--adapters`).
+    #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 16))]
     pub mix: usize,
-    /// Adapter rank.
-    #[arg(long, default_value_t = 8)]
+    /// Adapter rank (1 to 256).
+    #[arg(long, default_value_t = 8, value_parser = super::args::usize_in(1, 256))]
     pub rank: usize,
-    /// Prompt tokens per row.
-    #[arg(long, default_value_t = 32)]
+    /// Prompt tokens per row (1 to 4096; `--batch` × `--prompt-len`² at most 2²⁶).
+    #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 4096))]
     pub prompt_len: usize,
-    /// New tokens per row.
-    #[arg(long, default_value_t = 32)]
+    /// New tokens per row (1 to 4096; `--batch` × (`--prompt-len` + `--new-tokens`) at most 65536).
+    #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 4096))]
     pub new_tokens: usize,
-    /// Rounds; each round runs the three scenarios back to back (ratios are taken within a round).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; each round runs the three scenarios back to back (ratios are taken within a round; 1 to 100).
+    #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 100))]
     pub rounds: usize,
+}
+
+/// The most adapter parameters per layer and linear, `--adapters` × `--rank`: the synthetic adapters
+/// of SmolLM2-135M then take about 2 GB, and their per-batch stacks as much again.
+const MAX_ADAPTER_RANKS: usize = 4096;
+/// The most tokens of KV cache, `--batch` × (`--prompt-len` + `--new-tokens`) (about 3 GB for SmolLM2-135M).
+const MAX_BATCH_TOKENS: usize = 1 << 16;
+/// The most prefill attention scores per head, `--batch` × `--prompt-len`² (2.4 GB over SmolLM2-135M's
+/// 9 heads in f32).
+const MAX_PREFILL_SCORES: usize = 1 << 26;
+
+impl Args {
+    /// The checks that involve several arguments (each one alone is range-checked by clap). The
+    /// bounds keep the benchmark of SmolLM2-135M well inside 24 GB of memory.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.mix <= self.adapters,
+            "--mix {} is more than the {} adapters (--adapters)",
+            self.mix,
+            self.adapters
+        );
+        anyhow::ensure!(
+            self.adapters * self.rank <= MAX_ADAPTER_RANKS,
+            "--adapters {} × --rank {} = {} is more than {MAX_ADAPTER_RANKS}: lower one of them",
+            self.adapters,
+            self.rank,
+            self.adapters * self.rank
+        );
+        let tokens = self.batch * (self.prompt_len + self.new_tokens);
+        anyhow::ensure!(
+            tokens <= MAX_BATCH_TOKENS,
+            "--batch {} × (--prompt-len {} + --new-tokens {}) = {tokens} tokens is more than {MAX_BATCH_TOKENS}",
+            self.batch,
+            self.prompt_len,
+            self.new_tokens
+        );
+        let scores = self.batch * self.prompt_len * self.prompt_len;
+        anyhow::ensure!(
+            scores <= MAX_PREFILL_SCORES,
+            "--batch {} × --prompt-len {}² = {scores} prefill attention scores is more than {MAX_PREFILL_SCORES}",
+            self.batch,
+            self.prompt_len
+        );
+        Ok(())
+    }
 }
 
 /// Runs `ramole bench-decode`: prints decode tokens/s of (a) no adapters, (b) one distinct adapter per
 /// row, (c) a mixture per row, and the ratios (b)/(a) and (c)/(a), per round and as medians.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.check()?;
     let model = super::engine::model_path(args.model)?;
     let mut engine = super::engine::load(&model, None)?;
     let bench = DecodeBench {

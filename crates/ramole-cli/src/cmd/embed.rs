@@ -7,6 +7,8 @@ use anyhow::Context;
 use ramole_core::backend::{self, Selected};
 use ramole_retriever::{SentenceEncoder, read_jsonl_texts};
 
+use super::output::{Data, OutTensor};
+
 /// Arguments of `ramole embed`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,8 +22,8 @@ pub struct Args {
     /// Output `.safetensors` file: `embeddings`, f32, `[n, hidden]`.
     #[arg(long)]
     pub out: PathBuf,
-    /// Texts per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Texts per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 1024))]
     pub batch_size: usize,
 }
 
@@ -32,7 +34,8 @@ pub fn load_encoder(model: Option<&Path>) -> anyhow::Result<SentenceEncoder<Sele
 
 /// Reads the texts of a requests file (see [`Args::requests`]).
 pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = ramole_core::fs::read_text(path, ramole_core::fs::MAX_TEXT_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(o)) => {
             let sentences = o.get("sentences").with_context(|| format!("{}: no `sentences` array", path.display()))?;
@@ -49,16 +52,19 @@ pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
 /// Runs `ramole embed`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    let mut inputs: Vec<&Path> = vec![&args.requests];
+    inputs.extend(args.model.as_deref());
+    super::output::check("--out", &args.out, &inputs)?;
     let texts = read_texts(&args.requests)?;
-    let encoder = load_encoder(args.model.as_deref())?;
+    let (model, encoder) = super::engine::load_encoder::<Selected>(args.model.as_deref())?;
+    super::output::check("--out", &args.out, &[&model])?;
     let start = Instant::now();
     let rows = encoder.embed(&texts, args.batch_size)?;
     let secs = start.elapsed().as_secs_f64();
     let dim = encoder.dim();
-    let bytes: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), dim], &bytes)?;
-    safetensors::serialize_to_file([("embeddings", view)], None, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let values: Vec<f32> = rows.iter().flatten().copied().collect();
+    let tensor = OutTensor { shape: vec![rows.len(), dim], data: Data::F32(&values) };
+    super::output::write_safetensors(&args.out, vec![("embeddings".to_string(), tensor)])?;
     eprintln!(
         "embedded {} texts in {secs:.2} s ({:.1} texts/s, {}) -> {} [embeddings: {} x {dim} f32]",
         rows.len(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
+use ramole_assets::AssetCache;
 use ramole_batch::Engine;
-use ramole_core::assets::AssetCache;
 use ramole_core::backend::{Selected, device};
 use ramole_retriever::SentenceEncoder;
 
@@ -32,7 +32,9 @@ pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf
 }
 
 /// Loads the model (with a spinner) and the adapters of `adapters` (each sub-folder is one, named by
-/// the folder). Adapters that fail to load are reported and left out.
+/// the folder; a folder holding `adapter_config.json` is one adapter, named by the folder). Adapters
+/// that fail to load are reported and left out (a request naming one is told why); a folder with no
+/// adapter at all is an error.
 pub fn load(model: &Path, adapters: Option<&Path>) -> anyhow::Result<Engine<Selected>> {
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
@@ -44,7 +46,11 @@ pub fn load(model: &Path, adapters: Option<&Path>) -> anyhow::Result<Engine<Sele
         for (path, err) in &report.failed {
             eprintln!("warning: adapter {} not loaded: {err}", path.display());
         }
-        eprintln!("loaded {} adapter(s) from {}", report.loaded.len(), dir.display());
+        let mut names = report.loaded.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        if report.loaded.len() > 8 {
+            names.push_str(", …");
+        }
+        eprintln!("loaded {} adapter(s) from {}: {names}", report.loaded.len(), dir.display());
     }
     Ok(engine)
 }

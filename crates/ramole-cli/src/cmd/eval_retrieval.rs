@@ -56,11 +56,12 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Test inputs evaluated per task (the first ones of its `test.jsonl`, a seeded random subset).
-    #[arg(long, default_value_t = eval::DEFAULT_PER_TASK)]
+    /// Test inputs evaluated per task (the first ones of its `test.jsonl`, a seeded random subset;
+    /// 1 to 10000).
+    #[arg(long, default_value_t = eval::DEFAULT_PER_TASK, value_parser = super::args::usize_in(1, 10_000))]
     pub per_task: usize,
-    /// Texts embedded at a time.
-    #[arg(long, default_value_t = eval::DEFAULT_BATCH_SIZE)]
+    /// Texts embedded at a time (1 to 1024).
+    #[arg(long, default_value_t = eval::DEFAULT_BATCH_SIZE, value_parser = super::args::usize_in(1, 1024))]
     pub batch_size: usize,
     /// A report written earlier with `--json` (e.g. of the base encoder): also print a before/after table
     /// of the averages (held-out tasks, trained-on tasks, all).
@@ -74,10 +75,19 @@ pub struct Args {
 /// Runs `ramole eval-retrieval`: prints the markdown table and a timing line; writes `--json`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
+    // `--json` must not replace an input (`--before`, a file of the suite or of the encoder).
+    if let Some(json) = &args.json {
+        let mut inputs: Vec<&std::path::Path> = Vec::new();
+        inputs.extend(args.before.as_deref());
+        inputs.extend(args.input.tasks.as_deref());
+        inputs.extend(args.input.model.as_deref());
+        super::output::check("--json", json, &inputs)?;
+    }
     // Read first: a bad `--before` fails before minutes of embedding.
     let before: Option<(PathBuf, EvalReport)> = match args.before {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = ramole_core::fs::read_text(&path, ramole_core::fs::MAX_TEXT_BYTES)
+                .with_context(|| format!("reading {}", path.display()))?;
             let report = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not an eval-retrieval report", path.display()))?;
             Some((path, report))
@@ -85,6 +95,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let Loaded { suite_dir: dir, suite, model_dir: model, encoder } = args.input.load::<Selected>()?;
+    if let Some(json) = &args.json {
+        super::output::check("--json", json, &[&dir, &model])?;
+    }
     let cfg = EvalConfig { instruction: args.instruction, per_task: args.per_task, batch_size: args.batch_size };
     let report = eval::evaluate(&suite, &encoder, &cfg).context("evaluating retrieval")?;
     print!("{}", report.to_markdown());
@@ -104,7 +117,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        ramole_core::fs::write_atomic(&path, (text + "\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -20,14 +20,15 @@ pub struct Args {
     /// Wrap the prompt in the ChatML template (`<|im_start|>user … <|im_start|>assistant`).
     #[arg(long)]
     pub chat: bool,
-    /// Most tokens to generate (generation also stops at end-of-sequence).
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens to generate (generation also stops at end-of-sequence); 1 to 65536, and the
+    /// prompt plus these must fit the model's context.
+    #[arg(long, default_value_t = 128, value_parser = super::args::usize_in(1, 65536))]
     pub max_new_tokens: usize,
-    /// Sampling temperature; 0 (the default) is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, a finite number ≥ 0; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0, value_parser = super::args::non_negative_f32)]
     pub temperature: f32,
-    /// Nucleus (top-p) mass for sampling.
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus (top-p) mass for sampling, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::unit_f32)]
     pub top_p: f32,
     /// Seed for sampling.
     #[arg(long, default_value_t = 0)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ramole_core::assets::AssetCache;
+use ramole_assets::AssetCache;
 use ramole_retriever::{DEFAULT_INSTRUCTION, LoraPool, read_jsonl_texts};
 
 /// Arguments of `ramole pool`.
@@ -59,26 +59,39 @@ pub fn default_dir() -> anyhow::Result<PathBuf> {
     Ok(AssetCache::from_env()?.root().join("pool"))
 }
 
-/// Opens the pool named by `--pool`, or the default one.
-pub fn open(pool: Option<PathBuf>) -> anyhow::Result<LoraPool> {
+/// Opens the pool named by `--pool`, or the default one; with `create`, creates it if absent (only
+/// `pool add` does), else a missing pool is an error and nothing is created. Entries that cannot be
+/// used are skipped with a warning on stderr.
+pub fn open(pool: Option<PathBuf>, create: bool) -> anyhow::Result<LoraPool> {
     let dir = match pool {
         Some(d) => d,
         None => default_dir()?,
     };
-    LoraPool::open(&dir).with_context(|| format!("opening the pool in {}", dir.display()))
+    let opened = if create { LoraPool::create(&dir) } else { LoraPool::open(&dir) };
+    let (pool, skipped) = opened.with_context(|| format!("opening the pool in {}", dir.display()))?;
+    for s in &skipped {
+        eprintln!("warning: skipping pool entry {s} (`ramole pool remove {}` deletes it)", s.name);
+    }
+    Ok(pool)
 }
 
 /// Runs `ramole pool`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut pool = open(args.pool)?;
     match args.action {
         Action::Add(a) => {
-            // Cheap checks (name, adapter, samples) come before loading the model.
+            // Cheap checks (name, adapter, samples) come before creating the pool and loading the model.
             ramole_retriever::pool::validate_name(&a.name)?;
             if let Some(adapter) = &a.adapter {
                 ramole_retriever::pool::validate_adapter(adapter)?;
             }
             let samples = read_jsonl_texts(&a.samples)?;
+            let mut pool = open(args.pool, true)?;
+            anyhow::ensure!(
+                pool.get(&a.name).is_none(),
+                "{}: a LoRA named `{}` already exists",
+                pool.dir().display(),
+                a.name
+            );
             let encoder = super::embed::load_encoder(a.model.as_deref())?;
             pool.set_instruction(a.instruction);
             pool.add(&a.name, a.adapter.as_deref(), &samples, &encoder)?;
@@ -91,10 +104,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         Action::Remove { name } => {
+            let mut pool = open(args.pool, false)?;
             pool.remove(&name)?;
             eprintln!("removed `{name}` from {} ({} LoRAs)", pool.dir().display(), pool.len());
         }
-        Action::List { json } => list(&pool, json)?,
+        Action::List { json } => list(&open(args.pool, false)?, json)?,
     }
     Ok(())
 }

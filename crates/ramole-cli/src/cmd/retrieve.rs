@@ -15,8 +15,8 @@ pub struct Args {
     /// The pool folder [default: `$RAMOLE_HOME/pool`, else `~/.cache/ramole/pool`].
     #[arg(long)]
     pub pool: Option<PathBuf>,
-    /// How many LoRAs to return per input.
-    #[arg(long, default_value_t = 3)]
+    /// How many LoRAs to return per input (1 to 10000; all of them when the pool has fewer).
+    #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 10_000))]
     pub top_k: usize,
     /// The sentence encoder folder [default: the cached all-MiniLM-L6-v2].
     #[arg(long)]
@@ -24,8 +24,8 @@ pub struct Args {
     /// The instruction prepended to each input (as to the pool's samples).
     #[arg(long, default_value = DEFAULT_INSTRUCTION)]
     pub instruction: String,
-    /// Inputs embedded per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Inputs embedded per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 1024))]
     pub batch_size: usize,
     /// Machine-readable output (one JSON document).
     #[arg(long)]
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         queries.extend(read_jsonl_texts(path)?);
     }
     anyhow::ensure!(!queries.is_empty(), "no input: give texts or --input FILE.jsonl");
-    let pool = super::pool::open(args.pool)?;
+    let pool = super::pool::open(args.pool, false)?;
     anyhow::ensure!(
         !pool.is_empty(),
         "the pool in {} is empty (add LoRAs with `ramole pool add`)",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use ramole_core::assets::AssetCache;
+use ramole_assets::AssetCache;
 use ramole_retriever::tasks::{self, SuiteConfig};
 
 /// Arguments of `ramole tasks`.
@@ -34,14 +34,14 @@ pub struct BuildArgs {
     /// Seed of the subsampling and of the train/test splits.
     #[arg(long, default_value_t = tasks::DEFAULT_SEED)]
     pub seed: u64,
-    /// Examples kept per task (larger tasks are subsampled).
-    #[arg(long, default_value_t = tasks::DEFAULT_MAX_EXAMPLES)]
+    /// Examples kept per task (larger tasks are subsampled; 2 to 1000000).
+    #[arg(long, default_value_t = tasks::DEFAULT_MAX_EXAMPLES, value_parser = super::args::usize_in(2, 1_000_000))]
     pub max_examples: usize,
-    /// Fraction of a task's kept examples in its test split.
-    #[arg(long, default_value_t = tasks::DEFAULT_TEST_FRACTION)]
+    /// Fraction of a task's kept examples in its test split, in (0, 1).
+    #[arg(long, default_value_t = tasks::DEFAULT_TEST_FRACTION, value_parser = super::args::open_fraction_f64)]
     pub test_fraction: f64,
-    /// Sample inputs per task (the pool's samples), taken from the train split.
-    #[arg(long, default_value_t = tasks::DEFAULT_SAMPLES_PER_TASK)]
+    /// Sample inputs per task (the pool's samples), taken from the train split (1 to 10000).
+    #[arg(long, default_value_t = tasks::DEFAULT_SAMPLES_PER_TASK, value_parser = super::args::usize_in(1, 10_000))]
     pub samples: usize,
 }
 

@@ -15,23 +15,28 @@ pub struct Args {
     /// Where to write the trained encoder (a sentence-transformers folder, loadable by `--model`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Epochs (each draws fresh pairs).
-    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    /// Epochs (each draws fresh pairs; 1 to 1000).
+    #[arg(long, default_value_t = TrainConfig::default().epochs, value_parser = super::args::usize_in(1, 1000))]
     pub epochs: usize,
-    /// Adam's learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    /// Adam's learning rate (a finite number > 0).
+    #[arg(long, default_value_t = TrainConfig::default().lr, value_parser = super::args::positive_f64)]
     pub lr: f64,
-    /// InfoNCE temperature.
-    #[arg(long, default_value_t = TrainConfig::default().temperature)]
+    /// InfoNCE temperature (a finite number > 0).
+    #[arg(long, default_value_t = TrainConfig::default().temperature, value_parser = super::args::positive_f64)]
     pub temperature: f64,
-    /// Pairs per optimisation step (in-batch negatives).
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    /// Pairs per optimisation step (in-batch negatives; 2 to 512, and `--batch-size` × `--max-seq-len`
+    /// at most 8192 to keep training activations within a few GB).
+    #[arg(long, default_value_t = TrainConfig::default().batch_size, value_parser = super::args::usize_in(2, 512))]
     pub batch_size: usize,
-    /// Pairs drawn per training task and epoch.
-    #[arg(long, default_value_t = TrainConfig::default().pairs_per_task)]
+    /// Pairs drawn per training task and epoch (1 to 10000).
+    #[arg(
+        long,
+        default_value_t = TrainConfig::default().pairs_per_task,
+        value_parser = super::args::usize_in(1, 10_000)
+    )]
     pub pairs_per_task: usize,
-    /// Tokens per text during training.
-    #[arg(long, default_value_t = TrainConfig::default().max_seq_len)]
+    /// Tokens per text during training, `[CLS]` and `[SEP]` included (2 to 512, MiniLM's positions).
+    #[arg(long, default_value_t = TrainConfig::default().max_seq_len, value_parser = super::args::usize_in(2, 512))]
     pub max_seq_len: usize,
     /// Seed of the pair draws and batch order.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
@@ -45,9 +50,25 @@ pub struct Args {
     pub negatives: Negatives,
 }
 
+/// The most tokens per side of a training step, `--batch-size` × `--max-seq-len` (the activations kept
+/// for the backward pass of MiniLM then stay around 5 GB).
+const MAX_BATCH_TOKENS: usize = 8192;
+
 /// Runs `ramole train-retriever`: prints one line per epoch, saves the encoder and `train_report.json`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let super::eval_retrieval::Loaded { suite, encoder, .. } = args.input.load::<SelectedAutodiff>()?;
+    anyhow::ensure!(
+        args.batch_size * args.max_seq_len <= MAX_BATCH_TOKENS,
+        "--batch-size {} × --max-seq-len {} = {} tokens per side of a step is more than {MAX_BATCH_TOKENS}",
+        args.batch_size,
+        args.max_seq_len,
+        args.batch_size * args.max_seq_len
+    );
+    let super::eval_retrieval::Loaded { suite, encoder, suite_dir, model_dir } =
+        args.input.load::<SelectedAutodiff>()?;
+    // The trained encoder must not replace the one it starts from, nor land inside the suite: checked
+    // on a file of the output folder, before the training.
+    ramole_core::fs::refuse_overwriting_inputs(&args.out.join("model.safetensors"), &[&suite_dir, &model_dir])
+        .map_err(|e| anyhow::anyhow!("--out {}: a file of it {e}", args.out.display()))?;
     let cfg = TrainConfig {
         epochs: args.epochs,
         lr: args.lr,
@@ -77,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .context("training the retriever")?;
     trained.save(&args.out).with_context(|| format!("saving the encoder to {}", args.out.display()))?;
     let report_path = args.out.join("train_report.json");
-    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+    ramole_core::fs::write_atomic(&report_path, (serde_json::to_string_pretty(&report)? + "\n").as_bytes())
         .with_context(|| format!("writing {}", report_path.display()))?;
     println!("saved to {} (evaluate with `ramole eval-retrieval --model {}`)", args.out.display(), args.out.display());
     Ok(())

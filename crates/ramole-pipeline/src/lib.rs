@@ -1,0 +1,285 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod routing;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use ramole_batch::{BatchError, Engine, Request, RequestInput, RunOptions, Sampling};
+use ramole_retriever::{LoraPool, RetrieverError, SentenceEncoder};
+
+pub use routing::{RouteConfig, RoutedLora, Routing, Strategy, Weighting};
+
+/// Errors of the pipeline. Each names the input or pool entry at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A routing or run configuration that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// An input file or input that cannot be used.
+    #[error("{0}")]
+    Input(String),
+    /// A pool with no LoRA that can be served.
+    #[error("the pool in {dir} has no LoRA with a loadable adapter{hint}")]
+    EmptyPool {
+        /// The pool folder.
+        dir: PathBuf,
+        /// What was skipped, if anything.
+        hint: String,
+    },
+    /// The retriever failed (encoder, index).
+    #[error(transparent)]
+    Retriever(#[from] RetrieverError),
+    /// The batch engine failed for an input.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// A pool entry that cannot be served, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unservable {
+    /// The entry's name.
+    pub lora: String,
+    /// Why (no adapter, adapter folder missing or invalid).
+    pub reason: String,
+}
+
+/// One input to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The text (fed to the model as is, and to the retriever after the pool's instruction).
+    pub input: String,
+    /// Most tokens to generate (generation also stops at end-of-sequence).
+    pub max_new_tokens: usize,
+}
+
+impl Job {
+    /// Reads inputs from JSONL: each non-blank line a JSON string, or an object with a string
+    /// `input` and optionally `max_new_tokens` (default `default_max_new_tokens`). A leading
+    /// byte-order mark is dropped; a bad line is an error naming the file and line.
+    pub fn read_jsonl(path: &std::path::Path, default_max_new_tokens: usize) -> Result<Vec<Self>, PipelineError> {
+        let text = ramole_core::fs::read_text(path, ramole_core::fs::MAX_TEXT_BYTES)
+            .map_err(|e| PipelineError::Input(format!("{}: {e}", path.display())))?;
+        let mut jobs = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let bad = |m: &str| PipelineError::Input(format!("{}: line {}: {m}", path.display(), i + 1));
+            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+            let job = match value {
+                serde_json::Value::String(input) => Job { input, max_new_tokens: default_max_new_tokens },
+                serde_json::Value::Object(o) => {
+                    let input = o.get("input").and_then(|v| v.as_str()).ok_or_else(|| bad("no string `input`"))?;
+                    let max_new_tokens = match o.get("max_new_tokens") {
+                        None => default_max_new_tokens,
+                        Some(v) => v
+                            .as_u64()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or_else(|| bad("`max_new_tokens` must be a non-negative integer"))?,
+                    };
+                    Job { input: input.to_string(), max_new_tokens }
+                }
+                _ => return Err(bad("neither a JSON string nor an object with `input`")),
+            };
+            if job.input.is_empty() {
+                return Err(bad("empty input"));
+            }
+            jobs.push(job);
+        }
+        if jobs.is_empty() {
+            return Err(PipelineError::Input(format!("{}: no input", path.display())));
+        }
+        Ok(jobs)
+    }
+}
+
+/// What an input produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The generated text (end-of-sequence token removed).
+    pub output: String,
+    /// Generated tokens, end-of-sequence included if produced.
+    pub new_tokens: Vec<u32>,
+    /// The routing it was served with.
+    pub routing: Routing,
+}
+
+/// The assembled pipeline: a base model with the pool's adapters loaded, the retriever's encoder,
+/// and the pool.
+#[derive(Debug)]
+pub struct Ramole<B: Backend> {
+    engine: Engine<B>,
+    encoder: SentenceEncoder<B>,
+    pool: LoraPool,
+    servable: HashSet<String>,
+}
+
+impl<B: Backend> Ramole<B> {
+    /// Loads the adapter of every pool entry into `engine` under the entry's name. Entries without
+    /// an adapter, or whose adapter folder is missing or invalid, are returned as [`Unservable`] and
+    /// are never routed to; the others are served. A pool with nothing to serve is an error, and so
+    /// is an encoder whose embeddings do not have the pool's dimension.
+    pub fn new(
+        mut engine: Engine<B>,
+        encoder: SentenceEncoder<B>,
+        pool: LoraPool,
+    ) -> Result<(Self, Vec<Unservable>), PipelineError> {
+        if !pool.is_empty() && encoder.dim() != pool.index().dim() {
+            return Err(PipelineError::Config(format!(
+                "the encoder makes {}-dim embeddings, the pool in {} holds {}-dim ones",
+                encoder.dim(),
+                pool.dir().display(),
+                pool.index().dim()
+            )));
+        }
+        let mut servable = HashSet::new();
+        let mut skipped = Vec::new();
+        for entry in pool.entries() {
+            let Some(dir) = pool.adapter_dir(entry) else {
+                skipped.push(Unservable { lora: entry.name.clone(), reason: "has no adapter (samples only)".into() });
+                continue;
+            };
+            if engine.adapters().get(&entry.name).is_some() {
+                servable.insert(entry.name.clone());
+                continue;
+            }
+            match engine.adapters_mut().add(&entry.name, &dir) {
+                Ok(()) => {
+                    servable.insert(entry.name.clone());
+                }
+                Err(e) => skipped.push(Unservable { lora: entry.name.clone(), reason: e.to_string() }),
+            }
+        }
+        if servable.is_empty() {
+            let hint = match skipped.first() {
+                Some(s) => format!(" (`{}` {}{})", s.lora, s.reason, if skipped.len() > 1 { ", …" } else { "" }),
+                None => " (it is empty)".into(),
+            };
+            return Err(PipelineError::EmptyPool { dir: pool.dir().to_path_buf(), hint });
+        }
+        Ok((Self { engine, encoder, pool, servable }, skipped))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<B> {
+        &self.engine
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &LoraPool {
+        &self.pool
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &SentenceEncoder<B> {
+        &self.encoder
+    }
+
+    /// Names of the LoRAs that can be served, sorted.
+    pub fn servable(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.servable.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The top-`k` servable LoRAs of each input by cosine, best first; `exclude[i]` (if given) is
+    /// left out for input `i` (the OOD setting: the input's own LoRA removed from the pool).
+    pub fn retrieve(
+        &self,
+        inputs: &[String],
+        k: usize,
+        exclude: &[Option<&str>],
+    ) -> Result<Vec<Vec<(String, f32)>>, PipelineError> {
+        if k == 0 {
+            return Err(PipelineError::Config("top-k must be at least 1".into()));
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let instruction = self.pool.instruction();
+        let texts: Vec<String> = inputs.iter().map(|t| format!("{instruction}{t}")).collect();
+        let embeddings = self.encoder.embed(&texts, 32)?;
+        // Ask for enough to fill k after dropping what cannot be served or is excluded.
+        let extra = self.pool.len() - self.servable.len() + 1;
+        let hits = self.pool.index().search(&embeddings, k + extra)?;
+        Ok(hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let skip = exclude.get(i).copied().flatten();
+                h.into_iter()
+                    .filter(|(name, _)| self.servable.contains(name) && Some(name.as_str()) != skip)
+                    .take(k)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Routes each input by `cfg` (no retrieval for [`Strategy::Base`]).
+    pub fn route(
+        &self,
+        inputs: &[String],
+        cfg: &RouteConfig,
+        exclude: &[Option<&str>],
+    ) -> Result<Vec<Routing>, PipelineError> {
+        cfg.validate()?;
+        if cfg.strategy == Strategy::Base {
+            return Ok(inputs.iter().map(|_| Routing::from_hits(&[], cfg)).collect());
+        }
+        Ok(self.retrieve(inputs, cfg.top_k, exclude)?.iter().map(|h| Routing::from_hits(h, cfg)).collect())
+    }
+
+    /// Generates the answer of each job with its routing (greedy), `batch_size` jobs per
+    /// heterogeneous batch. A job that fails gets its own error; the others are answered.
+    pub fn generate(
+        &self,
+        jobs: &[Job],
+        routings: &[Routing],
+        batch_size: usize,
+    ) -> Vec<Result<Answer, PipelineError>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        if jobs.len() != routings.len() || batch_size == 0 {
+            let msg = format!("{} jobs, {} routings, batch size {batch_size}", jobs.len(), routings.len());
+            return jobs.iter().map(|_| Err(PipelineError::Config(msg.clone()))).collect();
+        }
+        let eos = self.engine.config().eos_token_ids.clone();
+        for (chunk, (jobs, routings)) in jobs.chunks(batch_size).zip(routings.chunks(batch_size)).enumerate() {
+            let requests: Vec<Request> = jobs
+                .iter()
+                .zip(routings)
+                .enumerate()
+                .map(|(i, (job, routing))| Request {
+                    name: format!("input {}", chunk * batch_size + i + 1),
+                    input: RequestInput::Prompt(job.input.clone()),
+                    row: routing.row_request(),
+                    max_new_tokens: job.max_new_tokens,
+                    sampling: Sampling::Greedy,
+                })
+                .collect();
+            for (result, routing) in self.engine.run(&requests, RunOptions::default()).into_iter().zip(routings) {
+                out.push(result.map_err(PipelineError::from).and_then(|o| {
+                    let text: Vec<u32> = o.new_tokens.iter().copied().filter(|t| !eos.contains(t)).collect();
+                    Ok(Answer {
+                        output: self.engine.decode(&text)?,
+                        new_tokens: o.new_tokens,
+                        routing: routing.clone(),
+                    })
+                }));
+            }
+        }
+        out
+    }
+
+    /// Routes and answers every job ([`Ramole::route`] then [`Ramole::generate`]).
+    pub fn run(
+        &self,
+        jobs: &[Job],
+        cfg: &RouteConfig,
+        batch_size: usize,
+    ) -> Result<Vec<Result<Answer, PipelineError>>, PipelineError> {
+        let inputs: Vec<String> = jobs.iter().map(|j| j.input.clone()).collect();
+        let routings = self.route(&inputs, cfg, &[])?;
+        Ok(self.generate(jobs, &routings, batch_size))
+    }
+}
