@@ -1,16 +1,11 @@
 //! Every numeric argument is range-checked before anything runs: out-of-range values are refused by
 //! clap (exit status 2, the flag and the allowed range named), so no model is needed here.
 
-use std::process::{Command, Output};
+mod common;
 
-fn ramole(args: &[&str]) -> Output {
+fn ramole(args: &[&str]) -> std::process::Output {
     let home = tempfile::tempdir().expect("tempdir");
-    Command::new(env!("CARGO_BIN_EXE_ramole"))
-        .args(args)
-        .env("RAMOLE_HOME", home.path())
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run ramole")
+    common::run_in(Some(home.path()), args)
 }
 
 /// `args` must be refused by the argument parser, with a message naming `flag` and holding `words`.

@@ -3,8 +3,11 @@
 //! file left, nothing written when every request failed), outputs that are inputs refused before any
 //! work, and token budgets at the edges.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{fails, ok, ramole, s, stderr};
 
 use safetensors::SafeTensors;
 
@@ -16,36 +19,8 @@ const TINY_TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding"
   "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "Plural": 1, "</s>": 2, "<|im_start|>": 3, "of": 4,
             "mouse": 5, ":": 6, "hello": 7}, "unk_token": "<unk>"}}"#;
 
-fn ramole(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ramole")).args(args).env("RUST_BACKTRACE", "0").output().expect("run ramole")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs `ramole args`, expecting success.
-fn ok(args: &[&str]) -> Output {
-    let out = ramole(args);
-    assert!(out.status.success(), "ramole {args:?} failed: {}", stderr(&out));
-    out
-}
-
-/// Runs `ramole args`, expecting a clean failure (an error message, no panic); returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = ramole(args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "ramole {args:?} succeeded: {err}");
-    assert!(!err.contains("panicked"), "ramole {args:?} panicked: {err}");
-    err
-}
-
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/tiny-llama")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// The tiny-llama base model with a tokenizer, copied into `dir/base`.

@@ -2,31 +2,19 @@
 //! regular files. No model is needed: entries are written through the library by embedding, and every
 //! command here stops before an encoder would be loaded.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{s, stderr};
 
 use ramole_retriever::{LoraPool, PoolEntry};
 
-/// Runs the binary with a private `$RAMOLE_HOME`, under `timeout` so that a read that blocks fails the
-/// test (exit status 124) instead of hanging it.
+/// Runs the binary with a private `$RAMOLE_HOME` (and under `timeout`, see [`common::run_in`]).
 fn ramole(args: &[&str]) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
-    Command::new("timeout")
-        .arg("120")
-        .arg(env!("CARGO_BIN_EXE_ramole"))
-        .args(args)
-        .env("RAMOLE_HOME", home.path())
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run ramole")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::run_in(Some(home.path()), args)
 }
 
 fn ok(args: &[&str]) -> Output {
@@ -36,10 +24,8 @@ fn ok(args: &[&str]) -> Output {
 }
 
 fn failed(args: &[&str], words: &str) -> String {
-    let out = ramole(args);
-    let err = stderr(&out);
-    assert_ne!(out.status.code(), Some(124), "ramole {args:?} blocked");
-    assert!(!out.status.success() && err.contains(words), "ramole {args:?}: expected {words:?} in {err}");
+    let err = common::clean_failure(args, &ramole(args));
+    assert!(err.contains(words), "ramole {args:?}: expected {words:?} in {err}");
     err
 }
 
@@ -129,7 +115,7 @@ fn entries_and_inputs_that_are_not_regular_files_do_not_block() {
     let fifo = dir.path().join("fifo.jsonl");
     let entry_fifo = pool.join("entries/fifo.json");
     for p in [&fifo, &entry_fifo] {
-        let made = Command::new("mkfifo").arg(p).status().expect("mkfifo");
+        let made = std::process::Command::new("mkfifo").arg(p).status().expect("mkfifo");
         assert!(made.success(), "mkfifo {}", p.display());
     }
     std::os::unix::fs::symlink("/dev/zero", pool.join("entries/zero.json")).expect("symlink");

@@ -1,27 +1,15 @@
 //! `ramole embed`, `ramole pool` and `ramole retrieve` end to end, on the real all-MiniLM-L6-v2
 //! (the binary fetches it through the asset cache when `--model` is not given).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{fixtures, ramole, s};
 
 use ramole_models::weights::{SafetensorsWeights, WeightSource};
 
-fn ramole(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ramole")).args(args).env("RUST_BACKTRACE", "0").output().expect("run ramole")
-}
-
+/// Runs `ramole args`, expecting success; returns stdout.
 fn ok(args: &[&str]) -> String {
-    let out = ramole(args);
-    assert!(out.status.success(), "ramole {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    String::from_utf8(common::ok(args).stdout).expect("utf-8")
 }
 
 #[test]

@@ -2,30 +2,11 @@
 //! byte-level tokenizer: a trained adapter folder, its refusals (existing output, bad data, a
 //! diverging run: nothing written), a two-task zoo and routed answers with their routing.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ramole(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ramole")).args(args).env("RUST_BACKTRACE", "0").output().expect("run ramole")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = ramole(args);
-    assert!(out.status.success(), "ramole {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = ramole(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "ramole {args:?} succeeded: {err}");
-    assert!(!err.contains("panicked"), "ramole {args:?} panicked: {err}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use common::{fails, ok, ramole, s};
 
 fn write_records(path: &Path, prefix: &str, target: &str, n: usize) {
     let lines: Vec<String> = (0..n)
@@ -159,6 +140,24 @@ fn a_zoo_is_built_and_inputs_are_routed_to_their_loras() {
     let out = ok(&["run", "--pool", s(&pool), "--model", s(&model), "--requests", s(&requests), "--top-k", "2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[mixture: ") && text.contains("w 0.50"), "{text}");
+
+    // One prompt routed by `generate --route`.
+    let out = ok(&[
+        "generate",
+        "--route",
+        "--pool",
+        s(&pool),
+        "--model",
+        s(&model),
+        "--prompt",
+        "Say it loud 7:",
+        "--max-new-tokens",
+        "3",
+        "--strategy",
+        "selection",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[selection: shout (cos "), "{err}");
 
     // A vanished adapter: that LoRA is skipped with a warning, the other is served.
     std::fs::remove_dir_all(pool.join("adapters").join("count")).expect("rm");

@@ -949,16 +949,19 @@ impl WeightSource for GgufWeights {
     }
 }
 
-/// A minimal GGUF writer for tests (little-endian, version 3).
-#[cfg(test)]
-pub(crate) mod writer {
+/// A minimal GGUF writer (little-endian, version 3): small model files for tests and tools.
+pub mod writer {
     use super::{GgmlType, GgufValue};
 
     /// One tensor to write: name, PyTorch-order shape, type, raw data.
-    pub(crate) struct RawTensor {
+    pub struct RawTensor {
+        /// The tensor's name.
         pub name: String,
+        /// Its shape in PyTorch order (written reversed, as ggml lists dims).
         pub shape: Vec<u64>,
+        /// Its type.
         pub dtype: GgmlType,
+        /// Its raw bytes.
         pub data: Vec<u8>,
     }
 
@@ -1008,7 +1011,7 @@ pub(crate) mod writer {
     }
 
     /// The bytes of a GGUF v3 file with `metadata` and `tensors`, data aligned to `alignment`.
-    pub(crate) fn gguf_bytes(metadata: &[(&str, GgufValue)], tensors: &[RawTensor], alignment: u64) -> Vec<u8> {
+    pub fn gguf_bytes(metadata: &[(&str, GgufValue)], tensors: &[RawTensor], alignment: u64) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend(b"GGUF");
         out.extend(3u32.to_le_bytes());
@@ -1041,7 +1044,7 @@ pub(crate) mod writer {
     }
 
     /// An F32 tensor.
-    pub(crate) fn f32_tensor(name: &str, shape: &[u64], values: &[f32]) -> RawTensor {
+    pub fn f32_tensor(name: &str, shape: &[u64], values: &[f32]) -> RawTensor {
         RawTensor {
             name: name.into(),
             shape: shape.to_vec(),

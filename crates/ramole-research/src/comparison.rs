@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
 use ramole_pipeline::{Job, Ramole, RouteConfig, Routing, Strategy, Weighting};
-use ramole_retriever::tasks::{Domain, Split, Suite};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ResearchError;
 use crate::metrics::{self, MetricSet};
+use crate::tasks::{Domain, Split, Suite};
 
 /// The largest generation budget of a task, in tokens.
 pub const MAX_BUDGET: usize = 64;

@@ -22,11 +22,11 @@ use burn::tensor::backend::Backend;
 use ramole_models::CausalLm;
 use ramole_mole::peft::AdapterDtype;
 use ramole_mole::train::{self, LoraTrainConfig, LoraTrainReport, StepReport};
-use ramole_retriever::tasks::{Split, Suite};
 use ramole_retriever::{LoraPool, SentenceEncoder};
 use serde::{Deserialize, Serialize};
 
 use crate::ResearchError;
+use crate::tasks::{Split, Suite};
 
 /// The file beside each adapter that records how it was trained.
 pub const TRAINING_FILE: &str = "ramole_training.json";
@@ -42,11 +42,14 @@ pub struct ZooConfig {
     pub dtype: AdapterDtype,
     /// The tasks to build (default: every task of the suite).
     pub tasks: Option<Vec<String>>,
+    /// The base model's name recorded in each adapter (`base_model_name_or_path`, e.g. the Hub id of
+    /// the default model); default: the model's path.
+    pub base_name: Option<String>,
 }
 
 impl Default for ZooConfig {
     fn default() -> Self {
-        Self { train: LoraTrainConfig::default(), dtype: AdapterDtype::F16, tasks: None }
+        Self { train: LoraTrainConfig::default(), dtype: AdapterDtype::F16, tasks: None, base_name: None }
     }
 }
 
@@ -141,7 +144,7 @@ pub fn build_zoo<B: Backend>(
         }
         None => suite.meta().tasks.iter().map(|t| t.name.clone()).collect(),
     };
-    let base_model = model.display().to_string();
+    let base_model = cfg.base_name.clone().unwrap_or_else(|| model.display().to_string());
     let pool_path = pool_dir(root);
     let (mut pool, _skipped) = LoraPool::create(&pool_path)?;
     let mut lm: Option<CausalLm<Autodiff<B>>> = None;

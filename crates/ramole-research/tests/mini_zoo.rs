@@ -9,9 +9,9 @@ use ramole_core::backend::{Selected, device};
 use ramole_mole::train::{LoraTrainConfig, TrainLength};
 use ramole_pipeline::{Job, Ramole, RouteConfig, Strategy, Weighting};
 use ramole_research::comparison::{self, ComparisonConfig, Record};
+use ramole_research::tasks::Suite;
 use ramole_research::zoo::{self, ZooConfig, ZooEvent};
 use ramole_retriever::SentenceEncoder;
-use ramole_retriever::tasks::Suite;
 
 /// Two tasks with a constant answer each, and inputs that tell them apart.
 const TASKS: [(&str, &str, &str, &[&str]); 2] = [

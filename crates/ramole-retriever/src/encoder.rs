@@ -230,7 +230,7 @@ impl<B: Backend> SentenceEncoder<B> {
 /// Sentence embeddings of already tokenized texts under `model`: the sequences are padded to the longest
 /// one, run through BERT with the attention mask, mean-pooled over their real tokens and L2-normalised
 /// (what sentence-transformers computes for all-MiniLM-L6-v2). Differentiable: the training loss
-/// ([`crate::train`]) and [`SentenceEncoder::encode_token_ids`] both go through it.
+/// (`ramole_research::train_retriever`) and [`SentenceEncoder::encode_token_ids`] both go through it.
 ///
 /// An empty list, an empty sequence, a sequence longer than `max_len` tokens or an id outside the model's
 /// vocabulary is an [`RetrieverError::Input`] naming the sequence.

@@ -106,8 +106,7 @@ pub enum RetrieverError {
     /// An input the encoder cannot take (for example an empty list of texts).
     #[error("input: {0}")]
     Input(String),
-    /// A numeric argument or setting outside its range (a top-k of 0, an evaluation of 0 inputs per
-    /// task, a training run of 0 epochs, a batch size of 0, …).
+    /// A numeric argument or setting outside its range (a top-k of 0, an embedding batch size of 0, …).
     #[error("{name}: {message}")]
     InvalidArgument {
         /// The argument or setting.
@@ -122,9 +121,6 @@ pub enum RetrieverError {
         /// The pool folder.
         dir: PathBuf,
     },
-    /// An error of the task suite (building it, or reading it for evaluation and training).
-    #[error(transparent)]
-    Task(#[from] crate::tasks::TaskError),
 }
 
 impl RetrieverError {

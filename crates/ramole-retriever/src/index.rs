@@ -374,6 +374,12 @@ mod tests {
         assert!(matches!(index.add("x", vec![f32::NAN, 1.0]), Err(RetrieverError::BadVector { .. })));
         assert!(matches!(index.remove("x"), Err(RetrieverError::UnknownName { .. })));
         assert!(matches!(index.search(&[vec![1.0]], 1), Err(RetrieverError::Dimension { .. })));
+        // A top-k of 0 is a typed error naming the setting, not an empty result; k above the size is fine.
+        assert!(matches!(
+            index.search(&[vec![1.0, 0.0]], 0),
+            Err(RetrieverError::InvalidArgument { name: "top-k", .. })
+        ));
+        assert_eq!(index.search(&[vec![1.0, 0.0]], 5).expect("k > len")[0].len(), 3);
         assert!(index.top_k(&[1.0], 3).is_empty());
         assert_eq!(index.len(), 3);
     }

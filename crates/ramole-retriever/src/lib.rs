@@ -3,11 +3,8 @@
 
 pub mod encoder;
 mod error;
-pub mod eval;
 pub mod index;
 pub mod pool;
-pub mod tasks;
-pub mod train;
 
 pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder};
 pub use error::RetrieverError;

@@ -88,6 +88,7 @@ fn embeddings_match_sentence_transformers() {
     let rows: Vec<Vec<f32>> = flat.chunks_exact(384).map(<[f32]>::to_vec).collect();
     assert_matches_reference(&rows, &f);
     assert!(matches!(enc.encode(&[]), Err(RetrieverError::Input(_))));
+    assert!(matches!(enc.embed(&f.sentences, 0), Err(RetrieverError::InvalidArgument { name: "batch size", .. })));
     // Token ids given directly are checked (no panic in the embedding lookup).
     for bad in [vec![], vec![vec![]], vec![vec![101, 40_000, 102]], vec![vec![101; 257]]] {
         assert!(matches!(enc.encode_token_ids(&bad), Err(RetrieverError::Input(_))), "{bad:.3?} accepted");

@@ -19,6 +19,19 @@ pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The Hub id of the default base model, SmolLM2-135M-Instruct (what trained adapters record as their
+/// `base_model_name_or_path` when trained on it).
+pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// The name a trained adapter records for its base: the Hub id of the default model when no
+/// `--model` was given, else the given path made absolute.
+pub fn base_model_name(given: Option<&Path>, resolved: &Path) -> String {
+    match given {
+        None => DEFAULT_MODEL_ID.to_string(),
+        Some(_) => std::fs::canonicalize(resolved).unwrap_or_else(|_| resolved.to_path_buf()).display().to_string(),
+    }
+}
+
 /// Loads the sentence encoder in `model`, or all-MiniLM-L6-v2 from the asset cache; returns its folder
 /// too (for reports).
 pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf, SentenceEncoder<B>)> {

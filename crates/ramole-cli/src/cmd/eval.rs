@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ramole_core::backend;
 use ramole_research::comparison::{self, ComparisonConfig};
-use ramole_retriever::tasks::Suite;
+use ramole_research::tasks::Suite;
 
 /// Arguments of `ramole eval`.
 #[derive(Debug, clap::Args)]

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use ramole_core::backend::{self, Selected};
+use ramole_research::retrieval_eval::{self as eval, EvalConfig, EvalReport};
+use ramole_research::tasks::Suite;
 use ramole_retriever::SentenceEncoder;
-use ramole_retriever::eval::{self, EvalConfig, EvalReport};
-use ramole_retriever::tasks::Suite;
 
 /// The suite and the encoder, shared by `eval-retrieval` and `train-retriever`.
 #[derive(Debug, clap::Args)]

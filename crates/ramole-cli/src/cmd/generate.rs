@@ -42,6 +42,28 @@ pub struct Args {
     /// How several adapters combine.
     #[arg(long, value_enum, default_value_t = CompositionArg::Mixture)]
     pub composition: CompositionArg,
+    /// RAMoLE: retrieve the prompt's LoRAs from the pool and compose them by --strategy (instead of
+    /// --adapters/--use).
+    #[arg(long, conflicts_with_all = ["adapters", "use_adapters"])]
+    pub route: bool,
+    /// The LoRA pool for --route [default: the zoo shipped with the project].
+    #[arg(long, requires = "route")]
+    pub pool: Option<PathBuf>,
+    /// The retriever's sentence encoder for --route [default: the cached all-MiniLM-L6-v2].
+    #[arg(long, requires = "route")]
+    pub encoder: Option<PathBuf>,
+    /// How --route uses the retrieved LoRAs.
+    #[arg(long, value_enum, default_value_t = super::run::StrategyArg::Mixture)]
+    pub strategy: super::run::StrategyArg,
+    /// LoRAs retrieved by --route (1–64).
+    #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 64))]
+    pub top_k: usize,
+    /// Weights of a routed mixture or fusion: uniform (1/k) or a softmax of the cosine scores.
+    #[arg(long, value_enum, default_value_t = super::run::WeightsArg::Uniform)]
+    pub weights: super::run::WeightsArg,
+    /// Softmax temperature of `--weights softmax`.
+    #[arg(long, default_value_t = 0.1, value_parser = super::args::positive_f64)]
+    pub weight_temperature: f64,
 }
 
 /// `--composition` values.
@@ -65,6 +87,48 @@ pub fn parse_use(spec: &str) -> anyhow::Result<(String, f32)> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1]");
+    let prompt = if args.chat { chatml_prompt(&args.prompt) } else { args.prompt.clone() };
+    let sampling = if args.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+    };
+    if args.route {
+        // The retriever sees the user's text; the model sees the (possibly templated) prompt.
+        let pool =
+            super::run::PoolArgs { pool: args.pool.clone(), model: args.model.clone(), encoder: args.encoder.clone() };
+        let route = super::run::RouteArgs {
+            strategy: args.strategy,
+            top_k: args.top_k,
+            weights: args.weights,
+            temperature: args.weight_temperature,
+        }
+        .config();
+        route.validate()?;
+        let ramole = super::run::load(&pool)?;
+        let routing =
+            ramole.route(std::slice::from_ref(&args.prompt), &route, &[])?.into_iter().next().context("no routing")?;
+        let request = Request {
+            name: "prompt".into(),
+            input: RequestInput::Prompt(prompt),
+            row: routing.row_request(),
+            max_new_tokens: args.max_new_tokens,
+            sampling,
+        };
+        let answer = generate(ramole.engine(), &request)?;
+        let routing: Vec<String> = routing
+            .loras
+            .iter()
+            .map(|l| format!("{} (cos {:.3}, w {:.2})", l.lora, l.score.unwrap_or(f32::NAN), l.weight))
+            .collect();
+        eprintln!(
+            "[{}: {}]",
+            route.strategy,
+            if routing.is_empty() { "base model".into() } else { routing.join(", ") }
+        );
+        println!("{answer}");
+        return Ok(());
+    }
     let model = super::engine::model_path(args.model)?;
     let engine = super::engine::load(&model, args.adapters.as_deref())?;
     let adapters = args.use_adapters.iter().map(|s| parse_use(s)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -73,12 +137,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (_, CompositionArg::Mixture) => Composition::Mixture,
         (_, CompositionArg::Fusion) => Composition::Fusion,
     };
-    let prompt = if args.chat { chatml_prompt(&args.prompt) } else { args.prompt.clone() };
-    let sampling = if args.temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
-    };
     let request = Request {
         name: "prompt".into(),
         input: RequestInput::Prompt(prompt),
@@ -86,11 +144,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         sampling,
     };
+    println!("{}", generate(&engine, &request)?);
+    Ok(())
+}
+
+/// Runs one request; returns its text and reports the speed on stderr.
+fn generate(
+    engine: &ramole_batch::Engine<ramole_core::backend::Selected>,
+    request: &Request,
+) -> anyhow::Result<String> {
     let start = std::time::Instant::now();
-    let out = engine.run(std::slice::from_ref(&request), RunOptions::default());
+    let out = engine.run(std::slice::from_ref(request), RunOptions::default());
     let out = out.into_iter().next().context("no output")??;
     let secs = start.elapsed().as_secs_f64();
-    println!("{}", engine.decode(&out.new_tokens)?.trim_end());
+    let text = engine.decode(&out.new_tokens)?.trim_end().to_string();
     eprintln!(
         "[{} prompt + {} new tokens in {secs:.2} s, {:.1} tok/s, backend {}]",
         out.prompt_ids.len(),
@@ -98,5 +165,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out.new_tokens.len() as f64 / secs,
         ramole_core::backend::NAME
     );
-    Ok(())
+    Ok(text)
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use ramole_assets::AssetCache;
-use ramole_retriever::tasks::{self, SuiteConfig};
+use ramole_research::tasks::{self, SuiteConfig};
 
 /// Arguments of `ramole tasks`.
 #[derive(Debug, clap::Args)]

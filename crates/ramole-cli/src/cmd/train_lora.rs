@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let meta = serde_json::json!({
         "format": "ramole-training/1",
-        "base_model": model,
+        "base_model": super::engine::base_model_name(args.model.as_deref(), &model),
         "data": args.data,
         "data_sha256": data.sha256,
         "report": report,
@@ -149,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         DtypeArg::F32 => AdapterDtype::F32,
         DtypeArg::F16 => AdapterDtype::F16,
     };
-    let base_name = model.display().to_string();
+    let base_name = super::engine::base_model_name(args.model.as_deref(), &model);
     lora.save(
         &args.out,
         &cfg,

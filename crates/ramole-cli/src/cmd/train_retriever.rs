@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ramole_core::backend::{self, SelectedAutodiff};
-use ramole_retriever::train::{self, Negatives, TrainConfig};
+use ramole_research::train_retriever::{self as train, Negatives, TrainConfig};
 
 /// Arguments of `ramole train-retriever`.
 #[derive(Debug, clap::Args)]

@@ -7,8 +7,8 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ramole_core::backend::{self, Selected, device};
 use ramole_mole::peft::AdapterDtype;
+use ramole_research::tasks::Suite;
 use ramole_research::zoo::{self, ZooConfig, ZooEvent};
-use ramole_retriever::tasks::Suite;
 
 /// Arguments of `ramole zoo`.
 #[derive(Debug, clap::Args)]
@@ -75,7 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.only.is_empty() {
         cfg.tasks = Some(args.only);
     }
-    let model = super::engine::model_path(args.model)?;
+    let model = super::engine::model_path(args.model.clone())?;
+    cfg.base_name = Some(super::engine::base_model_name(args.model.as_deref(), &model));
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let n_tasks = cfg.tasks.as_ref().map_or(suite.meta().tasks.len(), Vec::len);
     eprintln!(

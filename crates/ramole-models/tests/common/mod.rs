@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests on untrusted files: a minimal GGUF v3 writer, small valid
+//! Helpers shared by the integration tests on untrusted files: GGUF files (through the crate's writer), small valid
 //! safetensors files, and a guard that turns a hang into a test failure.
 
 #![allow(dead_code)]
@@ -26,101 +26,11 @@ pub fn mkfifo(path: &std::path::Path) -> bool {
     std::process::Command::new("mkfifo").arg(path).status().is_ok_and(|s| s.success())
 }
 
-/// One tensor to write: name, PyTorch-order shape, type, raw data.
-pub struct RawTensor {
-    pub name: String,
-    pub shape: Vec<u64>,
-    pub dtype: GgmlType,
-    pub data: Vec<u8>,
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn type_id(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
-fn value(out: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => out.push(*x),
-        GgufValue::I8(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend(x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend(x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(u8::from(*x)),
-        GgufValue::String(s) => string(out, s),
-        GgufValue::Array(a) => {
-            out.extend(a.first().map_or(4, type_id).to_le_bytes());
-            out.extend((a.len() as u64).to_le_bytes());
-            a.iter().for_each(|e| value(out, e));
-        }
-        GgufValue::U64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend(x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend(x.to_le_bytes()),
-    }
-}
+pub use ramole_models::gguf::writer::{RawTensor, f32_tensor};
 
 /// The bytes of a GGUF v3 file with `metadata` and `tensors`, data aligned to 32 bytes.
 pub fn gguf_bytes(metadata: &[(&str, GgufValue)], tensors: &[RawTensor]) -> Vec<u8> {
-    let alignment = 32u64;
-    let mut out = Vec::new();
-    out.extend(b"GGUF");
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((metadata.len() as u64).to_le_bytes());
-    for (k, v) in metadata {
-        string(&mut out, k);
-        out.extend(type_id(v).to_le_bytes());
-        value(&mut out, v);
-    }
-    let align = |n: u64| n.div_ceil(alignment) * alignment;
-    let mut offset = 0u64;
-    let mut offsets = Vec::new();
-    for t in tensors {
-        string(&mut out, &t.name);
-        out.extend((t.shape.len() as u32).to_le_bytes());
-        t.shape.iter().rev().for_each(|d| out.extend(d.to_le_bytes()));
-        out.extend(t.dtype.id().to_le_bytes());
-        out.extend(offset.to_le_bytes());
-        offsets.push(offset);
-        offset = align(offset + t.data.len() as u64);
-    }
-    let data_start = align(out.len() as u64);
-    out.resize(data_start as usize, 0);
-    for (t, off) in tensors.iter().zip(offsets) {
-        out.resize((data_start + off) as usize, 0);
-        out.extend(&t.data);
-    }
-    out
-}
-
-/// An F32 tensor.
-pub fn f32_tensor(name: &str, shape: &[u64], values: &[f32]) -> RawTensor {
-    RawTensor {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: GgmlType::F32,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
+    ramole_models::gguf::writer::gguf_bytes(metadata, tensors, 32)
 }
 
 pub fn s(v: &str) -> GgufValue {

@@ -7,9 +7,11 @@ use burn::optim::AdamConfig;
 use burn::tensor::{Tensor, TensorData};
 use ramole_core::backend::{Selected, SelectedAutodiff, device};
 use ramole_models::bert::{BertConfig, BertModel};
+use ramole_research::tasks::{Domain, Suite, SuiteConfig, TaskSpec, build_suite};
+use ramole_research::train_retriever::{
+    Negatives, Pair, TrainConfig, batch_loss, info_nce, train_epoch, train_retriever,
+};
 use ramole_retriever::SentenceEncoder;
-use ramole_retriever::tasks::{Domain, Suite, SuiteConfig, TaskSpec, build_suite};
-use ramole_retriever::train::{Negatives, Pair, TrainConfig, batch_loss, info_nce, train_epoch, train_retriever};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use safetensors::{Dtype, tensor::TensorView};

@@ -1,6 +1,6 @@
 //! Retrieval evaluation on the task suite, IID and OOD, as in the LoraRetriever paper.
 //!
-//! Each task of the suite stands for one LoRA, represented as in [`crate::LoraPool`]: the mean of the
+//! Each task of the suite stands for one LoRA, represented as in [`ramole_retriever::LoraPool`]: the mean of the
 //! embeddings of `instruction + sample` over its `samples.jsonl` (normalised by the [`Index`]). Each test
 //! input is embedded as `instruction + input` (the first [`EvalConfig::per_task`] lines of the task's
 //! `test.jsonl`, a seeded random subset: see [`crate::tasks`]) and searched against:
@@ -16,8 +16,10 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use ramole_retriever::{DEFAULT_INSTRUCTION, Index, RetrieverError, SentenceEncoder};
+
+use crate::ResearchError;
 use crate::tasks::{Domain, Split, Suite};
-use crate::{DEFAULT_INSTRUCTION, Index, RetrieverError, SentenceEncoder};
 
 /// Default number of test inputs evaluated per task (keeps a full run to a few minutes on a 2-core CPU).
 pub const DEFAULT_PER_TASK: usize = 50;
@@ -39,16 +41,16 @@ pub struct EvalConfig {
 
 impl EvalConfig {
     /// Checks the settings: at least one test input per task and one text per batch
-    /// ([`RetrieverError::InvalidArgument`] otherwise).
-    pub fn validate(&self) -> Result<(), RetrieverError> {
+    /// ([`ResearchError::InvalidArgument`] otherwise).
+    pub fn validate(&self) -> Result<(), ResearchError> {
         if self.per_task == 0 {
-            return Err(RetrieverError::InvalidArgument {
+            return Err(ResearchError::InvalidArgument {
                 name: "per task",
                 message: "must be at least 1 test input per task".into(),
             });
         }
         if self.batch_size == 0 {
-            return Err(RetrieverError::InvalidArgument { name: "batch size", message: "must be at least 1".into() });
+            return Err(ResearchError::InvalidArgument { name: "batch size", message: "must be at least 1".into() });
         }
         Ok(())
     }
@@ -214,17 +216,17 @@ impl EvalReport {
 }
 
 /// Scores precomputed embeddings (see the module docs).
-pub fn score(emb: &SuiteEmbeddings) -> Result<EvalReport, RetrieverError> {
+pub fn score(emb: &SuiteEmbeddings) -> Result<EvalReport, ResearchError> {
     let n = emb.tasks.len();
     if emb.loras.len() != n || emb.queries.len() != n {
-        return Err(RetrieverError::Input(format!(
+        return Err(ResearchError::Input(format!(
             "{n} tasks but {} LoRA embeddings and {} query lists",
             emb.loras.len(),
             emb.queries.len()
         )));
     }
     if emb.queries.iter().all(Vec::is_empty) {
-        return Err(RetrieverError::Input(format!("no test input to evaluate ({n} tasks, no query)")));
+        return Err(ResearchError::Input(format!("no test input to evaluate ({n} tasks, no query)")));
     }
     let dim = emb.loras.first().map_or(0, Vec::len);
     let mut index = Index::new(dim);
@@ -273,7 +275,7 @@ pub fn embed_suite<B: Backend>(
     suite: &Suite,
     encoder: &SentenceEncoder<B>,
     cfg: &EvalConfig,
-) -> Result<SuiteEmbeddings, RetrieverError> {
+) -> Result<SuiteEmbeddings, ResearchError> {
     cfg.validate()?;
     let mut tasks = Vec::new();
     let mut texts = Vec::new();
@@ -282,7 +284,8 @@ pub fn embed_suite<B: Backend>(
     for meta in &suite.meta().tasks {
         let samples = suite.examples(&meta.name, Split::Samples)?;
         if samples.is_empty() {
-            return Err(RetrieverError::EmptySamples { path: suite.dir().join(&meta.name).join("samples.jsonl") });
+            let path = suite.dir().join(&meta.name).join(Split::Samples.file_name());
+            return Err(RetrieverError::EmptySamples { path }.into());
         }
         let mut test = suite.examples(&meta.name, Split::Test)?;
         test.truncate(cfg.per_task);
@@ -312,7 +315,7 @@ pub fn evaluate<B: Backend>(
     suite: &Suite,
     encoder: &SentenceEncoder<B>,
     cfg: &EvalConfig,
-) -> Result<EvalReport, RetrieverError> {
+) -> Result<EvalReport, ResearchError> {
     let start = Instant::now();
     let emb = embed_suite(suite, encoder, cfg)?;
     let embed_seconds = start.elapsed().as_secs_f64();

@@ -31,9 +31,11 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::mean_pool;
+use ramole_retriever::encoder::mean_pool;
+use ramole_retriever::{DEFAULT_INSTRUCTION, SentenceEncoder};
+
+use crate::ResearchError;
 use crate::tasks::{Domain, Split, Suite};
-use crate::{DEFAULT_INSTRUCTION, RetrieverError, SentenceEncoder};
 
 /// Added to the logits of masked negatives (same task or domain): their softmax weight becomes zero.
 const MASKED_LOGIT: f32 = -1.0e4;
@@ -76,13 +78,15 @@ impl std::fmt::Display for Negatives {
 }
 
 impl std::str::FromStr for Negatives {
-    type Err = RetrieverError;
+    type Err = ResearchError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::OtherTasks, Self::OtherDomains]
-            .into_iter()
-            .find(|n| n.name() == s)
-            .ok_or_else(|| RetrieverError::Input(format!("negatives `{s}`: expected `other-tasks` or `other-domains`")))
+        [Self::OtherTasks, Self::OtherDomains].into_iter().find(|n| n.name() == s).ok_or_else(|| {
+            ResearchError::InvalidArgument {
+                name: "negatives",
+                message: format!("`{s}` is neither `other-tasks` nor `other-domains`"),
+            }
+        })
     }
 }
 
@@ -132,9 +136,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks the settings: epochs, pairs per task ≥ 1, batch size ≥ 2 (a batch of one pair has no
     /// negative), max seq len ≥ 2 (`[CLS]` and `[SEP]`), lr and temperature finite and > 0. The first
-    /// setting out of range is a [`RetrieverError::InvalidArgument`] naming it.
-    pub fn validate(&self) -> Result<(), RetrieverError> {
-        let bad = |name: &'static str, message: String| Err(RetrieverError::InvalidArgument { name, message });
+    /// setting out of range is a [`ResearchError::InvalidArgument`] naming it.
+    pub fn validate(&self) -> Result<(), ResearchError> {
+        let bad = |name: &'static str, message: String| Err(ResearchError::InvalidArgument { name, message });
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1".into());
         }
@@ -245,7 +249,7 @@ pub fn batch_loss<B: Backend>(
     batch: &[Pair],
     cfg: &TrainConfig,
     device: &B::Device,
-) -> Result<Tensor<B, 1>, RetrieverError> {
+) -> Result<Tensor<B, 1>, ResearchError> {
     let n = batch.len();
     let ids: Vec<Vec<u32>> =
         batch.iter().map(|p| p.query.clone()).chain(batch.iter().map(|p| p.positive.clone())).collect();
@@ -263,7 +267,7 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<BertModel<B>, B>>(
     batch: &[Pair],
     cfg: &TrainConfig,
     device: &B::Device,
-) -> Result<(BertModel<B>, f64), RetrieverError> {
+) -> Result<(BertModel<B>, f64), ResearchError> {
     let loss = batch_loss(&model, batch, cfg, device)?;
     let value = loss.clone().into_scalar().elem::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -278,7 +282,7 @@ pub fn train_epoch<B: AutodiffBackend, O: Optimizer<BertModel<B>, B>>(
     cfg: &TrainConfig,
     rng: &mut StdRng,
     device: &B::Device,
-) -> Result<(BertModel<B>, Vec<f64>), RetrieverError> {
+) -> Result<(BertModel<B>, Vec<f64>), ResearchError> {
     pairs.shuffle(rng);
     let mut losses = Vec::new();
     // A last batch of one pair has no negative: skip it.
@@ -313,8 +317,8 @@ fn draw_pairs<B: Backend>(
     encoder: &SentenceEncoder<B>,
     cfg: &TrainConfig,
     rng: &mut StdRng,
-) -> Result<Vec<Pair>, RetrieverError> {
-    let tokens = |text: &str| -> Result<Vec<u32>, RetrieverError> {
+) -> Result<Vec<Pair>, ResearchError> {
+    let tokens = |text: &str| -> Result<Vec<u32>, ResearchError> {
         Ok(truncate(encoder.token_ids(&format!("{}{text}", cfg.instruction))?, cfg.max_seq_len))
     };
     let mut pairs = Vec::new();
@@ -334,7 +338,7 @@ pub fn train_retriever<B: AutodiffBackend>(
     encoder: SentenceEncoder<B>,
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&EpochReport),
-) -> Result<(SentenceEncoder<B>, TrainReport), RetrieverError> {
+) -> Result<(SentenceEncoder<B>, TrainReport), ResearchError> {
     cfg.validate()?;
     let mut texts = Vec::new();
     let (mut train_tasks, mut held_out) = (Vec::new(), Vec::new());
@@ -352,7 +356,7 @@ pub fn train_retriever<B: AutodiffBackend>(
             .filter(|i| !sample_set.contains(i))
             .collect();
         if samples.is_empty() || queries.is_empty() {
-            return Err(RetrieverError::Input(format!(
+            return Err(ResearchError::Input(format!(
                 "task `{}` of {} has no sample or no train input past its samples",
                 meta.name,
                 suite.dir().display()
@@ -364,7 +368,7 @@ pub fn train_retriever<B: AutodiffBackend>(
     let groups: std::collections::HashSet<usize> =
         texts.iter().enumerate().map(|(task, t)| cfg.negatives.group(task, t.domain)).collect();
     if groups.len() < 2 {
-        return Err(RetrieverError::Input(format!(
+        return Err(ResearchError::Input(format!(
             "{}: {} training task(s) in {} group(s) for negatives `{}`; in-batch negatives need at least 2",
             suite.dir().display(),
             texts.len(),

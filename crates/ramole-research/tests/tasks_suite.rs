@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use ramole_retriever::tasks::{
+use ramole_research::tasks::{
     Domain, Example, SUITE_FILE, Split, Suite, SuiteConfig, TaskError, TaskSpec, build_suite, read_jsonl,
 };
 use sha2::{Digest, Sha256};
