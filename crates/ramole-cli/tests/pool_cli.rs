@@ -50,6 +50,7 @@ fn reading_a_missing_pool_says_so_and_creates_nothing() {
         vec!["pool", "--pool", s(&typo), "list"],
         vec!["pool", "--pool", s(&typo), "list", "--json"],
         vec!["pool", "--pool", s(&typo), "remove", "math"],
+        vec!["pool", "--pool", s(&typo), "reembed"],
         vec!["retrieve", "--pool", s(&typo), "What is 2 plus 2?"],
     ] {
         failed(&args, "does not exist");
@@ -152,4 +153,19 @@ fn a_samples_file_with_a_byte_order_mark_is_read_and_bad_lines_are_named() {
     assert!(err.contains("bad.jsonl"), "{err}");
     let err = failed(&["pool", "--pool", s(&pool), "add", "x", "--samples", s(&bad)], ":2:");
     assert!(err.contains("bad.jsonl"), "{err}");
+}
+
+#[test]
+fn list_shows_the_recorded_encoder_or_that_there_is_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    two_lora_pool(&pool);
+    let out = ok(&["pool", "--pool", s(&pool), "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("encoder: unrecorded"), "{}", stderr(&out));
+    std::fs::write(pool.join("pool.json"), r#"{"format": "ramole-pool/1", "encoder": "0123abcd"}"#).expect("w");
+    let out = ok(&["pool", "--pool", s(&pool), "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("encoder: 0123abcd"));
+    let out = ok(&["pool", "--pool", s(&pool), "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["encoder"], "0123abcd");
 }

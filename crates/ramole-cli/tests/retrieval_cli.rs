@@ -102,3 +102,50 @@ fn pool_add_list_retrieve_remove_and_bad_inputs() {
         serde_json::from_str(&ok(&["pool", "--pool", s(&pool), "list", "--json"])).expect("json");
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
 }
+
+/// The cached all-MiniLM-L6-v2 with `max_seq_length` 8 (files linked): another encoder identity.
+fn short_minilm(root: &std::path::Path) -> std::path::PathBuf {
+    let minilm = ramole_assets::AssetCache::from_env().expect("cache").quiet(true).minilm_dir().expect("minilm");
+    let out = root.join("minilm-8");
+    std::fs::create_dir_all(out.join("1_Pooling")).expect("mkdir");
+    for rel in ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"] {
+        std::os::unix::fs::symlink(minilm.join(rel), out.join(rel)).expect("link");
+    }
+    std::fs::write(out.join("sentence_bert_config.json"), r#"{"max_seq_length": 8}"#).expect("w");
+    out
+}
+
+#[test]
+fn another_encoder_is_refused_until_the_pool_is_reembedded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let other = short_minilm(dir.path());
+    let math = dir.path().join("math.jsonl");
+    std::fs::write(&math, "\"What is the sum of eighty and twenty nine, in words?\"\n").expect("w");
+    let movies = dir.path().join("movies.jsonl");
+    std::fs::write(&movies, "\"The movie was dull and far too long, and the ending was silly.\"\n").expect("w");
+    ok(&["pool", "--pool", s(&pool), "add", "math", "--samples", s(&math)]);
+    let listed = |pool: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&["pool", "--pool", s(pool), "list", "--json"])).expect("json")
+    };
+    let first = listed(&pool)[0]["encoder"].as_str().expect("recorded").to_owned();
+    assert_eq!(first.len(), 64);
+    assert!(ok(&["pool", "--pool", s(&pool), "list"]).contains(&format!("encoder: {first}")));
+
+    let err =
+        common::fails(&["pool", "--pool", s(&pool), "add", "movies", "--samples", s(&movies), "--model", s(&other)]);
+    assert!(err.contains("ramole pool reembed") && err.contains("--model"), "{err}");
+    let err = common::fails(&["retrieve", "--pool", s(&pool), "--model", s(&other), "A boring film."]);
+    assert!(err.contains("was embedded by the encoder"), "{err}");
+    assert_eq!(listed(&pool).as_array().expect("array").len(), 1, "the refused add changed nothing");
+
+    let out = common::ok(&["pool", "--pool", s(&pool), "reembed", "--model", s(&other)]);
+    let said = common::stderr(&out);
+    assert!(said.contains("re-embedded 1 LoRAs"), "{said}");
+    let second = listed(&pool)[0]["encoder"].as_str().expect("recorded").to_owned();
+    assert_ne!(second, first);
+    ok(&["pool", "--pool", s(&pool), "add", "movies", "--samples", s(&movies), "--model", s(&other)]);
+    ok(&["retrieve", "--pool", s(&pool), "--model", s(&other), "A boring film."]);
+    let err = common::fails(&["retrieve", "--pool", s(&pool), "A boring film."]);
+    assert!(err.contains("was embedded by the encoder"), "the default encoder is now refused: {err}");
+}

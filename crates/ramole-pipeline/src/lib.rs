@@ -119,7 +119,8 @@ impl<B: Backend> Ramole<B> {
     /// Loads the adapter of every pool entry into `engine` under the entry's name. Entries without
     /// an adapter, or whose adapter folder is missing or invalid, are returned as [`Unservable`] and
     /// are never routed to; the others are served. A pool with nothing to serve is an error, and so
-    /// is an encoder whose embeddings do not have the pool's dimension.
+    /// is an encoder whose embeddings do not have the pool's dimension, or that is not the encoder
+    /// the pool records ([`LoraPool::check_encoder`]).
     pub fn new(
         mut engine: Engine<B>,
         encoder: SentenceEncoder<B>,
@@ -133,6 +134,7 @@ impl<B: Backend> Ramole<B> {
                 pool.index().dim()
             )));
         }
+        pool.check_encoder(&encoder)?;
         let mut servable = HashSet::new();
         let mut skipped = Vec::new();
         for entry in pool.entries() {

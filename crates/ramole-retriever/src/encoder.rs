@@ -62,6 +62,44 @@ pub struct SentenceEncoder<B: Backend> {
     device: B::Device,
     /// (path relative to the folder, bytes) of the small files [`Self::save`] writes back.
     carried: Vec<(String, Vec<u8>)>,
+    /// What [`Self::identity`] returns.
+    identity: String,
+}
+
+/// The [`SentenceEncoder::identity`] of an encoder whose model was replaced in memory
+/// ([`SentenceEncoder::with_model`]) and not saved and loaded since: no pool is embedded by it.
+pub const UNSAVED_IDENTITY: &str = "unsaved";
+
+/// The files of a model folder whose bytes make an encoder's identity (with the effective
+/// `max_seq_length`).
+const IDENTITY_FILES: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", "1_Pooling/config.json"];
+
+/// The identity of the encoder in `dir`: the hex sha256 of each [`IDENTITY_FILES`]' name, length
+/// and bytes, then of the effective `max_seq_length`.
+fn folder_identity(dir: &Path, max_seq_length: usize) -> Result<String, RetrieverError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    hasher.update(b"ramole-encoder-identity/1\0");
+    for file in IDENTITY_FILES {
+        let path = dir.join(file);
+        let (mut f, len) = ramole_core::fs::open_regular(&path).map_err(|e| RetrieverError::io(&path, e))?;
+        hasher.update(file.as_bytes());
+        hasher.update([0]);
+        hasher.update(len.to_le_bytes());
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| RetrieverError::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    hasher.update(b"max_seq_length\0");
+    hasher.update((max_seq_length as u64).to_le_bytes());
+    let digest = hasher.finalize();
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RetrieverError> {
@@ -128,7 +166,8 @@ impl<B: Backend> SentenceEncoder<B> {
                     .map_err(|e| RetrieverError::io(&path, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { model, tokenizer, tokenizer_path, max_seq_length, device: device.clone(), carried })
+        let identity = folder_identity(dir, max_seq_length)?;
+        Ok(Self { model, tokenizer, tokenizer_path, max_seq_length, device: device.clone(), carried, identity })
     }
 
     /// The BERT model.
@@ -136,9 +175,25 @@ impl<B: Backend> SentenceEncoder<B> {
         &self.model
     }
 
-    /// The encoder with another BERT model (for example after a training step).
+    /// The encoder with another BERT model (for example after a training step). Its
+    /// [`Self::identity`] becomes [`UNSAVED_IDENTITY`]: save it and load it to embed a pool with it.
     pub fn with_model(self, model: BertModel<B>) -> Self {
-        Self { model, ..self }
+        Self { model, identity: UNSAVED_IDENTITY.into(), ..self }
+    }
+
+    /// What identifies the encoder: the hex sha256 over the bytes of the folder's
+    /// `model.safetensors`, `config.json`, `tokenizer.json` and `1_Pooling/config.json` and the
+    /// effective [`Self::max_seq_length`], computed by [`Self::load`]. Two encoders with the same
+    /// identity compute the same embeddings; a pool records the identity of the encoder that
+    /// embedded it. An encoder whose model was replaced in memory ([`Self::with_model`]) has the
+    /// identity [`UNSAVED_IDENTITY`].
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Whether the model was replaced in memory since the encoder was loaded ([`Self::with_model`]).
+    pub fn is_unsaved(&self) -> bool {
+        self.identity == UNSAVED_IDENTITY
     }
 
     /// The device the model lives on.

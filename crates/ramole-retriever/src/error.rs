@@ -121,6 +121,36 @@ pub enum RetrieverError {
         /// The pool folder.
         dir: PathBuf,
     },
+    /// A pool embedded by one encoder, given another to add to it, query it or re-embed it from.
+    #[error(
+        "the pool in {pool} was embedded by the encoder {recorded}, not by the one given ({given}): \
+         pass the matching `--model`, or re-embed the pool with this encoder (`ramole pool reembed --model DIR`)"
+    )]
+    EncoderMismatch {
+        /// The pool folder.
+        pool: PathBuf,
+        /// The identity the pool records ([`crate::LoraPool::encoder_identity`]).
+        recorded: String,
+        /// The identity of the encoder given ([`crate::SentenceEncoder::identity`]).
+        given: String,
+    },
+    /// An encoder whose model was replaced in memory (after training), which a pool cannot record.
+    #[error(
+        "the pool in {pool} cannot be embedded by an encoder whose model was changed in memory and not saved: \
+         save it and load it first"
+    )]
+    UnsavedEncoder {
+        /// The pool folder.
+        pool: PathBuf,
+    },
+    /// A pool that cannot be re-embedded: entries without stored samples, or entry files it skipped.
+    #[error("the pool in {pool} cannot be re-embedded, nothing was changed: {reason}")]
+    NotReembeddable {
+        /// The pool folder.
+        pool: PathBuf,
+        /// Which entries stand in the way, and why.
+        reason: String,
+    },
 }
 
 impl RetrieverError {

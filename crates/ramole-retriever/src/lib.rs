@@ -6,7 +6,7 @@ mod error;
 pub mod index;
 pub mod pool;
 
-pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder};
+pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder, UNSAVED_IDENTITY};
 pub use error::RetrieverError;
 pub use index::{Hit, Index};
 pub use pool::{LoraPool, PoolEntry, SkippedEntry, parse_jsonl_texts, read_jsonl_texts};

@@ -16,6 +16,20 @@
 //!   [`ramole_core::fs::read_text`] (regular files only, at most [`MAX_ENTRY_BYTES`]), so a FIFO or a
 //!   link to a device in `entries/` can neither block nor exhaust memory.
 //!
+//! * **The encoder** that embedded the pool is recorded in `<pool>/pool.json`
+//!   (`{"format", "encoder", "instruction", "entries"}`, written with
+//!   [`ramole_core::fs::write_atomic`] by the first [`LoraPool::add`]): its
+//!   [`SentenceEncoder::identity`]. Adding with, or querying with, an encoder of another identity is
+//!   [`RetrieverError::EncoderMismatch`] ([`LoraPool::check_encoder`]). A pool made before
+//!   `pool.json` existed has no recorded identity: any encoder is accepted, and the next add records
+//!   its identity.
+//! * **Re-embedding** ([`LoraPool::reembed`]) embeds every entry again from its stored samples into
+//!   a fresh folder `<pool>/.entries-…` (fsynced), then switches to it by atomically replacing
+//!   `pool.json`, whose `entries` names the pool's entries folder (`entries` when absent), and
+//!   deletes the old folder. A crash at any point leaves either the old pool or the new one; a
+//!   leftover folder is ignored by readers and deleted by the next re-embed. Writers that opened the
+//!   pool before a re-embed are refused ([`LoraPool::add`] re-reads `pool.json`).
+//!
 //! Names are safe file names: 1 to 128 bytes of ASCII letters, digits, `-`, `_`, `.`, not starting
 //! with a dot.
 
@@ -43,6 +57,55 @@ pub const MAX_DIM: usize = 1 << 16;
 /// The largest `adapter_model.safetensors` [`validate_adapter`] reads.
 pub const MAX_ADAPTER_BYTES: u64 = 4 << 30;
 const ENTRY_FORMAT: &str = "ramole-pool-entry/1";
+const POOL_FORMAT: &str = "ramole-pool/1";
+/// The file in a pool folder that records its encoder and names its entries folder.
+pub const POOL_FILE: &str = "pool.json";
+/// The entries folder of a pool whose `pool.json` names none (or that has no `pool.json`).
+pub const DEFAULT_ENTRIES: &str = "entries";
+/// The prefix of the folders [`LoraPool::reembed`] writes.
+const STAGED_PREFIX: &str = ".entries-";
+
+/// The on-disk form of `pool.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PoolFile {
+    format: String,
+    /// The [`SentenceEncoder::identity`] of the encoder that embedded the entries.
+    #[serde(default)]
+    encoder: Option<String>,
+    /// The instruction of the add that recorded the encoder.
+    #[serde(default)]
+    instruction: Option<String>,
+    /// The entries folder, a plain name inside the pool folder.
+    #[serde(default = "default_entries")]
+    entries: String,
+}
+
+fn default_entries() -> String {
+    DEFAULT_ENTRIES.into()
+}
+
+/// Reads `<dir>/pool.json`; `None` when it does not exist (a pool made before it existed, or not
+/// yet given an entry).
+fn read_pool_file(dir: &Path) -> Result<Option<PoolFile>, RetrieverError> {
+    let path = dir.join(POOL_FILE);
+    let text = match read_text(&path, MAX_TEXT_BYTES) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RetrieverError::io(&path, e)),
+    };
+    let file: PoolFile = serde_json::from_str(&text)
+        .map_err(|e| RetrieverError::format(&path, format!("not a pool description: {e}")))?;
+    if file.format != POOL_FORMAT {
+        return Err(RetrieverError::format(&path, format!("format `{}` is not `{POOL_FORMAT}`", file.format)));
+    }
+    let plain = !file.entries.is_empty()
+        && !file.entries.contains(['/', '\\', '\0'])
+        && matches!(Path::new(&file.entries).components().collect::<Vec<_>>()[..], [std::path::Component::Normal(_)]);
+    if !plain {
+        return Err(RetrieverError::format(&path, format!("`entries` {:?} is not a folder name", file.entries)));
+    }
+    Ok(Some(file))
+}
 
 /// One LoRA of the pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +330,38 @@ fn sync_dir(dir: &Path) -> Result<(), RetrieverError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| RetrieverError::io(dir, e))
 }
 
+/// The mean of the embeddings of `instruction + sample`, computed in batches of [`SAMPLE_BATCH`].
+fn mean_embedding<B: Backend>(
+    encoder: &SentenceEncoder<B>,
+    instruction: &str,
+    samples: &[String],
+) -> Result<Vec<f32>, RetrieverError> {
+    let texts: Vec<String> = samples.iter().map(|s| format!("{instruction}{s}")).collect();
+    let embeddings = encoder.embed(&texts, SAMPLE_BATCH)?;
+    let mut mean = vec![0f32; encoder.dim()];
+    for e in &embeddings {
+        for (m, v) in mean.iter_mut().zip(e) {
+            *m += v / samples.len() as f32;
+        }
+    }
+    Ok(mean)
+}
+
+/// The bytes of an entry's file.
+fn entry_bytes(entry: &PoolEntry) -> Result<Vec<u8>, serde_json::Error> {
+    let file = EntryFile {
+        format: ENTRY_FORMAT.into(),
+        name: entry.name.clone(),
+        dim: entry.embedding.len(),
+        n_samples: entry.n_samples,
+        adapter: entry.adapter.clone(),
+        instruction: entry.instruction.clone(),
+        samples: entry.samples.clone(),
+        embedding_f32le_hex: to_hex(&entry.embedding),
+    };
+    serde_json::to_vec_pretty(&file)
+}
+
 fn write_temp(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(tmp)?;
     f.write_all(bytes)?;
@@ -297,16 +392,23 @@ pub struct LoraPool {
     entries: HashMap<String, PoolEntry>,
     index: Index,
     instruction: String,
+    /// The entries folder (a name inside `dir`).
+    entries_name: String,
+    /// The identity of the encoder that embedded the pool, if recorded.
+    encoder: Option<String>,
 }
 
 impl LoraPool {
     /// Opens the pool in `dir` for reading and loads every entry; creates nothing. A pool that does
-    /// not exist (no `dir/entries/` folder) is [`RetrieverError::NoPool`]. An entry that cannot be
+    /// not exist (no entries folder: `dir/entries/`, or the one `dir/pool.json` names) is
+    /// [`RetrieverError::NoPool`]; an unreadable or invalid `pool.json` is an error. An entry that cannot be
     /// used is skipped and returned, with the reason, next to the pool (see the module docs); the
     /// embedding dimension of the pool is that of most entries (on a tie, of the first by file name).
     pub fn open(dir: impl AsRef<Path>) -> Result<(Self, Vec<SkippedEntry>), RetrieverError> {
         let dir = dir.as_ref().to_path_buf();
-        let entries_dir = dir.join("entries");
+        let pool_file = read_pool_file(&dir)?;
+        let entries_name = pool_file.as_ref().map_or_else(default_entries, |f| f.entries.clone());
+        let entries_dir = dir.join(&entries_name);
         match std::fs::metadata(&entries_dir) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Err(RetrieverError::format(&entries_dir, "is not a folder: not a LoRA pool")),
@@ -348,8 +450,12 @@ impl LoraPool {
         }
         let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let dim = counts.iter().find(|(_, n)| *n == best).map_or(0, |(d, _)| *d);
+        let (encoder, instruction) = match pool_file {
+            Some(f) => (f.encoder, f.instruction.unwrap_or_else(|| DEFAULT_INSTRUCTION.into())),
+            None => (None, DEFAULT_INSTRUCTION.into()),
+        };
         let mut pool =
-            Self { dir, entries: HashMap::new(), index: Index::new(dim), instruction: DEFAULT_INSTRUCTION.into() };
+            Self { dir, entries: HashMap::new(), index: Index::new(dim), instruction, entries_name, encoder };
         for (path, name, entry) in parsed {
             if entry.embedding.len() != dim {
                 let message =
@@ -366,11 +472,64 @@ impl LoraPool {
     }
 
     /// Opens the pool in `dir` like [`Self::open`], creating the folders first if absent (what
-    /// adding a LoRA does).
+    /// adding a LoRA does). A pool whose `pool.json` names its entries folder is only opened.
     pub fn create(dir: impl AsRef<Path>) -> Result<(Self, Vec<SkippedEntry>), RetrieverError> {
-        let entries_dir = dir.as_ref().join("entries");
-        std::fs::create_dir_all(&entries_dir).map_err(|e| RetrieverError::io(&entries_dir, e))?;
+        if read_pool_file(dir.as_ref())?.is_none() {
+            let entries_dir = dir.as_ref().join(DEFAULT_ENTRIES);
+            std::fs::create_dir_all(&entries_dir).map_err(|e| RetrieverError::io(&entries_dir, e))?;
+        }
         Self::open(dir)
+    }
+
+    /// The identity of the encoder that embedded the pool ([`SentenceEncoder::identity`]), as
+    /// `pool.json` records it; `None` for a pool that has not recorded one (made before encoder
+    /// identities were recorded, or never added to with an encoder).
+    pub fn encoder_identity(&self) -> Option<&str> {
+        self.encoder.as_deref()
+    }
+
+    /// The folder holding the entry files (`<pool>/entries` unless the pool was re-embedded).
+    pub fn entries_dir(&self) -> PathBuf {
+        self.dir.join(&self.entries_name)
+    }
+
+    /// Checks that `encoder` may embed queries for, or entries of, this pool: it is not an encoder
+    /// changed in memory ([`RetrieverError::UnsavedEncoder`]) and its identity is the one the pool
+    /// records, if any ([`RetrieverError::EncoderMismatch`]).
+    pub fn check_encoder<B: Backend>(&self, encoder: &SentenceEncoder<B>) -> Result<(), RetrieverError> {
+        if encoder.is_unsaved() {
+            return Err(RetrieverError::UnsavedEncoder { pool: self.dir.clone() });
+        }
+        match &self.encoder {
+            Some(recorded) if recorded != encoder.identity() => Err(RetrieverError::EncoderMismatch {
+                pool: self.dir.clone(),
+                recorded: recorded.clone(),
+                given: encoder.identity().into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `pool.json` atomically.
+    fn write_pool_file(&self, file: &PoolFile) -> Result<(), RetrieverError> {
+        let path = self.dir.join(POOL_FILE);
+        let json = serde_json::to_vec_pretty(file).map_err(|e| RetrieverError::format(&path, e.to_string()))?;
+        ramole_core::fs::write_atomic(&path, &json).map_err(|e| RetrieverError::io(&path, e))
+    }
+
+    /// Brings the recorded encoder up to date with `pool.json` (another writer may have recorded one);
+    /// a pool re-embedded since it was opened is an error (its entries live in another folder now).
+    fn refresh_pool_file(&mut self) -> Result<(), RetrieverError> {
+        if let Some(file) = read_pool_file(&self.dir)? {
+            if file.entries != self.entries_name {
+                return Err(RetrieverError::format(
+                    self.dir.join(POOL_FILE),
+                    "the pool was re-embedded since it was opened: open it again",
+                ));
+            }
+            self.encoder = file.encoder;
+        }
+        Ok(())
     }
 
     /// Adds an entry to the in-memory state (index first: it validates).
@@ -468,17 +627,7 @@ impl LoraPool {
         if entry.embedding.is_empty() || normalized(&entry.embedding).is_none() {
             return Err(RetrieverError::BadVector { name: entry.name.clone() });
         }
-        let file = EntryFile {
-            format: ENTRY_FORMAT.into(),
-            name: entry.name.clone(),
-            dim: entry.embedding.len(),
-            n_samples: entry.n_samples,
-            adapter: entry.adapter.clone(),
-            instruction: entry.instruction.clone(),
-            samples: entry.samples.clone(),
-            embedding_f32le_hex: to_hex(&entry.embedding),
-        };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| RetrieverError::format(&self.dir, e.to_string()))?;
+        let json = entry_bytes(&entry).map_err(|e| RetrieverError::format(&self.dir, e.to_string()))?;
         let path = self.entry_path(&entry.name);
         create_atomic(&path, &json).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
@@ -486,13 +635,15 @@ impl LoraPool {
             }
             _ => RetrieverError::io(&path, e),
         })?;
-        sync_dir(&self.dir.join("entries"))?;
+        sync_dir(&self.entries_dir())?;
         self.insert(entry)
     }
 
     /// Adds a LoRA from its samples: the mean of the embeddings of `instruction + sample` (the
-    /// pool's [`Self::instruction`]), computed in batches of [`SAMPLE_BATCH`]. Name, adapter and
-    /// samples are checked before the encoder runs.
+    /// pool's [`Self::instruction`]), computed in batches of [`SAMPLE_BATCH`]. Name, adapter,
+    /// samples and encoder ([`Self::check_encoder`], against what `pool.json` records now) are
+    /// checked before the encoder runs. The first add with an encoder records its identity in
+    /// `pool.json`.
     pub fn add<B: Backend>(
         &mut self,
         name: &str,
@@ -504,14 +655,9 @@ impl LoraPool {
         if samples.is_empty() {
             return Err(RetrieverError::EmptySamples { path: PathBuf::from(format!("<samples of {name}>")) });
         }
-        let texts: Vec<String> = samples.iter().map(|s| format!("{}{s}", self.instruction)).collect();
-        let embeddings = encoder.embed(&texts, SAMPLE_BATCH)?;
-        let mut mean = vec![0f32; encoder.dim()];
-        for e in &embeddings {
-            for (m, v) in mean.iter_mut().zip(e) {
-                *m += v / samples.len() as f32;
-            }
-        }
+        self.refresh_pool_file()?;
+        self.check_encoder(encoder)?;
+        let mean = mean_embedding(encoder, &self.instruction, samples)?;
         self.add_embedding(PoolEntry {
             name: name.into(),
             embedding: mean,
@@ -519,7 +665,115 @@ impl LoraPool {
             adapter: adapter.map(Path::to_path_buf),
             instruction: self.instruction.clone(),
             samples: samples.to_vec(),
-        })
+        })?;
+        if self.encoder.is_none() {
+            self.write_pool_file(&PoolFile {
+                format: POOL_FORMAT.into(),
+                encoder: Some(encoder.identity().into()),
+                instruction: Some(self.instruction.clone()),
+                entries: self.entries_name.clone(),
+            })?;
+            self.encoder = Some(encoder.identity().into());
+        }
+        Ok(())
+    }
+
+    /// Re-embeds every entry from its stored samples (each with its own instruction) with
+    /// `encoder`, and records the encoder's identity; returns how many entries were re-embedded.
+    ///
+    /// Refused before anything is written when the encoder was changed in memory, when an entry
+    /// has no stored samples, or when an entry file of the pool cannot be read (it would be lost):
+    /// [`RetrieverError::UnsavedEncoder`], [`RetrieverError::NotReembeddable`]. Atomic: the new
+    /// entries are written to a fresh folder ([`Self::stage_reembed`]), then `pool.json` is replaced
+    /// to name it, then the old folder is deleted; a crash leaves the old pool or the new one. Not
+    /// to be run while another process adds to or removes from the pool (its change could be lost).
+    pub fn reembed<B: Backend>(&mut self, encoder: &SentenceEncoder<B>) -> Result<usize, RetrieverError> {
+        // The entries folder on disk now (another process may have re-embedded since this one opened).
+        let old = self.dir.join(read_pool_file(&self.dir)?.map_or_else(default_entries, |f| f.entries));
+        let staged = self.stage_reembed(encoder)?;
+        let name = staged.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let switched = self.write_pool_file(&PoolFile {
+            format: POOL_FORMAT.into(),
+            encoder: Some(encoder.identity().into()),
+            instruction: Some(self.instruction.clone()),
+            entries: name,
+        });
+        if let Err(e) = switched {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        // The new pool is in place; the old folder is garbage (a failure here leaves it ignored).
+        let _ = std::fs::remove_dir_all(&old);
+        let _ = sync_dir(&self.dir);
+        let instruction = self.instruction.clone();
+        let (pool, _) = Self::open(&self.dir)?;
+        *self = pool;
+        self.instruction = instruction;
+        Ok(self.len())
+    }
+
+    /// The first step of [`Self::reembed`], which only it and tests need: checks the pool and the
+    /// encoder, deletes folders left by an earlier interrupted re-embed, computes the new entries
+    /// and writes them (fsynced) to a fresh folder `<pool>/.entries-…`, whose path is returned. The
+    /// pool itself is unchanged: readers still see the old entries folder.
+    #[doc(hidden)]
+    pub fn stage_reembed<B: Backend>(&self, encoder: &SentenceEncoder<B>) -> Result<PathBuf, RetrieverError> {
+        if encoder.is_unsaved() {
+            return Err(RetrieverError::UnsavedEncoder { pool: self.dir.clone() });
+        }
+        let refuse = |reason: String| RetrieverError::NotReembeddable { pool: self.dir.clone(), reason };
+        // What is on disk now, not what was loaded when the pool was opened.
+        let (current, skipped) = Self::open(&self.dir)?;
+        if !skipped.is_empty() {
+            let names: Vec<&str> = skipped.iter().map(|s| s.name.as_str()).collect();
+            return Err(refuse(format!(
+                "entry files that cannot be read would be lost: {} (`ramole pool remove NAME` deletes them)",
+                names.join(", ")
+            )));
+        }
+        let entries = current.entries();
+        let without: Vec<&str> = entries.iter().filter(|e| e.samples.is_empty()).map(|e| e.name.as_str()).collect();
+        if !without.is_empty() {
+            return Err(refuse(format!(
+                "entries without stored samples: {} (remove them and add them again from their samples)",
+                without.join(", ")
+            )));
+        }
+        let mut new_entries = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let embedding = mean_embedding(encoder, &e.instruction, &e.samples)?;
+            if normalized(&embedding).is_none() {
+                return Err(RetrieverError::BadVector { name: e.name.clone() });
+            }
+            new_entries.push(PoolEntry { embedding, ..(*e).clone() });
+        }
+        // Folders of an interrupted re-embed are not the pool's: delete them.
+        if let Ok(list) = std::fs::read_dir(&self.dir) {
+            for item in list.filter_map(Result::ok) {
+                let n = item.file_name().to_string_lossy().into_owned();
+                if n.starts_with(STAGED_PREFIX) && n != current.entries_name {
+                    let _ = std::fs::remove_dir_all(item.path());
+                }
+            }
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let staged = self.dir.join(format!("{STAGED_PREFIX}{}-{n}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&staged).map_err(|e| RetrieverError::io(&staged, e))?;
+        let written = (|| {
+            for entry in &new_entries {
+                let path = staged.join(format!("{}.json", entry.name));
+                let bytes = entry_bytes(entry).map_err(|e| RetrieverError::format(&path, e.to_string()))?;
+                write_temp(&path, &bytes).map_err(|e| RetrieverError::io(&path, e))?;
+            }
+            sync_dir(&staged)?;
+            sync_dir(&self.dir)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        Ok(staged)
     }
 
     /// Removes a LoRA (its file, then its index row). O(dim) in memory.
@@ -550,7 +804,7 @@ impl LoraPool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // removed by another writer
             Err(e) => return Err(RetrieverError::io(&path, e)),
         }
-        sync_dir(&self.dir.join("entries"))?;
+        sync_dir(&self.entries_dir())?;
         if loaded {
             self.index.remove(name)?;
             self.entries.remove(name);
@@ -559,7 +813,7 @@ impl LoraPool {
     }
 
     fn entry_path(&self, name: &str) -> PathBuf {
-        self.dir.join("entries").join(format!("{name}.json"))
+        self.entries_dir().join(format!("{name}.json"))
     }
 }
 

@@ -507,3 +507,48 @@ proptest! {
         prop_assert_eq!(reopened.index().top_k_batch(&queries, 3), rebuilt.top_k_batch(&queries, 3));
     }
 }
+
+#[test]
+fn pool_json_names_the_entries_folder_and_old_pools_open_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pool = pool_with_two(d);
+    assert!(!d.join("pool.json").exists(), "entries added by embedding record no encoder");
+    assert_eq!(pool.encoder_identity(), None);
+    assert_eq!(pool.entries_dir(), d.join("entries"));
+    // A leftover folder of an interrupted re-embed is not read.
+    std::fs::create_dir(d.join(".entries-1-0-0")).expect("mkdir");
+    std::fs::write(d.join(".entries-1-0-0/alpha.json"), "{").expect("w");
+    let reopened = open(d);
+    assert_eq!(reopened.index(), pool.index());
+
+    // pool.json may name another folder: the pool follows it; add and remove work there.
+    std::fs::rename(d.join("entries"), d.join("moved")).expect("rename");
+    std::fs::write(d.join("pool.json"), r#"{"format": "ramole-pool/1", "encoder": "abc", "entries": "moved"}"#)
+        .expect("w");
+    let mut moved = open(d);
+    assert_eq!(moved.encoder_identity(), Some("abc"));
+    assert_eq!(moved.index(), pool.index());
+    moved.add_embedding(PoolEntry::new("gamma", vector(3, 8), 1)).expect("add");
+    assert!(d.join("moved/gamma.json").is_file());
+    moved.remove("alpha").expect("remove");
+    assert!(!d.join("moved/alpha.json").exists());
+    assert!(!d.join("entries").exists(), "create does not make `entries` when pool.json names the folder");
+    let (_, skipped) = LoraPool::create(d).expect("create");
+    assert!(skipped.is_empty());
+    assert!(!d.join("entries").exists());
+
+    // A pool.json that names no plain folder, or that is not one, is an error; a missing folder is no pool.
+    for (text, words) in [
+        (r#"{"format": "ramole-pool/1", "entries": "../elsewhere"}"#, "not a folder name"),
+        (r#"{"format": "ramole-pool/1", "entries": "/tmp"}"#, "not a folder name"),
+        (r#"{"format": "ramole-pool/9"}"#, "format"),
+        ("{", "not a pool description"),
+    ] {
+        std::fs::write(d.join("pool.json"), text).expect("w");
+        let err = LoraPool::open(d).expect_err(text);
+        assert!(err.to_string().contains(words), "{text}: {err}");
+    }
+    std::fs::write(d.join("pool.json"), r#"{"format": "ramole-pool/1", "entries": "gone"}"#).expect("w");
+    assert!(matches!(LoraPool::open(d), Err(RetrieverError::NoPool { .. })));
+}

@@ -1,4 +1,4 @@
-//! `ramole pool add|remove|list`: the LoRA pool on disk.
+//! `ramole pool add|remove|list|reembed`: the LoRA pool on disk.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,13 @@ pub enum Action {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Re-embed every LoRA from its stored samples with another encoder, atomically (a crash leaves
+    /// the old pool intact), and record that encoder as the pool's.
+    Reembed {
+        /// The sentence encoder folder [default: the cached all-MiniLM-L6-v2].
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }
 
@@ -109,6 +116,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("removed `{name}` from {} ({} LoRAs)", pool.dir().display(), pool.len());
         }
         Action::List { json } => list(&open(args.pool, false)?, json)?,
+        Action::Reembed { model } => {
+            let mut pool = open(args.pool, false)?;
+            let encoder = super::embed::load_encoder(model.as_deref())?;
+            let before = pool.encoder_identity().map(str::to_string);
+            let n = pool.reembed(&encoder)?;
+            eprintln!(
+                "re-embedded {n} LoRAs in {} with the encoder {} (was {})",
+                pool.dir().display(),
+                encoder.identity(),
+                before.as_deref().unwrap_or("unrecorded")
+            );
+        }
     }
     Ok(())
 }
@@ -125,6 +144,7 @@ fn list(pool: &LoraPool, json: bool) -> anyhow::Result<()> {
                     "dim": e.embedding.len(),
                     "adapter": e.adapter,
                     "instruction": e.instruction,
+                    "encoder": pool.encoder_identity(),
                 })
             })
             .collect();
@@ -132,6 +152,7 @@ fn list(pool: &LoraPool, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{} LoRAs in {}", entries.len(), pool.dir().display());
+    println!("encoder: {}", pool.encoder_identity().unwrap_or("unrecorded (the next `pool add` records it)"));
     let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
     if !entries.is_empty() {
         println!("{:width$}  {:>7}  adapter", "name", "samples");

@@ -53,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         encoder.dim(),
         pool.index().dim()
     );
+    pool.check_encoder(&encoder)?;
     let instructed: Vec<String> = queries.iter().map(|q| format!("{}{q}", args.instruction)).collect();
     let embeddings = encoder.embed(&instructed, args.batch_size)?;
     let results = pool.index().search(&embeddings, args.top_k)?;

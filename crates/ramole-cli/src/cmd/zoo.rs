@@ -126,7 +126,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 None => format!("{name}: up to date"),
             };
-            let _ = bars.println(line);
+            // Progress bars are hidden when stderr is not a terminal (a log file): print the line there.
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let _ = bars.println(line);
+            } else {
+                eprintln!("{line}");
+            }
         }
     })?;
     overall.finish_and_clear();
