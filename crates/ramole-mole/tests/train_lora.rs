@@ -61,6 +61,13 @@ fn lora_gradients_match_finite_differences() {
     let lora = TrainableLora::<SelectedAutodiff>::from_factors(&factors, 2.0, &dev);
     let out = train::batch_loss(&model, &lora, &batch, &dev);
     let grads = out.loss.backward();
+    // The base is frozen: no gradient for any of its weights.
+    for layer in &model.model.layers {
+        for w in [&layer.self_attn.q_proj.weight, &layer.self_attn.v_proj.weight, &layer.mlp.down_proj.weight] {
+            assert!(w.grad(&grads).is_none(), "a frozen base weight got a gradient");
+        }
+    }
+    assert!(model.lm_head.weight.grad(&grads).is_none() && model.model.embed_tokens.weight.grad(&grads).is_none());
 
     // The loss on the plain backend for perturbed factors.
     let plain: LlamaForCausalLM<Selected> = CausalLm::<Selected>::load(tiny(), &dev).expect("tiny llama").model;
