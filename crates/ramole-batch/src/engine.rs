@@ -4,9 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use ramole_models::gguf::GgufWeights;
 use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
-use ramole_models::weights::SafetensorsWeights;
 use ramole_mole::{AdapterPool, BatchAdapters, RowRequest};
 use tokenizers::Tokenizer;
 
@@ -82,32 +80,8 @@ impl<B: Backend> Engine<B> {
     /// Loads a model from a GGUF file (weights dequantised to f32, tokenizer rebuilt from the metadata)
     /// or an HF folder (`config.json`, `model.safetensors` in f32/f16/bf16, optional `tokenizer.json`).
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, BatchError> {
-        let path = path.as_ref();
-        if path.is_file() {
-            let weights = GgufWeights::open(path)?;
-            let config = weights.llama_config()?;
-            let tokenizer = ramole_models::tokenizer::from_gguf(weights.file())?;
-            let model = LlamaForCausalLM::load(&config, &weights, device)?;
-            Ok(Self::new(model, config, Some(tokenizer), device))
-        } else if path.is_dir() {
-            let config = LlamaConfig::from_hf_file(path.join("config.json"))?;
-            let weights = SafetensorsWeights::open(path.join("model.safetensors"))?;
-            let model = LlamaForCausalLM::load(&config, &weights, device)?;
-            let tok_path = path.join("tokenizer.json");
-            let tokenizer = if tok_path.exists() {
-                let bytes = ramole_core::fs::read_bounded(&tok_path, ramole_core::fs::MAX_TEXT_BYTES)
-                    .map_err(|source| BatchError::Io { path: tok_path.clone(), source })?;
-                Some(Tokenizer::from_bytes(&bytes).map_err(|e| BatchError::Model {
-                    path: tok_path.clone(),
-                    message: format!("invalid tokenizer: {e}"),
-                })?)
-            } else {
-                None
-            };
-            Ok(Self::new(model, config, tokenizer, device))
-        } else {
-            Err(BatchError::Model { path: path.into(), message: "no such GGUF file or model folder".into() })
-        }
+        let lm = ramole_models::CausalLm::load(path, device)?;
+        Ok(Self::new(lm.model, lm.config, lm.tokenizer, device))
     }
 
     /// An engine from parts.

@@ -49,14 +49,6 @@ pub enum BatchError {
         /// What is wrong.
         message: String,
     },
-    /// A model path that is neither a GGUF file nor an HF folder.
-    #[error("{path}: {message}")]
-    Model {
-        /// The path given.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
     /// An adapter error (loading, unknown name, composition).
     #[error(transparent)]
     Mole(#[from] ramole_mole::MoleError),

@@ -3,7 +3,7 @@
 //! [`fuzz`] feeds a parser of untrusted bytes with mutations of valid seed inputs (bit flips,
 //! truncations, splices, huge or negative little-endian integers, repeated chunks) and with random
 //! bytes, for a bounded time, and fails if the parser panics. The time per target is
-//! `$RAMOLE_FUZZ_SECS` seconds (default 2; CI sets 30).
+//! `$RAMOLE_FUZZ_SECS` seconds (default 2; CI sets 10).
 //!
 //! [`byte_tokenizer_json`] is a byte-level tokenizer that fits the tiny test models (vocabulary
 //! 512), so that commands taking text run end to end on them; [`tiny_llama_with_tokenizer`] makes

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use ramole_core::backend::{self, SelectedAutodiff, device};
+use ramole_core::backend::{self, Selected, SelectedAutodiff, device};
 use ramole_models::CausalLm;
 use ramole_models::llama::LinearKind;
 use ramole_mole::peft::AdapterDtype;
-use ramole_mole::train::{self, LoraTrainConfig, TrainLength};
+use ramole_mole::train::{self, LoraTrainConfig, LoraTrainReport, TrainLength, TrainableLora};
 
 /// Arguments of `ramole train-lora`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,17 @@ pub struct Args {
     /// Replace an existing `--out`.
     #[arg(long)]
     pub force: bool,
+    /// The base model and the training configuration.
+    #[command(flatten)]
+    pub train: TrainOpts,
+    /// Precision of the saved factors.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+}
+
+/// The base model and how a LoRA is trained (shared by `train-lora` and `bench-train`).
+#[derive(Debug, clap::Args)]
+pub struct TrainOpts {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -59,9 +70,6 @@ pub struct Args {
     /// Seed of the initialisation and of the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Precision of the saved factors.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
 }
 
 /// `--dtype` values.
@@ -73,7 +81,7 @@ pub enum DtypeArg {
     F16,
 }
 
-impl Args {
+impl TrainOpts {
     /// The training configuration these arguments describe.
     pub fn config(&self) -> LoraTrainConfig {
         let rank = usize::from(self.rank);
@@ -98,21 +106,53 @@ impl Args {
 
 /// Runs `ramole train-lora`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = args.config();
+    let cfg = args.train.config();
     cfg.validate()?;
     // Cheap checks first: the output, then the data, then the model.
-    let model = super::engine::model_path(args.model.clone())?;
+    let model = super::engine::model_path(args.train.model.clone())?;
     ramole_core::fs::refuse_folder_over_inputs(&args.out, &[&model, &args.data])
         .map_err(|e| anyhow::anyhow!("--out {}: {e}", args.out.display()))?;
     if !args.force && std::fs::symlink_metadata(&args.out).is_ok() {
         anyhow::bail!("{} already exists: give --force to replace it", args.out.display());
     }
     let data = train::read_train_jsonl(&args.data)?;
-    let records = &data.records;
+    let (lora, report) = train_with_progress(&model, &data.records, &cfg)?;
+    let meta = serde_json::json!({
+        "format": "ramole-training/1",
+        "base_model": super::engine::base_model_name(args.train.model.as_deref(), &model),
+        "data": args.data,
+        "data_sha256": data.sha256,
+        "report": report,
+    });
+    let dtype = match args.dtype {
+        DtypeArg::F32 => AdapterDtype::F32,
+        DtypeArg::F16 => AdapterDtype::F16,
+    };
+    let base_name = super::engine::base_model_name(args.train.model.as_deref(), &model);
+    lora.save(
+        &args.out,
+        &cfg,
+        &base_name,
+        dtype,
+        &[("ramole_training.json", serde_json::to_vec_pretty(&meta)?)],
+        args.force,
+    )
+    .with_context(|| format!("saving the adapter to {}", args.out.display()))?;
+    eprintln!("{}", summary(&report));
+    println!("{}", args.out.display());
+    Ok(())
+}
+
+/// Loads the base model and trains a LoRA on `records` with a progress bar (loss, tokens/s).
+pub fn train_with_progress(
+    model: &std::path::Path,
+    records: &[train::TrainRecord],
+    cfg: &LoraTrainConfig,
+) -> anyhow::Result<(TrainableLora<Selected>, LoraTrainReport)> {
     let dev = device();
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let lm = CausalLm::<SelectedAutodiff>::load(&model, &dev);
+    let lm = CausalLm::<SelectedAutodiff>::load(model, &dev);
     spinner.finish_and_clear();
     let lm = lm.with_context(|| format!("loading model {}", model.display()))?;
     let steps = cfg.total_steps(records.len());
@@ -132,35 +172,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (lora, report) = train::train_on_records(lm, records, &cfg, &dev, &mut |s| {
+    let out = train::train_on_records(lm, records, cfg, &dev, &mut |s| {
         bar.set_position(s.step as u64);
         bar.set_message(format!("loss {:.4} | {:.0} tok/s", s.loss, s.tokens_per_sec));
     })
     .context("training")?;
     bar.finish_and_clear();
-    let meta = serde_json::json!({
-        "format": "ramole-training/1",
-        "base_model": super::engine::base_model_name(args.model.as_deref(), &model),
-        "data": args.data,
-        "data_sha256": data.sha256,
-        "report": report,
-    });
-    let dtype = match args.dtype {
-        DtypeArg::F32 => AdapterDtype::F32,
-        DtypeArg::F16 => AdapterDtype::F16,
-    };
-    let base_name = super::engine::base_model_name(args.model.as_deref(), &model);
-    lora.save(
-        &args.out,
-        &cfg,
-        &base_name,
-        dtype,
-        &[("ramole_training.json", serde_json::to_vec_pretty(&meta)?)],
-        args.force,
-    )
-    .with_context(|| format!("saving the adapter to {}", args.out.display()))?;
+    Ok(out)
+}
+
+/// One line on a finished run: steps, time, tokens/s and its split, the loss at both ends.
+pub fn summary(report: &LoraTrainReport) -> String {
+    let cfg = &report.config;
     let (first, last) = report.loss_ends(10.min(report.steps / 2));
-    eprintln!(
+    format!(
         "{} steps in {:.1} s ({:.0} training tok/s; forward {:.1} s, backward {:.1} s, optimiser {:.1} s); \
          loss {first:.4} → {last:.4} (mean of the first / last 10 steps); {} of {} examples truncated to {} tokens",
         report.steps,
@@ -172,7 +197,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.truncated,
         report.examples,
         cfg.max_len
-    );
-    println!("{}", args.out.display());
-    Ok(())
+    )
 }

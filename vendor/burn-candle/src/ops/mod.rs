@@ -1,0 +1,10 @@
+mod activation;
+mod base;
+mod bool_tensor;
+mod candle_utils;
+mod int_tensor;
+mod module;
+mod qtensor;
+mod tensor;
+mod transaction;
+mod utils;
