@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ramole_core::lora::Composition;
+use ramole_core::lora::{ArrowParams, Composition};
 use ramole_mole::RowRequest;
 use serde::Deserialize;
 
@@ -44,9 +44,23 @@ struct RawCase {
     #[serde(default)]
     adapters: Vec<(String, f32)>,
     #[serde(default)]
-    composition: Composition,
+    composition: CompositionName,
+    /// Arrow's settings, with `"composition": "arrow"` (PEFT's defaults when absent).
+    #[serde(default)]
+    arrow: Option<ArrowParams>,
     #[serde(default)]
     greedy_new_tokens: Option<usize>,
+}
+
+/// `composition` as request files spell it.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum CompositionName {
+    #[default]
+    Single,
+    Mixture,
+    Fusion,
+    Arrow,
 }
 
 #[derive(Deserialize)]
@@ -104,10 +118,23 @@ impl RequestFile {
                 (None, Some(p)) => RequestInput::Prompt(p),
                 (None, None) => return Err(invalid(Some(&case.name), "needs `input_ids` or `prompt`".into())),
             };
+            let composition = match (case.composition, case.arrow) {
+                (CompositionName::Arrow, arrow) => {
+                    let params = arrow.unwrap_or_default();
+                    params.validate().map_err(|m| invalid(Some(&case.name), m))?;
+                    Composition::Arrow(params)
+                }
+                (_, Some(_)) => {
+                    return Err(invalid(Some(&case.name), "`arrow` settings need `\"composition\": \"arrow\"`".into()));
+                }
+                (CompositionName::Single, None) => Composition::Single,
+                (CompositionName::Mixture, None) => Composition::Mixture,
+                (CompositionName::Fusion, None) => Composition::Fusion,
+            };
             requests.push(Request {
                 name: case.name,
                 input,
-                row: RowRequest { adapters: case.adapters, composition: case.composition },
+                row: RowRequest { adapters: case.adapters, composition },
                 max_new_tokens: case.greedy_new_tokens.unwrap_or(0),
                 sampling: Sampling::Greedy,
             });
@@ -137,6 +164,33 @@ mod tests {
         assert_eq!(f.requests[1].input, RequestInput::Ids(vec![5]));
         assert_eq!(f.requests[2].input, RequestInput::Prompt("hi".into()));
         assert_eq!(f.requests[2].row.composition, Composition::Single);
+    }
+
+    #[test]
+    fn parses_arrow_rows() {
+        let f = RequestFile::from_json(
+            r#"{"cases": [
+                {"name": "a", "input_ids": [1], "adapters": [["x", 1.0], ["y", 1.0]], "composition": "arrow",
+                 "arrow": {"top_k": 2, "temperature": 0.5}},
+                {"name": "b", "input_ids": [1], "adapters": [["x", 1.0]], "composition": "arrow"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(f.requests[0].row.composition, Composition::Arrow(ArrowParams { top_k: 2, temperature: 0.5 }));
+        assert_eq!(f.requests[1].row.composition, Composition::Arrow(ArrowParams::default()));
+        for (bad, says) in [
+            (r#""composition": "arrow", "arrow": {"top_k": 0}"#, "top_k"),
+            (r#""composition": "arrow", "arrow": {"temperature": 0}"#, "temperature"),
+            (r#""composition": "arrow", "arrow": {"temperature": -1}"#, "temperature"),
+            (r#""composition": "mixture", "arrow": {"top_k": 2}"#, "arrow"),
+            (r#""composition": "arrow", "arrow": {"k": 2}"#, "unknown field"),
+        ] {
+            let text = format!(r#"{{"cases": [{{"name": "r", "input_ids": [1], "adapters": [["x", 1.0]], {bad}}}]}}"#);
+            let err = RequestFile::from_json(&text).expect_err(bad);
+            assert!(
+                matches!(err, BatchError::InvalidRequests { .. }) && err.to_string().contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

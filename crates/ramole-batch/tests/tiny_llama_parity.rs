@@ -5,50 +5,13 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{f32s, token_ids};
-use ramole_batch::{Engine, RequestFile, RequestOutput, RunOptions};
+use common::{Reference, token_ids};
+use ramole_batch::{Engine, RequestFile, RunOptions};
 use ramole_core::backend::{Selected, device};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
     common::fixture("tiny-llama")
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-    abs: f32,
-    rel: f32,
-}
-
-impl Reference {
-    fn load() -> Self {
-        let bytes = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
-        let cases: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).expect("cases")).expect("json");
-        let tol = &cases["tolerance"];
-        Self {
-            bytes,
-            abs: tol["logits_abs"].as_f64().expect("abs") as f32,
-            rel: tol["logits_rel"].as_f64().expect("rel") as f32,
-        }
-    }
-
-    fn check(&self, out: &RequestOutput) {
-        let st = SafeTensors::deserialize(&self.bytes).expect("reference file");
-        let logits = st.tensor(&format!("logits.{}", out.name)).expect("reference logits");
-        let want = f32s(&logits);
-        let got = out.prompt_logits.as_ref().expect("prompt logits");
-        assert_eq!(got.len(), want.len(), "{}: logits size", out.name);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs() - (self.abs + self.rel * w.abs()))
-            .fold(f32::NEG_INFINITY, f32::max);
-        assert!(worst <= 0.0, "{}: logits exceed tolerance by {worst}", out.name);
-        let greedy = st.tensor(&format!("greedy.{}", out.name)).expect("reference greedy");
-        let want = token_ids(&greedy);
-        assert_eq!(out.new_tokens, want, "{}: greedy tokens", out.name);
-    }
 }
 
 fn engine() -> Engine<Selected> {
@@ -62,7 +25,7 @@ fn engine() -> Engine<Selected> {
 #[test]
 fn each_case_alone_matches_reference() {
     let engine = engine();
-    let reference = Reference::load();
+    let reference = Reference::load(&fixture());
     let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
     assert_eq!(file.requests.len(), 8);
     for request in &file.requests {
@@ -75,7 +38,7 @@ fn each_case_alone_matches_reference() {
 #[test]
 fn all_cases_in_one_batch_match_reference() {
     let engine = engine();
-    let reference = Reference::load();
+    let reference = Reference::load(&fixture());
     let mut file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
     // Twice over, in another order, so rows of every composition sit next to each other.
     let mut again = file.requests.clone();
@@ -114,7 +77,7 @@ fn rows_that_finish_early_leave_the_batch_without_changing_the_others() {
 #[test]
 fn single_and_mixture_rows_sharing_the_stack_match_reference() {
     let engine = engine();
-    let reference = Reference::load();
+    let reference = Reference::load(&fixture());
     let mut file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
     file.requests.retain(|r| r.row.composition != ramole_core::lora::Composition::Fusion);
     // 9 adapter slots over 4 unique adapters, no fusion: the shared layout (stack + mapping matrix).

@@ -32,8 +32,7 @@ use crate::CoreError;
 pub mod reference;
 
 /// How a row combines the adapters it uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Composition {
     /// One adapter (or none: the base model): `y = Wx + w s B A x`.
     #[default]
@@ -43,15 +42,73 @@ pub enum Composition {
     /// Weighted average of the adapters' parameters: `y = Wx + s (Σ wᵢ Bᵢ)(Σ wᵢ Aᵢ) x`.
     /// The adapters must share rank, scale and target modules.
     Fusion,
+    /// Arrow routing (PEFT's `ArrowConfig`), training-free and per token: in every adapted layer
+    /// each token `x` scores the row's adapters by `|x · protoᵢ|` (protoᵢ: the top right singular
+    /// vector of `Bᵢ Aᵢ`), keeps the `top_k` best and weights them by `softmax(score / T)`:
+    /// `y = Wx + Σ coeffᵢ sᵢ Bᵢ Aᵢ x`. The row's adapter weights play no part.
+    Arrow(ArrowParams),
+}
+
+/// The settings of [`Composition::Arrow`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArrowParams {
+    /// Adapters kept per token (at least 1; all of the row's when it has fewer).
+    #[serde(default = "ArrowParams::default_top_k")]
+    pub top_k: usize,
+    /// Softmax temperature of the kept scores (positive, finite).
+    #[serde(default = "ArrowParams::default_temperature")]
+    pub temperature: f32,
+}
+
+impl ArrowParams {
+    fn default_top_k() -> usize {
+        3
+    }
+
+    fn default_temperature() -> f32 {
+        1.0
+    }
+
+    /// Whether the settings are usable: `top_k ≥ 1`, a positive finite temperature.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.top_k == 0 {
+            return Err("arrow top_k must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!("arrow temperature must be a positive finite number, got {}", self.temperature));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ArrowParams {
+    /// PEFT's defaults: top 3, temperature 1.
+    fn default() -> Self {
+        Self { top_k: Self::default_top_k(), temperature: Self::default_temperature() }
+    }
+}
+
+impl Composition {
+    /// Its name in request files (`single`, `mixture`, `fusion`, `arrow`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Mixture => "mixture",
+            Self::Fusion => "fusion",
+            Self::Arrow(_) => "arrow",
+        }
+    }
+
+    /// Whether the weights of a row's adapters depend on its tokens.
+    pub fn is_routed(&self) -> bool {
+        matches!(self, Self::Arrow(_))
+    }
 }
 
 impl std::fmt::Display for Composition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single => "single",
-            Self::Mixture => "mixture",
-            Self::Fusion => "fusion",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -109,6 +166,10 @@ impl MixPlan {
                 Composition::Fusion if row.entries.is_empty() => {
                     return Err(CoreError::Composition(format!("row {r}: `fusion` needs at least one adapter")));
                 }
+                Composition::Arrow(_) if row.entries.is_empty() => {
+                    return Err(CoreError::Composition(format!("row {r}: `arrow` needs at least one adapter")));
+                }
+                Composition::Arrow(p) => p.validate().map_err(|m| CoreError::Composition(format!("row {r}: {m}")))?,
                 _ => {}
             }
         }
@@ -153,6 +214,125 @@ pub struct LoraFactors {
     pub rank: usize,
     /// The scale `s` (`alpha / r`, or `alpha / √r` with rsLoRA).
     pub scale: f32,
+    /// Arrow's prototype ([`LoraFactors::prototype`]), computed once when the adapter is loaded
+    /// ([`LoraFactors::with_prototype`]); rows that route with [`Composition::Arrow`] need it.
+    pub proto: Option<Vec<f32>>,
+}
+
+impl LoraFactors {
+    /// The factors with their Arrow prototype computed.
+    pub fn with_prototype(mut self) -> Self {
+        self.proto = Some(self.prototype());
+        self
+    }
+
+    /// Arrow's prototype of this adapter for this layer: the top right singular vector of `B A`
+    /// (`[d_in]`, unit norm; its sign is irrelevant, Arrow scores `|x · proto|`). Exact, in f64,
+    /// without forming the `d_out × d_in` delta: with `Aᵀ = Q R` (Gram–Schmidt, `Q` `[d_in, r]`),
+    /// `B A = (B Rᵀ) Qᵀ`, so the vector is `Q u` for `u` the top eigenvector of the `r × r` matrix
+    /// `R BᵀB Rᵀ` (cyclic Jacobi). Adapters compute it once when they are loaded.
+    pub fn prototype(&self) -> Vec<f32> {
+        let r = self.rank;
+        if r == 0 || self.a.is_empty() || !self.a.len().is_multiple_of(r) || !self.b.len().is_multiple_of(r) {
+            return Vec::new();
+        }
+        let d_in = self.a.len() / r;
+        let d_out = self.b.len() / r;
+        // Aᵀ = Q R: Q's columns are the orthonormalised rows of A (dropped when dependent).
+        let mut q: Vec<Vec<f64>> = Vec::with_capacity(r);
+        let mut rm = vec![0f64; r * r]; // R [r, r], R[i][k] = ⟨qᵢ, a_k⟩
+        for k in 0..r {
+            let mut v: Vec<f64> = self.a[k * d_in..(k + 1) * d_in].iter().map(|&x| f64::from(x)).collect();
+            for _ in 0..2 {
+                // twice: re-orthogonalisation keeps Q orthonormal in floating point
+                for (i, qi) in q.iter().enumerate() {
+                    let dot: f64 = qi.iter().zip(&v).map(|(a, b)| a * b).sum();
+                    rm[i * r + k] += dot;
+                    v.iter_mut().zip(qi).for_each(|(x, y)| *x -= dot * y);
+                }
+            }
+            let n = normalise(&mut v);
+            if n > 1e-12 {
+                rm[q.len() * r + k] = n;
+                q.push(v);
+            }
+        }
+        let m = q.len();
+        if m == 0 {
+            return vec![0.0; d_in];
+        }
+        // C = B Rᵀ [d_out, m] with R restricted to its first m rows; S = Cᵀ C [m, m].
+        let mut s = vec![0f64; m * m];
+        for o in 0..d_out {
+            let b = &self.b[o * r..(o + 1) * r];
+            let c: Vec<f64> = (0..m).map(|i| (0..r).map(|k| f64::from(b[k]) * rm[i * r + k]).sum()).collect();
+            for i in 0..m {
+                for j in 0..m {
+                    s[i * m + j] += c[i] * c[j];
+                }
+            }
+        }
+        let u = top_eigenvector(&mut s, m);
+        (0..d_in).map(|j| q.iter().zip(&u).map(|(qi, ui)| qi[j] * ui).sum::<f64>() as f32).collect()
+    }
+}
+
+/// The eigenvector of the largest eigenvalue of the symmetric `n × n` matrix `s` (destroyed), by
+/// cyclic Jacobi rotations.
+fn top_eigenvector(s: &mut [f64], n: usize) -> Vec<f64> {
+    let mut v = vec![0f64; n * n]; // columns: eigenvectors
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| s[i * n + j].powi(2))
+            .sum();
+        let diag: f64 = (0..n).map(|i| s[i * n + i].powi(2)).sum();
+        if off <= 1e-30 * diag.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = s[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (s[q * n + q] - s[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let sn = t * c;
+                for k in 0..n {
+                    let (skp, skq) = (s[k * n + p], s[k * n + q]);
+                    s[k * n + p] = c * skp - sn * skq;
+                    s[k * n + q] = sn * skp + c * skq;
+                }
+                for k in 0..n {
+                    let (spk, sqk) = (s[p * n + k], s[q * n + k]);
+                    s[p * n + k] = c * spk - sn * sqk;
+                    s[q * n + k] = sn * spk + c * sqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - sn * vkq;
+                    v[k * n + q] = sn * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let best = (0..n).max_by(|&a, &b| s[a * n + a].total_cmp(&s[b * n + b])).unwrap_or(0);
+    (0..n).map(|k| v[k * n + best]).collect()
+}
+
+/// Scales `v` to unit norm; returns the norm it had.
+fn normalise(v: &mut [f64]) -> f64 {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    n
 }
 
 /// The unique adapters of a batch for one linear layer, stacked for batched ops.
@@ -165,6 +345,8 @@ pub struct LoraStack<B: Backend> {
     b: Tensor<B, 3>,
     /// Per adapter: `Some((rank, scale))`, or `None` where the adapter does not target this layer.
     meta: Vec<Option<(usize, f32)>>,
+    /// Per adapter: its Arrow prototype `[d_in]` for this layer, when it has one.
+    protos: Vec<Option<Vec<f32>>>,
     d_in: usize,
     d_out: usize,
     r_max: usize,
@@ -188,11 +370,21 @@ impl<B: Backend> LoraStack<B> {
         let mut a = vec![0f32; n * r_max * d_in];
         let mut b = vec![0f32; n * r_max * d_out];
         let mut meta = Vec::with_capacity(adapters.len());
+        let mut protos = Vec::with_capacity(adapters.len());
         for (i, f) in adapters.iter().enumerate() {
             let Some(f) = f else {
                 meta.push(None);
+                protos.push(None);
                 continue;
             };
+            if f.proto.as_ref().is_some_and(|p| p.len() != d_in) {
+                return Err(CoreError::Shape {
+                    what: format!("Arrow prototype of unique adapter {i}"),
+                    expected: format!("{d_in} values"),
+                    got: format!("{} values", f.proto.as_ref().map_or(0, Vec::len)),
+                });
+            }
+            protos.push(f.proto.clone());
             let r = f.rank;
             if f.a.len() != r * d_in || f.b.len() != d_out * r {
                 return Err(CoreError::Shape {
@@ -215,7 +407,7 @@ impl<B: Backend> LoraStack<B> {
         }
         let a = Tensor::from_data(TensorData::new(a, [n, r_max, d_in]), device);
         let b = Tensor::from_data(TensorData::new(b, [n, r_max, d_out]), device);
-        Ok(Some(Self { a, b, meta, d_in, d_out, r_max }))
+        Ok(Some(Self { a, b, meta, protos, d_in, d_out, r_max }))
     }
 
     /// Number of unique adapters.
@@ -235,9 +427,10 @@ impl<B: Backend> LoraStack<B> {
     /// only `single` and `mixture` rows; a plan with fusion rows falls back to
     /// [`RowLayout::Gathered`].
     pub fn rows_in(&self, plan: &MixPlan, layout: RowLayout) -> Result<RowLora<B>, CoreError> {
-        let has_fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion);
+        let gathered_only =
+            plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
         match layout {
-            RowLayout::Shared if !has_fusion => self.shared_rows(plan),
+            RowLayout::Shared if !gathered_only => self.shared_rows(plan),
             _ => self.gathered_rows(plan),
         }
     }
@@ -304,10 +497,12 @@ impl<B: Backend> LoraStack<B> {
             let mut coef = Vec::with_capacity(n * k);
             for &r in &mix_rows {
                 let mut used = 0;
+                let routed = plan.rows()[r].composition.is_routed();
                 for &(u, w) in &plan.rows()[r].entries {
                     if let Some((_, s)) = self.meta[u] {
                         ids.push(u as i64);
-                        coef.push(w * s);
+                        // A routed row's weights come per token (TokenRoute), not from the plan.
+                        coef.push(if routed { s } else { w * s });
                         used += 1;
                     }
                 }
@@ -366,6 +561,7 @@ impl<B: Backend> LoraStack<B> {
                 .reshape([n, self.r_max, self.d_out]);
             parts.push(pad_rank(a, b, rank));
         }
+        let route = self.token_route(plan, k)?;
         let order: Vec<usize> = mix_rows.iter().chain(&fusion_rows).copied().collect();
         let (a, b): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
         let (mut a, mut b) = (Tensor::cat(a, 0), Tensor::cat(b, 0));
@@ -379,7 +575,104 @@ impl<B: Backend> LoraStack<B> {
             a = a.select(0, idx.clone());
             b = b.select(0, idx);
         }
-        Ok(RowLora::Gathered { a, b })
+        Ok(RowLora::Gathered { a, b, route })
+    }
+
+    /// The per-token routing of the plan's routed rows over their `k` slots (in the order
+    /// [`Self::gathered_rows`] lays them out), or `None` when no row routes.
+    fn token_route(&self, plan: &MixPlan, k: usize) -> Result<Option<TokenRoute<B>>, CoreError> {
+        if !plan.rows().iter().any(|r| r.composition.is_routed()) {
+            return Ok(None);
+        }
+        let n = plan.rows().len();
+        let d_in = self.d_in;
+        let mut protos = vec![0f32; n * k * d_in];
+        let mut slot_bias = vec![ROUTE_OFF; n * k];
+        let mut routed = vec![0f32; n];
+        let mut top_k = vec![0f32; n];
+        let mut inv_temp = vec![1f32; n];
+        for (r, row) in plan.rows().iter().enumerate() {
+            let Composition::Arrow(p) = row.composition else { continue };
+            routed[r] = 1.0;
+            top_k[r] = p.top_k as f32;
+            inv_temp[r] = 1.0 / p.temperature;
+            let slots = row.entries.iter().filter(|(u, _)| self.meta[*u].is_some());
+            for (j, &(u, _)) in slots.enumerate() {
+                let proto = self.protos[u].as_ref().ok_or_else(|| {
+                    CoreError::Composition(format!(
+                        "row {r}: unique adapter {u} has no Arrow prototype (load it with its prototypes)"
+                    ))
+                })?;
+                protos[(r * k + j) * d_in..(r * k + j + 1) * d_in].copy_from_slice(proto);
+                slot_bias[r * k + j] = 0.0;
+            }
+        }
+        let device = self.a.device();
+        let t3 = |v: Vec<f32>, shape: [usize; 3]| Tensor::<B, 3>::from_data(TensorData::new(v, shape), &device);
+        Ok(Some(TokenRoute {
+            protos_t: t3(protos, [n, k, d_in]).swap_dims(1, 2),
+            slot_bias: t3(slot_bias, [n, 1, k]),
+            routed: t3(routed, [n, 1, 1]),
+            top_k: t3(top_k, [n, 1, 1]),
+            inv_temp: t3(inv_temp, [n, 1, 1]),
+            r_max: self.r_max,
+        }))
+    }
+}
+
+/// The logit given to slots a row does not route over (and to tokens' dropped slots): finite, so no
+/// `inf − inf`, and far below any score.
+const ROUTE_OFF: f32 = -1e30;
+
+/// Per-token weights of each row's slots (Arrow), applied between the two matmuls of
+/// [`RowLora::Gathered`]. Rows that do not route get weight 1 on every slot.
+#[derive(Debug, Clone)]
+pub struct TokenRoute<B: Backend> {
+    /// `[rows, d_in, K]`: the prototypes of each row's slots, transposed (zeros where unused).
+    protos_t: Tensor<B, 3>,
+    /// `[rows, 1, K]`: 0 where the row routes over the slot, [`ROUTE_OFF`] elsewhere.
+    slot_bias: Tensor<B, 3>,
+    /// `[rows, 1, 1]`: 1 for a routed row, 0 otherwise.
+    routed: Tensor<B, 3>,
+    /// `[rows, 1, 1]`: adapters kept per token.
+    top_k: Tensor<B, 3>,
+    /// `[rows, 1, 1]`: `1 / temperature`.
+    inv_temp: Tensor<B, 3>,
+    /// Rank columns per slot.
+    r_max: usize,
+}
+
+impl<B: Backend> TokenRoute<B> {
+    /// The weight of every rank column for every token: `[rows, seq, K·r_max]`.
+    ///
+    /// Scores `|x · protoᵢ|`; a slot is kept when fewer than `top_k` slots of the row score higher
+    /// (a rank count over the `K × K` pairs: no sort); kept slots get `softmax(score / T)`.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, seq, d_in]`
+    fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [rows, seq, _] = x.dims();
+        let k = self.slot_bias.dims()[2];
+        let scores = x.matmul(self.protos_t.clone()).abs() + self.slot_bias.clone(); // [rows, seq, K]
+        let others = scores.clone().reshape([rows, seq, 1, k]).expand([rows, seq, k, k]); // [.., i, j] = s_j
+        let own = scores.clone().reshape([rows, seq, k, 1]).expand([rows, seq, k, k]); // [.., i, j] = s_i
+        let higher = others.greater(own).float().sum_dim(3).reshape([rows, seq, k]); // slots above slot i
+        let kept = higher.lower(self.top_k.clone().expand([rows, seq, k])).float(); // [rows, seq, K]
+        let logits = scores * self.inv_temp.clone() + (kept - 1.0) * (-ROUTE_OFF) + self.slot_bias.clone();
+        let coeff = burn::tensor::activation::softmax(logits, 2);
+        let w = coeff * self.routed.clone() + (self.routed.clone().neg() + 1.0);
+        w.reshape([rows, seq, k, 1]).expand([rows, seq, k, self.r_max]).reshape([rows, seq, k * self.r_max])
+    }
+
+    fn select_rows(&self, rows: &[usize]) -> Self {
+        Self {
+            protos_t: select_rows(self.protos_t.clone(), rows),
+            slot_bias: select_rows(self.slot_bias.clone(), rows),
+            routed: select_rows(self.routed.clone(), rows),
+            top_k: select_rows(self.top_k.clone(), rows),
+            inv_temp: select_rows(self.inv_temp.clone(), rows),
+            r_max: self.r_max,
+        }
     }
 }
 
@@ -417,7 +710,7 @@ impl RowLayout {
     /// [`Gathered`]: RowLayout::Gathered
     pub fn choose(plan: &MixPlan, n_unique: usize) -> Self {
         let slots: usize = plan.rows().iter().map(|r| r.entries.len()).sum();
-        let fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion);
+        let fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
         if !fusion && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
     }
 }
@@ -433,6 +726,8 @@ pub enum RowLora<B: Backend> {
         a: Tensor<B, 3>,
         /// `[rows, rank, d_out]`.
         b: Tensor<B, 3>,
+        /// Per-token weights of the rank columns, for batches with routed (Arrow) rows.
+        route: Option<TokenRoute<B>>,
     },
     /// Row `b` adds `((x_b · a_t) ⊙ coef_b) · b`: the unique adapters' factors side by side, shared by
     /// every row, and the mapping matrix spread over their rank columns.
@@ -454,11 +749,14 @@ impl<B: Backend> RowLora<B> {
     /// - output: `[rows, seq, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
-            Self::Gathered { a, b } => a
-                .clone()
-                .matmul(x.swap_dims(1, 2)) // [rows, rank, seq]
-                .swap_dims(1, 2) // [rows, seq, rank]
-                .matmul(b.clone()), // [rows, seq, d_out]
+            Self::Gathered { a, b, route } => {
+                let h = a.clone().matmul(x.clone().swap_dims(1, 2)).swap_dims(1, 2); // [rows, seq, rank]
+                let h = match route {
+                    Some(route) => h * route.weights(x),
+                    None => h,
+                };
+                h.matmul(b.clone()) // [rows, seq, d_out]
+            }
             Self::Shared { a_t, b, coef } => {
                 let [rows, seq, d_in] = x.dims();
                 let (r, d_out) = (a_t.dims()[1], b.dims()[1]);
@@ -479,9 +777,11 @@ impl<B: Backend> RowLora<B> {
     /// The update of the given rows, in that order (rows leave a batch as they finish).
     pub fn select_rows(&self, rows: &[usize]) -> Self {
         match self {
-            Self::Gathered { a, b } => {
-                Self::Gathered { a: select_rows(a.clone(), rows), b: select_rows(b.clone(), rows) }
-            }
+            Self::Gathered { a, b, route } => Self::Gathered {
+                a: select_rows(a.clone(), rows),
+                b: select_rows(b.clone(), rows),
+                route: route.as_ref().map(|r| r.select_rows(rows)),
+            },
             Self::Shared { a_t, b, coef } => {
                 Self::Shared { a_t: a_t.clone(), b: b.clone(), coef: select_rows(coef.clone(), rows) }
             }

@@ -1,10 +1,11 @@
 //! The batched per-row LoRA path agrees with the plain reference on random batches: random adapter
-//! ranks, adapters that do not target the layer, rows of every composition side by side.
+//! ranks, adapters that do not target the layer, rows of every composition (Arrow included: per-token
+//! routing with the reference's own dense prototypes) side by side.
 
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 use ramole_core::backend::{Selected, device};
-use ramole_core::lora::{Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
+use ramole_core::lora::{ArrowParams, Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -23,46 +24,62 @@ fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
 
 fn factors(d_in: usize, d_out: usize) -> impl Strategy<Value = Option<LoraFactors>> {
     (1usize..5, any::<bool>()).prop_flat_map(move |(rank, targets)| {
-        (values(rank * d_in), values(d_out * rank)).prop_map(move |(a, b)| {
+        (values(rank * d_in), values(d_out * rank)).prop_map(move |(mut a, mut b)| {
+            // A dominant first component (σ₁ well above σ₂, as in PEFT's Arrow fixture), so that
+            // Arrow's prototype is well defined whichever exact method computes it.
+            a[..d_in].iter_mut().for_each(|x| *x *= 4.0);
+            b.iter_mut().step_by(rank).for_each(|x| *x *= 4.0);
             // alpha fixed, so equal ranks mean equal scales (what fusion needs)
-            targets.then(|| LoraFactors { a, b, rank, scale: 4.0 / rank as f32 })
+            targets.then(|| LoraFactors { a, b, rank, scale: 4.0 / rank as f32, proto: None }.with_prototype())
         })
     })
 }
 
 fn row(adapters: Vec<Option<LoraFactors>>) -> impl Strategy<Value = RowMix> {
     let n = adapters.len();
-    (0usize..3, prop::collection::vec((0..n, -1.0f32..1.0), 0..4), 0..n).prop_map(move |(kind, picks, anchor)| {
-        let mut entries: Vec<(usize, f32)> = Vec::new();
-        for (u, w) in picks {
-            if !entries.iter().any(|e| e.0 == u) {
-                entries.push((u, w));
-            }
-        }
-        match kind {
-            0 => RowMix { composition: Composition::Single, entries: entries.into_iter().take(1).collect() },
-            1 => RowMix { composition: Composition::Mixture, entries },
-            _ => {
-                // fusion over adapters that target the layer with the anchor's rank (or none do)
-                let rank = adapters[anchor].as_ref().map(|f| f.rank);
-                let mut fused: Vec<(usize, f32)> = entries
-                    .into_iter()
-                    .filter(|&(u, _)| adapters[u].as_ref().map(|f| f.rank) == rank && rank.is_some())
-                    .collect();
-                if fused.is_empty() {
-                    fused.push((anchor, 0.7));
+    (
+        0usize..4,
+        prop::collection::vec((0..n, -1.0f32..1.0), 0..4),
+        0..n,
+        1usize..4,
+        prop::sample::select(vec![0.5f32, 1.0, 2.0]),
+    )
+        .prop_map(move |(kind, picks, anchor, top_k, temperature)| {
+            let mut entries: Vec<(usize, f32)> = Vec::new();
+            for (u, w) in picks {
+                if !entries.iter().any(|e| e.0 == u) {
+                    entries.push((u, w));
                 }
-                if rank.is_none() {
-                    fused.truncate(1);
-                }
-                RowMix { composition: Composition::Fusion, entries: fused }
             }
-        }
-    })
+            match kind {
+                0 => RowMix { composition: Composition::Single, entries: entries.into_iter().take(1).collect() },
+                1 => RowMix { composition: Composition::Mixture, entries },
+                3 => {
+                    // Arrow routes over every adapter of the batch (its candidates), keeping top_k per token.
+                    let entries = (0..n).map(|u| (u, 1.0)).collect();
+                    RowMix { composition: Composition::Arrow(ArrowParams { top_k, temperature }), entries }
+                }
+                _ => {
+                    // fusion over adapters that target the layer with the anchor's rank (or none do)
+                    let rank = adapters[anchor].as_ref().map(|f| f.rank);
+                    let mut fused: Vec<(usize, f32)> = entries
+                        .into_iter()
+                        .filter(|&(u, _)| adapters[u].as_ref().map(|f| f.rank) == rank && rank.is_some())
+                        .collect();
+                    if fused.is_empty() {
+                        fused.push((anchor, 0.7));
+                    }
+                    if rank.is_none() {
+                        fused.truncate(1);
+                    }
+                    RowMix { composition: Composition::Fusion, entries: fused }
+                }
+            }
+        })
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..7, 1usize..7, 1usize..4, 1usize..5, 1usize..6).prop_flat_map(|(d_in, d_out, seq, n_adapters, n_rows)| {
+    (1usize..7, 1usize..7, 1usize..4, 1usize..6, 1usize..6).prop_flat_map(|(d_in, d_out, seq, n_adapters, n_rows)| {
         prop::collection::vec(factors(d_in, d_out), n_adapters).prop_flat_map(move |adapters| {
             (
                 prop::collection::vec(row(adapters.clone()), n_rows),
@@ -95,9 +112,8 @@ proptest! {
             };
             let got: Vec<f32> = y.into_data().iter::<f32>().collect();
             for r in 0..n {
-                let delta = reference::row_delta(&plan, r, &refs, c.d_in, c.d_out).expect("reference");
                 let xr = &c.x[r * c.seq * c.d_in..(r + 1) * c.seq * c.d_in];
-                let want = reference::linear(xr, &c.w, &delta, c.d_in, c.d_out);
+                let want = reference::row_forward(&plan, r, &refs, xr, &c.w, c.d_in, c.d_out).expect("reference");
                 let gr = &got[r * c.seq * c.d_out..(r + 1) * c.seq * c.d_out];
                 for (g, w) in gr.iter().zip(&want) {
                     prop_assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{layout:?} row {r}: {g} vs {w}");
@@ -110,8 +126,8 @@ proptest! {
 #[test]
 fn fusion_of_unequal_ranks_is_refused() {
     let dev = device();
-    let a = LoraFactors { a: vec![0.1; 2 * 3], b: vec![0.1; 2 * 2], rank: 2, scale: 1.0 };
-    let b = LoraFactors { a: vec![0.1; 3], b: vec![0.1; 2], rank: 1, scale: 1.0 };
+    let a = LoraFactors { a: vec![0.1; 2 * 3], b: vec![0.1; 2 * 2], rank: 2, scale: 1.0, proto: None };
+    let b = LoraFactors { a: vec![0.1; 3], b: vec![0.1; 2], rank: 1, scale: 1.0, proto: None };
     let stack = LoraStack::<Selected>::new(&[Some(&a), Some(&b)], 3, 2, &dev).expect("stack").expect("targets");
     let plan = MixPlan::new(vec![RowMix { composition: Composition::Fusion, entries: vec![(0, 0.5), (1, 0.5)] }], 2)
         .expect("plan");
@@ -154,4 +170,36 @@ fn layout_follows_memory_traffic() {
     let fusion =
         MixPlan::new(vec![RowMix { composition: Composition::Fusion, entries: vec![(0, 1.0)] }; 4], 1).expect("plan");
     assert_eq!(RowLayout::choose(&fusion, 1), RowLayout::Gathered);
+}
+
+#[test]
+fn prototype_from_factors_is_the_dense_top_singular_vector() {
+    let (d_in, d_out, rank) = (7usize, 5usize, 3usize);
+    let mut a: Vec<f32> = (0..rank * d_in).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+    let mut b: Vec<f32> = (0..d_out * rank).map(|i| ((i * 23 % 13) as f32 - 6.0) / 9.0).collect();
+    a[..d_in].iter_mut().for_each(|x| *x *= 3.0);
+    b.iter_mut().step_by(rank).for_each(|x| *x *= 3.0);
+    let f = LoraFactors { a, b, rank, scale: 1.0, proto: None };
+    let mut dense = vec![0f32; d_out * d_in];
+    for o in 0..d_out {
+        for j in 0..d_in {
+            dense[o * d_in + j] = (0..rank).map(|k| f.b[o * rank + k] * f.a[k * d_in + j]).sum();
+        }
+    }
+    let want = reference::dense_prototype(&dense, d_in, d_out);
+    let got = f.prototype();
+    let dot: f32 = got.iter().zip(&want).map(|(x, y)| x * y).sum();
+    assert!((dot.abs() - 1.0).abs() < 1e-5, "same direction up to sign: |dot| = {}", dot.abs());
+    assert!((got.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5, "unit norm");
+    // A row of A that depends on the others, and a rank-1 delta: still the exact direction.
+    let f1 = LoraFactors {
+        a: vec![1.0, 2.0, 0.0, 2.0, 4.0, 0.0],
+        b: vec![1.0, 0.0, 0.0, 0.0],
+        rank: 2,
+        scale: 1.0,
+        proto: None,
+    };
+    let p = f1.prototype();
+    let n = 5f32.sqrt();
+    assert!((p[0].abs() - 1.0 / n).abs() < 1e-6 && (p[1].abs() - 2.0 / n).abs() < 1e-6 && p[2].abs() < 1e-6, "{p:?}");
 }

@@ -183,7 +183,10 @@ impl LoraAdapter {
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(tensor_err(&module, "lora_A and lora_B must both be present".into()));
             };
-            layers.insert((layer, kind), LoraFactors { a, b, rank: config.r, scale: config.scale() });
+            layers.insert(
+                (layer, kind),
+                LoraFactors { a, b, rank: config.r, scale: config.scale(), proto: None }.with_prototype(),
+            );
         }
         if layers.is_empty() {
             return Err(tensor_err("*", "the adapter holds no LoRA weights".into()));

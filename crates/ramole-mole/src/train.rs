@@ -338,7 +338,7 @@ impl<B: Backend> TrainableLora<B> {
             let a = lin.lora_a.val().reshape([1, r, d_in]).expand([rows, r, d_in]);
             let b = lin.lora_b.val().transpose().mul_scalar(self.scale).reshape([1, r, d_out]).expand([rows, r, d_out]);
             if let Some(slots) = lora.layers.get_mut(lin.layer) {
-                slots[lin.slot] = Some(RowLora::Gathered { a, b });
+                slots[lin.slot] = Some(RowLora::Gathered { a, b, route: None });
             }
         }
         lora
@@ -351,7 +351,13 @@ impl<B: Backend> TrainableLora<B> {
             .map(|lin| {
                 let rank = lin.lora_a.dims()[0];
                 let host = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
-                let f = LoraFactors { a: host(lin.lora_a.val()), b: host(lin.lora_b.val()), rank, scale: self.scale };
+                let f = LoraFactors {
+                    a: host(lin.lora_a.val()),
+                    b: host(lin.lora_b.val()),
+                    rank,
+                    scale: self.scale,
+                    proto: None,
+                };
                 ((lin.layer, lin.kind()), f)
             })
             .collect()

@@ -44,7 +44,10 @@ fn random_factors(config: &LlamaConfig, rank: usize, seed: u64) -> BTreeMap<(usi
         for kind in [LinearKind::Q, LinearKind::V] {
             let [d_out, d_in] = config.linear_shape(kind);
             let mut v = |n: usize| (0..n).map(|_| rng.random_range(-0.3f32..0.3)).collect::<Vec<_>>();
-            out.insert((layer, kind), LoraFactors { a: v(rank * d_in), b: v(d_out * rank), rank, scale: 2.0 });
+            out.insert(
+                (layer, kind),
+                LoraFactors { a: v(rank * d_in), b: v(d_out * rank), rank, scale: 2.0, proto: None },
+            );
         }
     }
     out
@@ -167,7 +170,8 @@ fn training_lowers_the_loss_is_deterministic_and_round_trips_through_peft() {
     assert_eq!(config["base_model_name_or_path"], "tiny-llama");
     let loaded = LoraAdapter::load("trained", &out, &lm.config).expect("loads");
     for (&(layer, kind), f) in &lora.factors() {
-        assert_eq!(loaded.factors(layer, kind), Some(f), "layer {layer} {kind}");
+        // Loading also computes each layer's Arrow prototype.
+        assert_eq!(loaded.factors(layer, kind), Some(&f.clone().with_prototype()), "layer {layer} {kind}");
     }
     assert_eq!(loaded.targets().count(), 2 * lm.config.num_hidden_layers);
 

@@ -1,6 +1,6 @@
 //! From an input's retrieved LoRAs to the adapters, weights and composition of its batch row.
 
-use ramole_core::lora::Composition;
+use ramole_core::lora::{ArrowParams, Composition};
 use ramole_mole::RowRequest;
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +18,15 @@ pub enum Strategy {
     Mixture,
     /// The top-k LoRAs' parameters, averaged with the weights: `y = Wx + s (Σ wᵢ Bᵢ)(Σ wᵢ Aᵢ) x`.
     Fusion,
+    /// Arrow over the top-k LoRAs: per token and layer, the best [`ArrowParams::top_k`] of them by
+    /// `|x · prototype|`, weighted by a softmax of those scores (training-free; the retrieval's
+    /// weights play no part).
+    Arrow,
 }
 
 impl Strategy {
     /// Every strategy, in the order of the paper's tables.
-    pub const ALL: [Self; 4] = [Self::Base, Self::Selection, Self::Mixture, Self::Fusion];
+    pub const ALL: [Self; 5] = [Self::Base, Self::Selection, Self::Mixture, Self::Fusion, Self::Arrow];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -31,6 +35,7 @@ impl Strategy {
             Self::Selection => "selection",
             Self::Mixture => "mixture",
             Self::Fusion => "fusion",
+            Self::Arrow => "arrow",
         }
     }
 
@@ -39,7 +44,7 @@ impl Strategy {
         match self {
             Self::Base => 0,
             Self::Selection => 1,
-            Self::Mixture | Self::Fusion => top_k,
+            Self::Mixture | Self::Fusion | Self::Arrow => top_k,
         }
     }
 }
@@ -55,7 +60,7 @@ impl std::str::FromStr for Strategy {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
-            PipelineError::Config(format!("strategy `{s}`: expected one of base, selection, mixture, fusion"))
+            PipelineError::Config(format!("strategy `{s}`: expected one of base, selection, mixture, fusion, arrow"))
         })
     }
 }
@@ -82,12 +87,20 @@ pub struct RouteConfig {
     pub top_k: usize,
     /// Weights of a mixture or fusion.
     pub weighting: Weighting,
+    /// Arrow's per-token selection among the retrieved LoRAs ([`Strategy::Arrow`]).
+    pub arrow: ArrowParams,
 }
 
 impl Default for RouteConfig {
-    /// Mixture of the top 3 with uniform weights (LoraRetriever's default setting).
+    /// Mixture of the top 3 with uniform weights (LoraRetriever's default setting); Arrow keeps 2
+    /// of the 3 per token at temperature 1.
     fn default() -> Self {
-        Self { strategy: Strategy::Mixture, top_k: 3, weighting: Weighting::Uniform }
+        Self {
+            strategy: Strategy::Mixture,
+            top_k: 3,
+            weighting: Weighting::Uniform,
+            arrow: ArrowParams { top_k: 2, temperature: 1.0 },
+        }
     }
 }
 
@@ -102,6 +115,7 @@ impl RouteConfig {
         {
             return Err(PipelineError::Config(format!("softmax temperature {temperature} must be finite and > 0")));
         }
+        self.arrow.validate().map_err(PipelineError::Config)?;
         Ok(())
     }
 }
@@ -122,8 +136,12 @@ pub struct RoutedLora {
 pub struct Routing {
     /// The strategy that produced it.
     pub strategy: Strategy,
-    /// The LoRAs used (empty for the base model).
+    /// The LoRAs used (empty for the base model). With Arrow their weights are 1: the real
+    /// weights are chosen per token.
     pub loras: Vec<RoutedLora>,
+    /// Arrow's settings, for [`Strategy::Arrow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrow: Option<ArrowParams>,
 }
 
 impl Routing {
@@ -132,7 +150,7 @@ impl Routing {
         let used = &hits[..cfg.strategy.loras_used(cfg.top_k).min(hits.len())];
         let weights: Vec<f32> = match (cfg.strategy, cfg.weighting) {
             (Strategy::Base, _) => Vec::new(),
-            (Strategy::Selection, _) => vec![1.0; used.len()],
+            (Strategy::Selection | Strategy::Arrow, _) => vec![1.0; used.len()],
             (_, Weighting::Uniform) => vec![1.0 / used.len().max(1) as f32; used.len()],
             (_, Weighting::Softmax { temperature }) => {
                 let max = used.iter().map(|(_, s)| *s).fold(f32::NEG_INFINITY, f32::max);
@@ -146,12 +164,17 @@ impl Routing {
             .zip(weights)
             .map(|((name, score), weight)| RoutedLora { lora: name.clone(), score: Some(*score), weight })
             .collect();
-        Self { strategy: cfg.strategy, loras }
+        let arrow = (cfg.strategy == Strategy::Arrow).then_some(cfg.arrow);
+        Self { strategy: cfg.strategy, loras, arrow }
     }
 
     /// The routing to one given LoRA with weight 1 (e.g. the task's own LoRA: perfect selection).
     pub fn single(lora: impl Into<String>) -> Self {
-        Self { strategy: Strategy::Selection, loras: vec![RoutedLora { lora: lora.into(), score: None, weight: 1.0 }] }
+        Self {
+            strategy: Strategy::Selection,
+            loras: vec![RoutedLora { lora: lora.into(), score: None, weight: 1.0 }],
+            arrow: None,
+        }
     }
 
     /// The batch row this routing asks for.
@@ -162,6 +185,7 @@ impl Routing {
             _ if self.loras.len() <= 1 => Composition::Single,
             Strategy::Mixture => Composition::Mixture,
             Strategy::Fusion => Composition::Fusion,
+            Strategy::Arrow => Composition::Arrow(self.arrow.unwrap_or_default()),
         };
         RowRequest { adapters: self.loras.iter().map(|l| (l.lora.clone(), l.weight)).collect(), composition }
     }
@@ -177,7 +201,7 @@ mod tests {
 
     #[test]
     fn strategies_pick_and_weigh_the_retrieved_loras() {
-        let cfg = |strategy, weighting| RouteConfig { strategy, top_k: 3, weighting };
+        let cfg = |strategy, weighting| RouteConfig { strategy, top_k: 3, weighting, ..RouteConfig::default() };
         let base = Routing::from_hits(&hits(), &cfg(Strategy::Base, Weighting::Uniform));
         assert!(base.loras.is_empty());
         assert_eq!(base.row_request(), RowRequest::default());
@@ -200,6 +224,12 @@ mod tests {
         assert!((w[0] - 1.0 / z).abs() < 1e-6 && (w[2] - (-4f32).exp() / z).abs() < 1e-6);
         assert_eq!(fus.row_request().composition, Composition::Fusion);
 
+        // Arrow: all k retrieved, weights chosen per token (1 in the routing), Arrow's own top_k.
+        let arrow = Routing::from_hits(&hits(), &cfg(Strategy::Arrow, Weighting::Uniform));
+        assert_eq!(arrow.loras.len(), 3);
+        assert!(arrow.loras.iter().all(|l| l.weight == 1.0));
+        assert_eq!(arrow.row_request().composition, Composition::Arrow(RouteConfig::default().arrow));
+
         // Fewer hits than k, one hit: a single LoRA.
         let one = Routing::from_hits(&hits()[..1], &cfg(Strategy::Mixture, Weighting::Uniform));
         assert_eq!(one.loras[0].weight, 1.0);
@@ -211,6 +241,8 @@ mod tests {
         assert!(RouteConfig::default().validate().is_ok());
         assert!(RouteConfig { top_k: 0, ..RouteConfig::default() }.validate().is_err());
         let bad = RouteConfig { weighting: Weighting::Softmax { temperature: 0.0 }, ..RouteConfig::default() };
+        assert!(bad.validate().is_err());
+        let bad = RouteConfig { arrow: ArrowParams { top_k: 0, temperature: 1.0 }, ..RouteConfig::default() };
         assert!(bad.validate().is_err());
         for s in Strategy::ALL {
             assert_eq!(s.name().parse::<Strategy>().expect("parses"), s);

@@ -60,7 +60,8 @@ pub enum Method {
     Base,
     /// The input's own task LoRA (an upper bound for selection).
     Perfect,
-    /// A retrieval strategy ([`Strategy::Selection`], [`Strategy::Mixture`], [`Strategy::Fusion`]).
+    /// A retrieval strategy ([`Strategy::Selection`], [`Strategy::Mixture`], [`Strategy::Fusion`],
+    /// [`Strategy::Arrow`]).
     Routed(Strategy),
 }
 
@@ -86,6 +87,8 @@ pub struct ComparisonConfig {
     pub top_k: usize,
     /// Weights of mixture and fusion.
     pub weighting: Weighting,
+    /// Arrow's per-token selection among the retrieved LoRAs.
+    pub arrow: ramole_core::lora::ArrowParams,
     /// Inputs per heterogeneous batch.
     pub batch_size: usize,
     /// The tasks (default: every task of the suite).
@@ -101,6 +104,7 @@ impl Default for ComparisonConfig {
             seed: 42,
             top_k: 3,
             weighting: Weighting::Uniform,
+            arrow: RouteConfig::default().arrow,
             batch_size: 16,
             tasks: None,
             methods: vec![
@@ -109,6 +113,7 @@ impl Default for ComparisonConfig {
                 Method::Routed(Strategy::Selection),
                 Method::Routed(Strategy::Mixture),
                 Method::Routed(Strategy::Fusion),
+                Method::Routed(Strategy::Arrow),
             ],
         }
     }
@@ -117,7 +122,7 @@ impl Default for ComparisonConfig {
 /// One figure of the comparison (the `--json` record format).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// The method (`base`, `perfect`, `selection`, `mixture`, `fusion`).
+    /// The method (`base`, `perfect`, `selection`, `mixture`, `fusion`, `arrow`).
     pub strategy: String,
     /// `iid` or `ood`.
     pub setting: String,
@@ -232,12 +237,12 @@ pub fn compare<B: Backend>(
         on_run(RunStart { method, setting, index: index + 1, total: runs.len(), inputs: items.len() });
         let routings: Vec<Routing> = match method {
             Method::Base => {
-                let cfg = RouteConfig { strategy: Strategy::Base, top_k: 1, weighting: Weighting::Uniform };
+                let cfg = RouteConfig { strategy: Strategy::Base, top_k: 1, ..RouteConfig::default() };
                 items.iter().map(|_| Routing::from_hits(&[], &cfg)).collect()
             }
             Method::Perfect => items.iter().map(|i| Routing::single(i.task.clone())).collect(),
             Method::Routed(strategy) => {
-                let rc = RouteConfig { strategy, top_k: cfg.top_k, weighting: cfg.weighting };
+                let rc = RouteConfig { strategy, top_k: cfg.top_k, weighting: cfg.weighting, arrow: cfg.arrow };
                 hits.get(&setting).map(|h| h.iter().map(|h| Routing::from_hits(h, &rc)).collect()).unwrap_or_default()
             }
         };

@@ -125,7 +125,12 @@ fn a_two_task_zoo_is_trained_routed_and_compared() {
         .iter()
         .map(|i| Job { input: i.to_string(), max_new_tokens: 4 })
         .collect();
-    let selection = RouteConfig { strategy: Strategy::Selection, top_k: 1, weighting: Weighting::Uniform };
+    let selection = RouteConfig {
+        strategy: Strategy::Selection,
+        top_k: 1,
+        weighting: Weighting::Uniform,
+        ..RouteConfig::default()
+    };
     let answers = ramole.run(&jobs, &selection, 8).expect("run");
     let expect = ["shout", "count", "shout"];
     let outputs = [("shout", "yes"), ("count", "7")];
@@ -137,11 +142,26 @@ fn a_two_task_zoo_is_trained_routed_and_compared() {
         assert_eq!(a.output.trim(), want, "{task}: tokens {:?}", a.new_tokens);
     }
     // Mixture of the top 2: both LoRAs with uniform weights.
-    let mixture = RouteConfig { strategy: Strategy::Mixture, top_k: 2, weighting: Weighting::Uniform };
+    let mixture =
+        RouteConfig { strategy: Strategy::Mixture, top_k: 2, weighting: Weighting::Uniform, ..RouteConfig::default() };
     let answers = ramole.run(&jobs, &mixture, 8).expect("run");
     for a in answers.iter().map(|a| a.as_ref().expect("answered")) {
         assert_eq!(a.routing.loras.len(), 2);
         assert!(a.routing.loras.iter().all(|l| l.weight == 0.5));
+    }
+    // Arrow over the top 2, one LoRA kept per token: both retrieved, the choice made per token.
+    let arrow = RouteConfig {
+        strategy: Strategy::Arrow,
+        top_k: 2,
+        arrow: ramole_core::lora::ArrowParams { top_k: 1, temperature: 1.0 },
+        ..RouteConfig::default()
+    };
+    let answers = ramole.run(&jobs, &arrow, 8).expect("run");
+    for a in answers.iter().map(|a| a.as_ref().expect("answered")) {
+        assert_eq!(a.routing.loras.len(), 2);
+        let composition = a.routing.row_request().composition;
+        assert!(matches!(composition, ramole_core::lora::Composition::Arrow(p) if p.top_k == 1), "{composition:?}");
+        assert!(!a.new_tokens.is_empty());
     }
 
     // The comparison: perfect and IID selection answer every test input, the base model none, and
@@ -167,6 +187,7 @@ fn a_two_task_zoo_is_trained_routed_and_compared() {
         .expect("overall");
     assert!(overall.value >= 0.75 && overall.n == 8, "{overall:?}");
     assert!(records.iter().all(|r| (0.0..=1.0).contains(&r.value)));
+    assert!(records.iter().any(|r| r.strategy == "arrow" && r.setting == "ood"), "arrow rows in the comparison");
     let table = comparison::to_markdown(&records);
     assert!(table.contains("| shout | linguistic | EM |") && table.contains("perfect IID"), "{table}");
 }

@@ -59,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         top_k: route.top_k,
         weighting: route.weighting,
+        arrow: route.arrow,
         batch_size: args.batch_size,
         tasks: (!args.only.is_empty()).then(|| args.only.clone()),
         ..ComparisonConfig::default()

@@ -64,6 +64,12 @@ pub struct Args {
     /// Softmax temperature of `--weights softmax`.
     #[arg(long, default_value_t = 0.1, value_parser = super::args::positive_f64)]
     pub weight_temperature: f64,
+    /// With --route --strategy arrow: LoRAs kept per token among the retrieved top-k (1–64).
+    #[arg(long, default_value_t = 2, value_parser = super::args::usize_in(1, 64))]
+    pub arrow_top_k: usize,
+    /// With --route --strategy arrow: softmax temperature of the kept scores.
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::positive_f64)]
+    pub arrow_temperature: f64,
 }
 
 /// `--composition` values.
@@ -102,6 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             top_k: args.top_k,
             weights: args.weights,
             temperature: args.weight_temperature,
+            arrow_top_k: args.arrow_top_k,
+            arrow_temperature: args.arrow_temperature,
         }
         .config();
         route.validate()?;

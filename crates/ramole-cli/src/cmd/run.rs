@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ramole_core::backend::{self, Selected};
+use ramole_core::lora::ArrowParams;
 use ramole_pipeline::{Job, Ramole, RouteConfig, Strategy, Weighting};
 
 /// The pool, model and encoder a routed command serves with (shared by `run`, `eval` and
@@ -38,6 +39,12 @@ pub struct RouteArgs {
     /// Softmax temperature for `--weights softmax`.
     #[arg(long, default_value_t = 0.1, value_parser = super::args::positive_f64)]
     pub temperature: f64,
+    /// `--strategy arrow`: LoRAs kept per token among the retrieved top-k (1–64).
+    #[arg(long, default_value_t = 2, value_parser = super::args::usize_in(1, 64))]
+    pub arrow_top_k: usize,
+    /// `--strategy arrow`: softmax temperature of the kept scores.
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::positive_f64)]
+    pub arrow_temperature: f64,
 }
 
 impl RouteArgs {
@@ -50,6 +57,7 @@ impl RouteArgs {
                 WeightsArg::Uniform => Weighting::Uniform,
                 WeightsArg::Softmax => Weighting::Softmax { temperature: self.temperature as f32 },
             },
+            arrow: ArrowParams { top_k: self.arrow_top_k, temperature: self.arrow_temperature as f32 },
         }
     }
 }
@@ -65,6 +73,8 @@ pub enum StrategyArg {
     Mixture,
     /// The top-k LoRAs' parameters averaged.
     Fusion,
+    /// Arrow: per token, the best --arrow-top-k of the top-k LoRAs, softmax-weighted (training-free).
+    Arrow,
 }
 
 impl From<StrategyArg> for Strategy {
@@ -74,6 +84,7 @@ impl From<StrategyArg> for Strategy {
             StrategyArg::Selection => Strategy::Selection,
             StrategyArg::Mixture => Strategy::Mixture,
             StrategyArg::Fusion => Strategy::Fusion,
+            StrategyArg::Arrow => Strategy::Arrow,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The plain reference for [`super`]: per row, build the dense weight delta the way
 //! `make_fixtures.py` does (`ΔW = Σ wᵢ sᵢ BᵢAᵢ`, or `s (Σ wᵢBᵢ)(Σ wᵢAᵢ)` for fusion), then compute
-//! `x (W + ΔW)ᵀ` with loops. Slow and obvious on purpose: the batched path is tested against it.
+//! `x (W + ΔW)ᵀ` with loops; Arrow rows (per token) as PEFT's `ArrowLoraLinearLayer` does, with
+//! each prototype taken from the dense `BᵢAᵢ` ([`dense_prototype`]), not from the factors. Slow and
+//! obvious on purpose: the batched path is tested against it.
 
-use super::{Composition, LoraFactors, MixPlan};
+use super::{ArrowParams, Composition, LoraFactors, MixPlan};
 use crate::CoreError;
 
 /// The dense delta `ΔW` (`[d_out, d_in]`, row-major) of one row for one layer.
@@ -26,6 +28,11 @@ pub fn row_delta(
             for (f, w) in used {
                 dims.add_product(&mut delta, &f.b, &f.a, f.rank, w * f.scale);
             }
+        }
+        Composition::Arrow(_) => {
+            return Err(CoreError::Composition(format!(
+                "row {row}: an Arrow row has no fixed delta (its weights depend on each token): use row_forward"
+            )));
         }
         Composition::Fusion => {
             let Some((first, _)) = used.first() else { return Ok(delta) };
@@ -76,4 +83,90 @@ pub fn linear(x: &[f32], w: &[f32], delta: &[f32], d_in: usize, d_out: usize) ->
         }
     }
     y
+}
+
+/// `y` `[seq, d_out]` of one row for `x` `[seq, d_in]` and the base weight `w` `[d_out, d_in]`, for
+/// every composition (Arrow per token, the others through [`row_delta`]).
+pub fn row_forward(
+    plan: &MixPlan,
+    row: usize,
+    adapters: &[Option<&LoraFactors>],
+    x: &[f32],
+    w: &[f32],
+    d_in: usize,
+    d_out: usize,
+) -> Result<Vec<f32>, CoreError> {
+    let Some(mix) = plan.rows().get(row) else {
+        return Err(CoreError::Composition(format!("row {row} is not in the plan")));
+    };
+    let Composition::Arrow(params) = mix.composition else {
+        let delta = row_delta(plan, row, adapters, d_in, d_out)?;
+        return Ok(linear(x, w, &delta, d_in, d_out));
+    };
+    let dims = Dims { d_in, d_out };
+    // The row's adapters that target this layer, each with its dense delta sᵢ BᵢAᵢ and prototype.
+    let experts: Vec<(Vec<f32>, Vec<f32>)> = mix
+        .entries
+        .iter()
+        .filter_map(|&(u, _)| adapters.get(u).copied().flatten())
+        .map(|f| {
+            let mut d = vec![0f32; d_out * d_in];
+            dims.add_product(&mut d, &f.b, &f.a, f.rank, 1.0);
+            let proto = dense_prototype(&d, d_in, d_out);
+            d.iter_mut().for_each(|v| *v *= f.scale);
+            (d, proto)
+        })
+        .collect();
+    let zero = vec![0f32; d_out * d_in];
+    let mut y = linear(x, w, &zero, d_in, d_out);
+    let seq = x.len() / d_in;
+    for t in 0..seq {
+        let xt = &x[t * d_in..(t + 1) * d_in];
+        let coeff = arrow_coefficients(xt, &experts.iter().map(|(_, p)| p.as_slice()).collect::<Vec<_>>(), params);
+        for ((delta, _), c) in experts.iter().zip(coeff) {
+            if c == 0.0 {
+                continue;
+            }
+            for o in 0..d_out {
+                let dot: f32 = (0..d_in).map(|j| xt[j] * delta[o * d_in + j]).sum();
+                y[t * d_out + o] += c * dot;
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Arrow's weights of one token over its experts: scores `|x · protoᵢ|`, the `top_k` highest kept
+/// (ties keep every tied expert), `softmax(score / T)` over them, 0 for the others.
+pub fn arrow_coefficients(x: &[f32], protos: &[&[f32]], params: ArrowParams) -> Vec<f32> {
+    let scores: Vec<f32> = protos.iter().map(|p| p.iter().zip(x).map(|(a, b)| a * b).sum::<f32>().abs()).collect();
+    let kept: Vec<bool> = scores.iter().map(|s| scores.iter().filter(|o| *o > s).count() < params.top_k).collect();
+    let max = scores.iter().zip(&kept).filter(|(_, k)| **k).map(|(s, _)| *s).fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> =
+        scores.iter().zip(&kept).map(|(s, &k)| if k { ((s - max) / params.temperature).exp() } else { 0.0 }).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
+/// The top right singular vector (unit norm) of a dense `[d_out, d_in]` matrix, by power iteration
+/// on `Mᵀ M` from the all-ones vector.
+pub fn dense_prototype(m: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+    let mut v = vec![1.0f64 / (d_in as f64).sqrt(); d_in];
+    for _ in 0..2000 {
+        let mv: Vec<f64> =
+            (0..d_out).map(|o| (0..d_in).map(|j| f64::from(m[o * d_in + j]) * v[j]).sum::<f64>()).collect();
+        let mut next: Vec<f64> =
+            (0..d_in).map(|j| (0..d_out).map(|o| f64::from(m[o * d_in + j]) * mv[o]).sum::<f64>()).collect();
+        let n = next.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n == 0.0 {
+            break;
+        }
+        next.iter_mut().for_each(|x| *x /= n);
+        let diff: f64 = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        v = next;
+        if diff < 1e-12 {
+            break;
+        }
+    }
+    v.iter().map(|&x| x as f32).collect()
 }
