@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use ramole_core::lora::Composition;
+use ramole_core::lora::{ArrowParams, Composition};
 use ramole_models::llama::LinearKind;
 use ramole_mole::RowRequest;
 use ramole_mole::synthetic::SyntheticAdapter;
@@ -78,7 +78,8 @@ impl DecodeBench {
         Ok(())
     }
 
-    /// The three scenarios over the same prompts.
+    /// The four scenarios over the same prompts: no adapter, one distinct adapter per row, a mixture
+    /// of `mix` per row, and Arrow over the same `mix` adapters keeping the top ⌈mix/2⌉ per token.
     pub fn scenarios(&self, vocab: usize) -> Vec<Scenario> {
         let mut rng = StdRng::seed_from_u64(42);
         // Ids past the first few (special tokens in real vocabularies), when the vocabulary has them.
@@ -117,6 +118,13 @@ impl DecodeBench {
                     composition: Composition::Mixture,
                 }),
             },
+            Scenario {
+                label: "arrow",
+                requests: rows(&|i| RowRequest {
+                    adapters: (0..k).map(|j| (adapter_name((i + j) % n), 1.0)).collect(),
+                    composition: Composition::Arrow(ArrowParams { top_k: k.div_ceil(2).max(1), temperature: 1.0 }),
+                }),
+            },
         ]
     }
 }
@@ -146,7 +154,7 @@ mod tests {
             for (batch, adapters, mix, prompt_len) in [(0, 0, 0, 0), (3, 0, 5, 2), (2, 4, 9, 1)] {
                 let bench = DecodeBench { batch, adapters, mix, prompt_len, ..DecodeBench::default() };
                 let scenarios = bench.scenarios(vocab);
-                assert_eq!(scenarios.len(), 3);
+                assert_eq!(scenarios.len(), 4);
                 for s in &scenarios {
                     assert_eq!(s.requests.len(), batch);
                     for r in &s.requests {

@@ -20,7 +20,7 @@ enum Command {
     Generate(cmd::generate::Args),
     /// RAMoLE: route every input through the pool (retrieval + composition) and answer them in batches.
     Run(cmd::run::Args),
-    /// The paper's comparison: base, perfect selection, selection, mixture, fusion; IID and OOD.
+    /// The paper's comparison: base, perfect selection, selection, mixture, fusion, arrow; IID and OOD.
     Eval(cmd::eval::Args),
     /// Run every request of a file in one heterogeneous batch; write logits and greedy tokens.
     Batch(cmd::batch::Args),

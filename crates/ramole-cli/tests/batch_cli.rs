@@ -69,20 +69,21 @@ fn readme_examples_run_including_requests_that_do_not_decode() {
     let out = dir.path().join("out.safetensors");
     let adapters = fixture().join("adapters");
     ok(&["batch", "--model", s(&base), "--adapters", s(&adapters), "--requests", s(&requests), "--out", s(&out)]);
-    assert_eq!(tensor_names(&out), ["greedy.a", "logits.a", "logits.b", "logits.c"]);
+    assert_eq!(tensor_names(&out), ["greedy.a", "logits.a", "logits.b", "logits.c", "logits.d"]);
     let bytes = std::fs::read(&out).expect("read");
     let st = SafeTensors::deserialize(&bytes).expect("valid");
     assert_eq!(st.tensor("logits.b").expect("b").shape(), [4, 512], "`Plural of mouse:` is 4 tokens");
     assert_eq!(st.tensor("logits.c").expect("c").shape(), [2, 512]);
+    assert_eq!(st.tensor("logits.d").expect("d (arrow)").shape(), [2, 512]);
     assert_eq!(st.tensor("greedy.a").expect("a").shape(), [8]);
 
-    // Only b and c: no row of the batch decodes.
+    // Only b, c and d: no row of the batch decodes.
     let bc = dir.path().join("bc.json");
     let text = readme_example();
     let lines: Vec<&str> = text.lines().filter(|l| !l.contains("\"name\": \"a\"")).collect();
     std::fs::write(&bc, lines.join("\n")).expect("write");
     ok(&["batch", "--model", s(&base), "--adapters", s(&adapters), "--requests", s(&bc), "--out", s(&out)]);
-    assert_eq!(tensor_names(&out), ["logits.b", "logits.c"]);
+    assert_eq!(tensor_names(&out), ["logits.b", "logits.c", "logits.d"]);
     assert_eq!(listing(dir.path()), ["base", "bc.json", "out.safetensors", "readme.json"], "no temporary file");
 }
 
