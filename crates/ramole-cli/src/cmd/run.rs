@@ -201,9 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let tokens: usize = answers.iter().flatten().map(|a| a.new_tokens.len()).sum();
     eprintln!(
-        "{} input(s) routed ({} of {}) and answered in {secs:.1} s ({tokens} tokens, backend {}); {failed} failed",
+        "{} input(s) routed ({}, top {} of the pool's {} LoRAs) and answered in {secs:.1} s ({tokens} tokens, backend {}); {failed} failed",
         jobs.len(),
         cfg.strategy,
+        cfg.top_k,
         ramole.servable().len(),
         backend::NAME,
     );
