@@ -703,15 +703,16 @@ pub enum RowLayout {
 
 impl RowLayout {
     /// The layout that reads less memory per decoding step, within a compute bound: [`Shared`] when
-    /// the batch has no fusion row, its unique adapters are at most half the slots its rows use, and
+    /// the batch has no fusion or Arrow row, its unique adapters are at most half the slots its rows use, and
     /// there are at most 64 of them; [`Gathered`] otherwise.
     ///
     /// [`Shared`]: RowLayout::Shared
     /// [`Gathered`]: RowLayout::Gathered
     pub fn choose(plan: &MixPlan, n_unique: usize) -> Self {
         let slots: usize = plan.rows().iter().map(|r| r.entries.len()).sum();
-        let fusion = plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
-        if !fusion && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
+        let gathered_only =
+            plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
+        if !gathered_only && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
     }
 }
 
