@@ -197,6 +197,12 @@ impl MixPlan {
         m
     }
 
+    /// Whether some row needs [`RowLayout::Gathered`]: a fusion row (its own averaged pair) or an
+    /// Arrow row (per-token weights over its own slots).
+    pub fn needs_gathered(&self) -> bool {
+        self.rows.iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed())
+    }
+
     /// Whether no row uses any adapter.
     pub fn is_base_only(&self) -> bool {
         self.rows.iter().all(|r| r.entries.is_empty())
@@ -424,13 +430,11 @@ impl<B: Backend> LoraStack<B> {
     }
 
     /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] takes
-    /// only `single` and `mixture` rows; a plan with fusion rows falls back to
-    /// [`RowLayout::Gathered`].
+    /// only `single` and `mixture` rows; a plan with fusion or Arrow rows falls back to
+    /// [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]).
     pub fn rows_in(&self, plan: &MixPlan, layout: RowLayout) -> Result<RowLora<B>, CoreError> {
-        let gathered_only =
-            plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
         match layout {
-            RowLayout::Shared if !gathered_only => self.shared_rows(plan),
+            RowLayout::Shared if !plan.needs_gathered() => self.shared_rows(plan),
             _ => self.gathered_rows(plan),
         }
     }
@@ -653,11 +657,15 @@ impl<B: Backend> TokenRoute<B> {
     fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [rows, seq, _] = x.dims();
         let k = self.slot_bias.dims()[2];
-        let scores = x.matmul(self.protos_t.clone()).abs() + self.slot_bias.clone(); // [rows, seq, K]
-        let others = scores.clone().reshape([rows, seq, 1, k]).expand([rows, seq, k, k]); // [.., i, j] = s_j
-        let own = scores.clone().reshape([rows, seq, k, 1]).expand([rows, seq, k, k]); // [.., i, j] = s_i
+        let scores = x.matmul(self.protos_t.clone()).abs(); // [rows, seq, K]
+        // Ranked with the unused slots pushed below every score.
+        let ranked = scores.clone() + self.slot_bias.clone();
+        let others = ranked.clone().reshape([rows, seq, 1, k]).expand([rows, seq, k, k]); // [.., i, j] = s_j
+        let own = ranked.reshape([rows, seq, k, 1]).expand([rows, seq, k, k]); // [.., i, j] = s_i
         let higher = others.greater(own).float().sum_dim(3).reshape([rows, seq, k]); // slots above slot i
         let kept = higher.lower(self.top_k.clone().expand([rows, seq, k])).float(); // [rows, seq, K]
+        // Dropped and unused slots get ROUTE_OFF added after the temperature, so no temperature
+        // brings them back.
         let logits = scores * self.inv_temp.clone() + (kept - 1.0) * (-ROUTE_OFF) + self.slot_bias.clone();
         let coeff = burn::tensor::activation::softmax(logits, 2);
         let w = coeff * self.routed.clone() + (self.routed.clone().neg() + 1.0);
@@ -710,9 +718,7 @@ impl RowLayout {
     /// [`Gathered`]: RowLayout::Gathered
     pub fn choose(plan: &MixPlan, n_unique: usize) -> Self {
         let slots: usize = plan.rows().iter().map(|r| r.entries.len()).sum();
-        let gathered_only =
-            plan.rows().iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed());
-        if !gathered_only && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
+        if !plan.needs_gathered() && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
     }
 }
 
