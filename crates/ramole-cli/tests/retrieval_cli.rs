@@ -1,5 +1,6 @@
-//! `ramole embed`, `ramole pool` and `ramole retrieve` end to end, on the real all-MiniLM-L6-v2
-//! (the binary fetches it through the asset cache when `--model` is not given).
+//! `ramole embed`, `ramole pool`, `ramole retrieve` and `ramole train-retriever` end to end, on the real
+//! all-MiniLM-L6-v2 (the binary fetches it through the asset cache) and the default trained retriever
+//! (the same with the project's LoRA).
 
 mod common;
 
@@ -17,7 +18,7 @@ fn embed_writes_the_fixture_embeddings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("e.safetensors");
     let cases = fixtures().join("minilm/cases.json");
-    ok(&["embed", "--requests", s(&cases), "--out", s(&out), "--batch-size", "4"]);
+    ok(&["embed", "--requests", s(&cases), "--out", s(&out), "--batch-size", "4", "--model", "base"]);
     let got = SafetensorsWeights::open(&out).expect("output");
     let reference = SafetensorsWeights::open(fixtures().join("minilm/reference.safetensors")).expect("reference");
     let n = 10;
@@ -148,4 +149,108 @@ fn another_encoder_is_refused_until_the_pool_is_reembedded() {
     ok(&["retrieve", "--pool", s(&pool), "--model", s(&other), "A boring film."]);
     let err = common::fails(&["retrieve", "--pool", s(&pool), "A boring film."]);
     assert!(err.contains("was embedded by the encoder"), "the default encoder is now refused: {err}");
+}
+
+/// A handmade suite: three tasks of 12 train / 4 test / 4 sample inputs, in two domains; `jokes` held out.
+fn tiny_suite(dir: &std::path::Path) -> std::path::PathBuf {
+    let suite = dir.join("suite");
+    let mut tasks = Vec::new();
+    for (name, prefix, domain, held_out) in [
+        ("sums", "What is the sum of these two numbers", "arithmetic", false),
+        ("films", "Is this movie review positive or negative", "classification", false),
+        ("jokes", "Is this joke funny or not funny", "classification", true),
+    ] {
+        std::fs::create_dir_all(suite.join(name)).expect("mkdir");
+        for (file, n) in [("train.jsonl", 12), ("test.jsonl", 4), ("samples.jsonl", 4)] {
+            let lines: Vec<String> = (0..n)
+                .map(|k| {
+                    serde_json::json!({"task": name, "input": format!("{prefix}: {file} {k}"), "target": "x"})
+                        .to_string()
+                })
+                .collect();
+            std::fs::write(suite.join(name).join(file), lines.join("\n") + "\n").expect("write");
+        }
+        tasks.push(serde_json::json!({"name": name, "path": name, "domain": domain, "held_out": held_out,
+            "examples": 20, "unique": 20, "used": 20, "train": 12, "test": 4, "samples": 4}));
+    }
+    let meta = serde_json::json!({"format": 1, "source": {"file": "handmade", "sha256": "-"}, "seed": 1,
+        "max_examples": 20, "test_fraction": 0.2, "samples_per_task": 4,
+        "domains": {"arithmetic": ["sums"], "classification": ["films", "jokes"]}, "tasks": tasks});
+    std::fs::write(suite.join("suite.json"), meta.to_string()).expect("write");
+    suite
+}
+
+/// Embeddings `ramole embed` writes for three texts with `--model` = `model` (none: the default).
+fn embeddings(dir: &std::path::Path, model: Option<&str>) -> Vec<f32> {
+    let texts = dir.join("texts.jsonl");
+    std::fs::write(&texts, "\"What is 80 plus 29?\"\n\"A boring film.\"\n\"Pluralise: cat\"\n").expect("w");
+    let out = dir.join("e.safetensors");
+    let mut args = vec!["embed", "--requests", s(&texts), "--out", s(&out)];
+    args.extend(model.map(|m| ["--model", m]).into_iter().flatten());
+    ok(&args);
+    let got = SafetensorsWeights::open(&out).expect("output");
+    got.load("embeddings", &[3, 384]).expect("embeddings").data
+}
+
+#[test]
+fn the_default_encoder_is_the_trained_one_and_train_retriever_writes_an_adapter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ramole-retriever/default-encoder");
+    let (default, base) = (embeddings(dir.path(), None), embeddings(dir.path(), Some("base")));
+    let shipped_folder = embeddings(dir.path(), Some(s(&shipped)));
+    assert_eq!(default, shipped_folder, "the default is the shipped adapter on the cached MiniLM");
+    let diff = default.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-3, "the default is not the untrained encoder (max diff {diff})");
+
+    // A pool embedded by the default refuses the base encoder, and says how to ask for either.
+    let pool = dir.path().join("pool");
+    let math = dir.path().join("math.jsonl");
+    std::fs::write(&math, "\"What is 80 plus 29?\"\n").expect("w");
+    ok(&["pool", "--pool", s(&pool), "add", "math", "--samples", s(&math)]);
+    let err = common::fails(&["retrieve", "--pool", s(&pool), "--model", "base", "What is 1 plus 2?"]);
+    assert!(err.contains("was embedded by the encoder") && err.contains("--model base"), "{err}");
+
+    // train-retriever (from the base by default) writes an adapter folder that `--model` loads.
+    let suite = tiny_suite(dir.path());
+    let out = dir.path().join("adapter");
+    let train = [
+        "train-retriever",
+        "--tasks",
+        s(&suite),
+        "--out",
+        s(&out),
+        "--pairs-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "16",
+        "--domain-weight",
+        "0.5",
+    ];
+    let said = ok(&train);
+    assert!(said.contains("epoch 1: 8 pairs, 2 steps"), "{said}");
+    for file in ["adapter_config.json", "adapter_model.safetensors", "ramole_encoder.json", "train_report.json"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let err = common::fails(&train);
+    assert!(err.contains("already exists"), "{err}");
+    // Deterministic for its seed: a second run writes the same weights.
+    let mut again: Vec<&str> = train.to_vec();
+    again.push("--force");
+    let first = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
+    ok(&again);
+    assert!(first == std::fs::read(out.join("adapter_model.safetensors")).expect("read"), "same seed, same LoRA");
+    let fresh = dir.path().join("on-an-adapter");
+    let err = common::fails(&["train-retriever", "--tasks", s(&suite), "--out", s(&fresh), "--model", s(&shipped)]);
+    assert!(err.contains("is an encoder adapter") && !fresh.exists(), "{err}");
+    let trained = embeddings(dir.path(), Some(s(&out)));
+    assert_ne!(trained, base);
+    assert_ne!(trained, default);
+
+    // eval-retrieval puts the untrained encoder beside the one evaluated.
+    let report = ok(&["eval-retrieval", "--tasks", s(&suite), "--model", s(&out), "--per-task", "2"]);
+    assert!(report.contains("before: all-MiniLM-L6-v2") && report.contains("| held out | 2 |"), "{report}");
+    let alone = ok(&["eval-retrieval", "--tasks", s(&suite), "--model", "base", "--per-task", "2"]);
+    assert!(!alone.contains("before:"), "{alone}");
 }

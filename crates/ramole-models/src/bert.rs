@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
@@ -561,6 +561,213 @@ impl<B: Backend> BertModel<B> {
     }
 }
 
+/// A linear layer of a BERT layer that an encoder LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BertLinear {
+    /// `attention.self.query`.
+    Query,
+    /// `attention.self.key`.
+    Key,
+    /// `attention.self.value`.
+    Value,
+    /// `attention.output.dense`.
+    AttentionOutput,
+    /// `intermediate.dense`.
+    Intermediate,
+    /// `output.dense`.
+    Output,
+}
+
+impl BertLinear {
+    /// Every adaptable linear layer, in the order of a layer's forward pass.
+    pub const ALL: [Self; 6] =
+        [Self::Query, Self::Key, Self::Value, Self::AttentionOutput, Self::Intermediate, Self::Output];
+
+    /// The module path inside `encoder.layer.N` (the Hugging Face name without `.weight`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Query => "attention.self.query",
+            Self::Key => "attention.self.key",
+            Self::Value => "attention.self.value",
+            Self::AttentionOutput => "attention.output.dense",
+            Self::Intermediate => "intermediate.dense",
+            Self::Output => "output.dense",
+        }
+    }
+
+    /// The layers a PEFT `target_modules` list selects: a layer is adapted when some entry equals its
+    /// module path or is a dot-separated suffix of it (PEFT's rule, so that `output.dense` selects both
+    /// `output.dense` and `attention.output.dense`, as PEFT would). An entry that selects nothing is
+    /// returned as the error.
+    pub fn select<S: AsRef<str>>(targets: &[S]) -> Result<Vec<Self>, String> {
+        let matches = |t: &str, l: Self| l.path() == t || l.path().ends_with(&format!(".{t}"));
+        if let Some(t) = targets.iter().find(|t| !Self::ALL.iter().any(|&l| matches(t.as_ref(), l))) {
+            return Err(t.as_ref().to_owned());
+        }
+        Ok(Self::ALL.into_iter().filter(|&l| targets.iter().any(|t| matches(t.as_ref(), l))).collect())
+    }
+
+    /// `[d_out, d_in]` of this layer under `config`.
+    pub fn shape(self, config: &BertConfig) -> [usize; 2] {
+        let (h, f) = (config.hidden_size, config.intermediate_size);
+        match self {
+            Self::Intermediate => [f, h],
+            Self::Output => [h, f],
+            _ => [h, h],
+        }
+    }
+
+    fn linear_mut<B: Backend>(self, layer: &mut BertLayer<B>) -> &mut Linear<B> {
+        match self {
+            Self::Query => &mut layer.attention.self_attention.query,
+            Self::Key => &mut layer.attention.self_attention.key,
+            Self::Value => &mut layer.attention.self_attention.value,
+            Self::AttentionOutput => &mut layer.attention.output.dense,
+            Self::Intermediate => &mut layer.intermediate.dense,
+            Self::Output => &mut layer.output.dense,
+        }
+    }
+}
+
+/// The low-rank update of one linear layer, in PEFT's layout: `ΔW = scale · B·A`.
+#[derive(Module, Debug)]
+pub struct BertLoraPair<B: Backend> {
+    /// `lora_A`: `[r, d_in]`.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `lora_B`: `[d_out, r]`.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// The layer index `N` of `encoder.layer.N`.
+    #[module(skip)]
+    pub layer: usize,
+    /// Which linear layer of it.
+    #[module(skip)]
+    pub target: BertLinear,
+}
+
+/// A LoRA on a BERT encoder: low-rank updates of some linear layers of every layer, `W + (alpha/r)·B·A`.
+/// It is what `ramole train-retriever` trains by default, and what the project's default retriever ships:
+/// a few hundred thousand numbers on top of the base encoder instead of a copy of it.
+#[derive(Module, Debug)]
+pub struct BertLora<B: Backend> {
+    /// One pair per (layer, target), layer by layer, targets in [`BertLinear::ALL`] order.
+    pub pairs: Vec<BertLoraPair<B>>,
+    /// `alpha / r`.
+    #[module(skip)]
+    pub scale: f64,
+}
+
+impl<B: Backend> BertLora<B> {
+    /// A LoRA of rank `rank` on `targets` of every layer of `config`, with `B = 0` (so it starts as the
+    /// identity update) and A's values drawn from `init_a`, called `r·d_in` times per pair in row-major order.
+    pub fn new(
+        config: &BertConfig,
+        targets: &[BertLinear],
+        rank: usize,
+        scale: f64,
+        mut init_a: impl FnMut(usize) -> f32,
+        device: &B::Device,
+    ) -> Self {
+        let mut pairs = Vec::new();
+        for layer in 0..config.num_hidden_layers {
+            for target in BertLinear::ALL.into_iter().filter(|t| targets.contains(t)) {
+                let [d_out, d_in] = target.shape(config);
+                let a: Vec<f32> = (0..rank * d_in).map(|_| init_a(d_in)).collect();
+                pairs.push(BertLoraPair {
+                    lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [rank, d_in]), device)),
+                    lora_b: Param::from_tensor(Tensor::zeros([d_out, rank], device)),
+                    layer,
+                    target,
+                });
+            }
+        }
+        Self { pairs, scale }
+    }
+
+    /// Reads a LoRA of `rank` on `targets` of every layer of `config` from PEFT's tensor names
+    /// (`base_model.model.encoder.layer.N.<path>.lora_{A,B}.weight`), checking each tensor's shape and values.
+    pub fn from_weights(
+        config: &BertConfig,
+        targets: &[BertLinear],
+        rank: usize,
+        scale: f64,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let mut pairs = Vec::new();
+        for layer in 0..config.num_hidden_layers {
+            for target in BertLinear::ALL.into_iter().filter(|t| targets.contains(t)) {
+                let [d_out, d_in] = target.shape(config);
+                let name = |m: &str| format!("{}.{m}.weight", peft_prefix(layer, target));
+                let a = weights.load(&name("lora_A"), &[rank, d_in])?;
+                let b = weights.load(&name("lora_B"), &[d_out, rank])?;
+                pairs.push(BertLoraPair {
+                    lora_a: Param::from_tensor(a.into_tensor(device)),
+                    lora_b: Param::from_tensor(b.into_tensor(device)),
+                    layer,
+                    target,
+                });
+            }
+        }
+        let expected = 2 * pairs.len();
+        let found = weights.names().len();
+        if found != expected {
+            return Err(ModelError::format(
+                weights.path(),
+                format!("{found} tensors where this LoRA ({} pairs) has {expected}", pairs.len()),
+            ));
+        }
+        Ok(Self { pairs, scale })
+    }
+
+    /// The factors under PEFT's names, in PEFT's layout.
+    pub fn named_tensors(&self) -> Vec<(String, HostTensor)> {
+        let host = |t: &Param<Tensor<B, 2>>| {
+            let data = t.val().into_data();
+            HostTensor { shape: data.shape.to_vec(), data: data.iter::<f32>().collect() }
+        };
+        self.pairs
+            .iter()
+            .flat_map(|p| {
+                let prefix = peft_prefix(p.layer, p.target);
+                [
+                    (format!("{prefix}.lora_A.weight"), host(&p.lora_a)),
+                    (format!("{prefix}.lora_B.weight"), host(&p.lora_b)),
+                ]
+            })
+            .collect()
+    }
+
+    /// `base` with every adapted weight replaced by `W + scale·(B·A)ᵀ` (burn's `[d_in, d_out]` layout).
+    /// Differentiable in the factors: training runs the merged model, whose weights carry the graph back
+    /// to A and B, so the forward pass stays the plain encoder's. A pair whose layer or shape does not fit
+    /// `base` is a [`ModelError::Input`].
+    pub fn merge(&self, base: &BertModel<B>) -> Result<BertModel<B>, ModelError> {
+        let mut model = base.clone();
+        for p in &self.pairs {
+            let [d_out, d_in] = p.target.shape(&base.config);
+            let (a, b) = (p.lora_a.val(), p.lora_b.val()); // [r, d_in], [d_out, r]
+            let fits = a.dims()[1] == d_in && b.dims()[0] == d_out && a.dims()[0] == b.dims()[1];
+            let Some(layer) = model.encoder.layer.get_mut(p.layer).filter(|_| fits) else {
+                return Err(ModelError::Input(format!(
+                    "LoRA pair for layer {} `{}` does not fit the encoder ({} layers, [{d_out}, {d_in}])",
+                    p.layer,
+                    p.target.path(),
+                    base.config.num_hidden_layers
+                )));
+            };
+            let linear = p.target.linear_mut(layer);
+            let delta = a.transpose().matmul(b.transpose()).mul_scalar(self.scale); // [d_in, d_out]
+            linear.weight = Param::initialized(ParamId::new(), linear.weight.val() + delta);
+        }
+        Ok(model)
+    }
+}
+
+/// PEFT's module name of a target: `base_model.model.encoder.layer.N.<path>`.
+fn peft_prefix(layer: usize, target: BertLinear) -> String {
+    format!("base_model.model.encoder.layer.{layer}.{}", target.path())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder (synced, then renamed).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
@@ -750,5 +957,99 @@ mod tests {
         let g = model.encoder.layer[0].attention.self_attention.query.weight.grad(&grads).expect("query gradient");
         let g: Vec<f32> = g.into_data().iter::<f32>().collect();
         assert!(g.iter().any(|v| *v != 0.0) && g.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn lora_targets_follow_peft_suffix_matching() {
+        assert_eq!(BertLinear::select(&["query", "value"]), Ok(vec![BertLinear::Query, BertLinear::Value]));
+        assert_eq!(
+            BertLinear::select(&["output.dense"]),
+            Ok(vec![BertLinear::AttentionOutput, BertLinear::Output]),
+            "PEFT's rule: `output.dense` is a suffix of `attention.output.dense` too"
+        );
+        assert_eq!(BertLinear::select(&["dense"]).map(|v| v.len()), Ok(3));
+        let all: Vec<&str> = BertLinear::ALL.iter().map(|l| l.path()).collect();
+        assert_eq!(BertLinear::select(&all), Ok(BertLinear::ALL.to_vec()));
+        assert_eq!(BertLinear::select(&["q_proj"]), Err("q_proj".to_string()));
+        assert_eq!(BertLinear::select(&["uery"]), Err("uery".to_string()), "suffixes are whole names");
+    }
+
+    /// The merged weights equal `W + scale·(B·A)ᵀ` computed with plain loops, the untouched layers stay
+    /// as they were, and PEFT-named tensors round-trip; extra or missing tensors are refused.
+    #[test]
+    fn lora_merge_matches_the_dense_update_and_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_checkpoint(dir.path(), None);
+        let device = Default::default();
+        let base = BertModel::<B>::load(dir.path(), &device).expect("load");
+        let c = base.config.clone();
+        let mut k = 0u32;
+        let mut next = move |_| {
+            k = k.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (f64::from(k >> 16) / 65_536.0 - 0.5) as f32
+        };
+        let targets = [BertLinear::Key, BertLinear::Intermediate];
+        let mut lora = BertLora::<B>::new(&c, &targets, 3, 0.5, &mut next, &device);
+        assert_eq!(lora.pairs.len(), 2 * c.num_hidden_layers);
+        for p in &mut lora.pairs {
+            let [d_out, r] = p.lora_b.dims();
+            let values: Vec<f32> = (0..d_out * r).map(&mut next).collect();
+            p.lora_b = Param::from_tensor(Tensor::from_data(TensorData::new(values, [d_out, r]), &device));
+        }
+        let merged = lora.merge(&base).expect("merge");
+        let host = |l: &Linear<B>| l.weight.val().into_data().iter::<f32>().collect::<Vec<f32>>(); // [in, out]
+        for p in &lora.pairs {
+            let a: Vec<f32> = p.lora_a.val().into_data().iter::<f32>().collect(); // [r, in]
+            let b: Vec<f32> = p.lora_b.val().into_data().iter::<f32>().collect(); // [out, r]
+            let [d_out, d_in] = p.target.shape(&c);
+            let pick = |m: &BertModel<B>| match p.target {
+                BertLinear::Key => host(&m.encoder.layer[p.layer].attention.self_attention.key),
+                _ => host(&m.encoder.layer[p.layer].intermediate.dense),
+            };
+            let (w, got) = (pick(&base), pick(&merged));
+            for i in 0..d_in {
+                for o in 0..d_out {
+                    let delta: f32 = (0..3).map(|j| b[o * 3 + j] * a[j * d_in + i]).sum::<f32>() * 0.5;
+                    let want = w[i * d_out + o] + delta;
+                    assert!((got[i * d_out + o] - want).abs() < 1e-5, "layer {} {:?} [{i},{o}]", p.layer, p.target);
+                }
+            }
+        }
+        let value = |m: &BertModel<B>| host(&m.encoder.layer[0].attention.self_attention.value);
+        assert_eq!(value(&base), value(&merged), "a layer the LoRA does not target is unchanged");
+
+        let tensors = lora.named_tensors();
+        assert!(tensors.iter().any(|(n, _)| n == "base_model.model.encoder.layer.1.intermediate.dense.lora_B.weight"));
+        let file = |tensors: &[(String, HostTensor)]| {
+            let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+                .collect();
+            let views: Vec<(String, TensorView<'_>)> = bytes
+                .iter()
+                .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view")))
+                .collect();
+            let data = safetensors::serialize(views, None).expect("serialise");
+            SafetensorsWeights::from_bytes(PathBuf::from("lora.safetensors"), data).expect("parse")
+        };
+        let back = BertLora::<B>::from_weights(&c, &targets, 3, 0.5, &file(&tensors), &device).expect("from weights");
+        let again = back.merge(&base).expect("merge");
+        assert_eq!(host(&again.encoder.layer[1].intermediate.dense), host(&merged.encoder.layer[1].intermediate.dense));
+        let mut extra = tensors.clone();
+        extra.push((
+            "base_model.model.pooler.dense.lora_A.weight".into(),
+            HostTensor { shape: vec![1], data: vec![0.0] },
+        ));
+        let err = BertLora::<B>::from_weights(&c, &targets, 3, 0.5, &file(&extra), &device).expect_err("extra");
+        assert!(err.to_string().contains("tensors"), "{err}");
+        let err = BertLora::<B>::from_weights(&c, &targets, 4, 0.5, &file(&tensors), &device).expect_err("rank");
+        assert!(matches!(err, ModelError::TensorShape { .. }), "{err}");
+        let missing: Vec<_> = tensors.into_iter().skip(1).collect();
+        let err = BertLora::<B>::from_weights(&c, &targets, 3, 0.5, &file(&missing), &device).expect_err("missing");
+        assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
+        // A LoRA for a deeper model does not fit this one.
+        let deeper = BertConfig { num_hidden_layers: 3, ..c.clone() };
+        let too_deep = BertLora::<B>::new(&deeper, &targets, 3, 0.5, |_| 0.1, &device);
+        assert!(matches!(too_deep.merge(&base), Err(ModelError::Input(_))));
     }
 }

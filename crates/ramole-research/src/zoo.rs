@@ -147,6 +147,8 @@ pub fn build_zoo<B: Backend>(
     let base_model = cfg.base_name.clone().unwrap_or_else(|| model.display().to_string());
     let pool_path = pool_dir(root);
     let (mut pool, _skipped) = LoraPool::create(&pool_path)?;
+    // Refused before hours of training rather than at the first registration.
+    pool.check_encoder(encoder)?;
     let mut lm: Option<CausalLm<Autodiff<B>>> = None;
     let mut report = ZooReport { trained: Vec::new(), up_to_date: Vec::new(), pool: pool_path.clone() };
     for (i, task) in tasks.iter().enumerate() {

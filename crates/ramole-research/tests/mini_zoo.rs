@@ -107,6 +107,15 @@ fn a_two_task_zoo_is_trained_routed_and_compared() {
     let again = zoo::build_zoo(&suite, &model, &root, &cfg, &encoder, &dev, &mut |_| {}).expect("zoo");
     assert!(again.trained.is_empty());
     assert_eq!(again.up_to_date, vec!["shout".to_string(), "count".to_string()]);
+    // Another encoder is refused before any training (the pool records the first one).
+    let trained = ramole_retriever::default_encoder::adapter().expect("shipped LoRA");
+    let other =
+        SentenceEncoder::<Selected>::load(&minilm, &dev).expect("encoder").with_adapter(&trained).expect("apply");
+    let cfg_new = ZooConfig { train: LoraTrainConfig { seed: 99, ..cfg.train.clone() }, ..cfg.clone() };
+    let mut events = 0;
+    let err = zoo::build_zoo(&suite, &model, &root, &cfg_new, &other, &dev, &mut |_| events += 1).expect_err("refused");
+    assert!(err.to_string().contains("was embedded by the encoder"), "{err}");
+    assert_eq!(events, 0, "nothing was trained");
     // The adapters are stored relative to the pool, which can be moved whole.
     let moved = tmp.path().join("moved");
     std::fs::rename(&root, &moved).expect("move");

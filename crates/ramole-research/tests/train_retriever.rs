@@ -7,9 +7,11 @@ use burn::optim::AdamConfig;
 use burn::tensor::{Tensor, TensorData};
 use ramole_core::backend::{Selected, SelectedAutodiff, device};
 use ramole_models::bert::{BertConfig, BertModel};
+use ramole_models::bert::{BertLinear, BertLora};
 use ramole_research::tasks::{Domain, Suite, SuiteConfig, TaskSpec, build_suite};
 use ramole_research::train_retriever::{
-    Negatives, Pair, TrainConfig, batch_loss, info_nce, train_epoch, train_retriever,
+    Negatives, Pair, TrainConfig, Tuning, batch_loss, domain_info_nce, info_nce, train_epoch, train_epoch_lora,
+    train_retriever,
 };
 use ramole_retriever::SentenceEncoder;
 use rand::SeedableRng;
@@ -109,6 +111,7 @@ fn train_tiny_model_loss_decreases() {
         temperature: 0.1,
         batch_size: 8,
         negatives: Negatives::OtherTasks,
+        domain_weight: 0.0,
         ..TrainConfig::default()
     };
     let full_loss = |m: &BertModel<SelectedAutodiff>| {
@@ -147,7 +150,7 @@ fn train_batch_loss_masks_negatives_by_domain() {
         .collect();
     assert_eq!(pairs.len(), 8);
     let loss = |negatives| {
-        let cfg = TrainConfig { temperature: 0.1, negatives, ..TrainConfig::default() };
+        let cfg = TrainConfig { temperature: 0.1, negatives, domain_weight: 0.0, ..TrainConfig::default() };
         scalar(batch_loss(&model, &pairs, &cfg, &dev).expect("loss"))
     };
     let (tasks, domains) = (loss(Negatives::OtherTasks), loss(Negatives::OtherDomains));
@@ -186,21 +189,128 @@ fn train_real_minilm_step_saves_a_loadable_encoder() {
     let encoder = SentenceEncoder::<SelectedAutodiff>::load(&model_dir, &device()).expect("encoder");
     let probe = ["What is 12 plus 30?", "This is a cat. Now there is another one. There are two"];
     let before: Vec<f32> = encoder.encode(&probe).expect("encode").into_data().iter::<f32>().collect();
-    let cfg = TrainConfig { pairs_per_task: 2, batch_size: 6, max_seq_len: 24, lr: 1e-4, ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        epochs: 1,
+        pairs_per_task: 2,
+        batch_size: 6,
+        max_seq_len: 24,
+        lr: 1e-4,
+        ..TrainConfig::default()
+    };
     let mut seen = Vec::new();
+    let base_identity = encoder.identity().to_owned();
     let (trained, report) = train_retriever(&suite, encoder, &cfg, &mut |e| seen.push(e.clone())).expect("train");
+    assert_eq!(cfg.tuning, Tuning::Lora { rank: 8, alpha: 16.0 }, "the default trains a LoRA");
+    let lora = trained.lora.as_ref().expect("a LoRA");
+    assert_eq!(lora.pairs.len(), 6 * 6, "every linear layer of the 6 layers");
+    let trained_encoder = trained.encoder;
     assert_eq!(report.train_tasks, ["2_digit_addition", "plural", "qa_wikidata"], "word_sorting is held out");
     assert_eq!(report.held_out, ["word_sorting"]);
     assert_eq!(seen, report.epochs);
     assert_eq!((report.epochs[0].pairs, report.epochs[0].steps), (6, 1));
     assert!(report.epochs[0].first_loss.is_finite());
-    let after: Vec<f32> = trained.encode(&probe).expect("encode").into_data().iter::<f32>().collect();
+    let after: Vec<f32> = trained_encoder.encode(&probe).expect("encode").into_data().iter::<f32>().collect();
     assert!(before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-6), "the step changed the encoder");
 
     let out = tmp.path().join("trained");
-    trained.save(&out).expect("save");
-    let loaded = SentenceEncoder::<Selected>::load(&out, &device()).expect("load trained");
+    ramole_retriever::EncoderAdapter::save(&out, lora, 16.0, &base_identity, &cfg.instruction, &[], false)
+        .expect("save adapter");
+    let adapter = ramole_retriever::EncoderAdapter::load(&out).expect("load adapter");
+    let loaded = SentenceEncoder::<Selected>::load(&model_dir, &device())
+        .expect("base")
+        .with_adapter(&adapter)
+        .expect("apply the trained adapter");
     let reloaded: Vec<f32> = loaded.encode(&probe).expect("encode").into_data().iter::<f32>().collect();
     let max_diff = after.iter().zip(&reloaded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max_diff < 1e-5, "saved encoder differs from the trained one by {max_diff}");
+}
+
+#[test]
+fn train_domain_info_nce_matches_hand_computed_values() {
+    // Three unit queries and positives; tasks 0 and 1 share a domain, task 2 is alone in its own.
+    let q = || matrix(&[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]);
+    let p = || matrix(&[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]);
+    let tasks = [(0, Domain::Qa), (1, Domain::Qa), (2, Domain::Arithmetic)];
+    let logits = [[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.6, 0.8, 1.0]];
+    let log_softmax = |row: [f64; 3], j: usize| row[j] - row.iter().map(|v| v.exp()).sum::<f64>().ln();
+    // λ = 0.25: rows 0 and 1 put 0.75 on their own positive and 0.25 on each other's; row 2 all on its own.
+    let expected = -((0.75 * log_softmax(logits[0], 0) + 0.25 * log_softmax(logits[0], 1))
+        + (0.75 * log_softmax(logits[1], 1) + 0.25 * log_softmax(logits[1], 0))
+        + log_softmax(logits[2], 2))
+        / 3.0;
+    let got = scalar(domain_info_nce(q(), p(), &tasks, 0.25, 1.0));
+    assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    // λ = 0 is InfoNCE with every other task as a negative.
+    let plain = scalar(info_nce(q(), p(), Some(&[0, 1, 2]), 1.0));
+    assert!((scalar(domain_info_nce(q(), p(), &tasks, 0.0, 1.0)) - plain).abs() < 1e-6);
+    // Another pair of the query's own task is masked (neither negative nor target); no mate of another
+    // task in the domain leaves the whole target on the own positive.
+    let same = [(0, Domain::Qa), (0, Domain::Qa), (2, Domain::Arithmetic)];
+    let two = |own: f64, other: f64| -(own - (own.exp() + other.exp()).ln());
+    let expected_masked = (two(1.0, 0.6) + two(1.0, 0.8) - log_softmax(logits[2], 2)) / 3.0;
+    let masked = scalar(domain_info_nce(q(), p(), &same, 0.25, 1.0));
+    assert!((masked - expected_masked).abs() < 1e-5, "{masked} vs {expected_masked}");
+    // A bad setting is refused by name.
+    for (cfg, name) in [
+        (TrainConfig { domain_weight: 1.0, ..TrainConfig::default() }, "domain weight"),
+        (TrainConfig { tuning: Tuning::Lora { rank: 0, alpha: 16.0 }, ..TrainConfig::default() }, "rank"),
+        (TrainConfig { tuning: Tuning::Lora { rank: 8, alpha: f64::NAN }, ..TrainConfig::default() }, "alpha"),
+    ] {
+        let err = cfg.validate().expect_err(name);
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}
+
+/// A LoRA on a frozen tiny model: it starts as the identity update (B = 0), its loss goes down, and
+/// the base's weights stay as they were.
+#[test]
+fn train_tiny_lora_loss_decreases_and_leaves_the_base_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = tiny_config();
+    random_checkpoint(tmp.path(), &c);
+    let dev = device();
+    let base = BertModel::<SelectedAutodiff>::load(tmp.path(), &dev).expect("tiny model");
+    let frozen: Vec<f32> =
+        base.encoder.layer[0].attention.self_attention.query.weight.val().into_data().iter::<f32>().collect();
+    let mut k = 0u64;
+    let lora = BertLora::<SelectedAutodiff>::new(
+        &c,
+        &BertLinear::ALL,
+        4,
+        2.0,
+        |d_in| {
+            k = k.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((k >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 / (d_in as f32).sqrt()
+        },
+        &dev,
+    );
+    let pairs = synthetic_pairs();
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        temperature: 0.1,
+        batch_size: 8,
+        negatives: Negatives::OtherTasks,
+        domain_weight: 0.0,
+        ..TrainConfig::default()
+    };
+    let loss_of = |m: &BertModel<SelectedAutodiff>| {
+        f64::from(batch_loss(m, &pairs, &cfg, &dev).expect("loss").into_data().iter::<f32>().next().expect("loss"))
+    };
+    let before = loss_of(&base);
+    assert!((loss_of(&lora.merge(&base).expect("merge")) - before).abs() < 1e-6, "B = 0: the base's loss");
+    let mut optim = AdamConfig::new().init::<SelectedAutodiff, BertLora<SelectedAutodiff>>();
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut lora = lora;
+    for _ in 0..20 {
+        let (next, losses) =
+            train_epoch_lora(lora, &base, &mut optim, pairs.clone(), &cfg, &mut rng, &dev).expect("epoch");
+        lora = next;
+        assert!(losses.iter().all(|l| l.is_finite()));
+    }
+    let after = loss_of(&lora.merge(&base).expect("merge"));
+    eprintln!("tiny LoRA: loss {before:.4} -> {after:.4}");
+    assert!(after < 0.7 * before, "loss {before} -> {after}");
+    let still: Vec<f32> =
+        base.encoder.layer[0].attention.self_attention.query.weight.val().into_data().iter::<f32>().collect();
+    assert_eq!(frozen, still, "the base is frozen");
 }

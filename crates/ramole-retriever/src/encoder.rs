@@ -181,6 +181,11 @@ impl<B: Backend> SentenceEncoder<B> {
         Self { model, identity: UNSAVED_IDENTITY.into(), ..self }
     }
 
+    /// The encoder with another model and the identity that model has (an adapter merged into it).
+    pub(crate) fn with_model_and_identity(self, model: BertModel<B>, identity: String) -> Self {
+        Self { model, identity, ..self }
+    }
+
     /// What identifies the encoder: the hex sha256 over the bytes of the folder's
     /// `model.safetensors`, `config.json`, `tokenizer.json` and `1_Pooling/config.json` and the
     /// effective [`Self::max_seq_length`], computed by [`Self::load`]. Two encoders with the same

@@ -124,7 +124,7 @@ pub enum RetrieverError {
     /// A pool embedded by one encoder, given another to add to it, query it or re-embed it from.
     #[error(
         "the pool in {pool} was embedded by the encoder {recorded}, not by the one given ({given}): \
-         pass the matching `--model`, or re-embed the pool with this encoder (`ramole pool reembed --model DIR`)"
+         pass the matching `--model` (`--model base` is the untrained all-MiniLM-L6-v2), or re-embed the pool with this encoder (`ramole pool reembed --model DIR`)"
     )]
     EncoderMismatch {
         /// The pool folder.
@@ -142,6 +142,19 @@ pub enum RetrieverError {
     UnsavedEncoder {
         /// The pool folder.
         pool: PathBuf,
+    },
+    /// An encoder adapter given a base encoder other than the one it was trained on.
+    #[error(
+        "encoder adapter {adapter} was trained on the encoder {expected}, not on the one given ({given}): \
+         apply it to all-MiniLM-L6-v2 as `ramole fetch` installs it"
+    )]
+    AdapterBase {
+        /// The adapter folder (or the name of the shipped one).
+        adapter: PathBuf,
+        /// The base identity the adapter records.
+        expected: String,
+        /// The identity of the encoder it was given.
+        given: String,
     },
     /// A pool that cannot be re-embedded: entries without stored samples, or entry files it skipped.
     #[error("the pool in {pool} cannot be re-embedded, nothing was changed: {reason}")]

@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod adapter;
+pub mod default_encoder;
 pub mod encoder;
 mod error;
 pub mod index;
 pub mod pool;
 
+pub use adapter::EncoderAdapter;
 pub use encoder::{DEFAULT_INSTRUCTION, SentenceEncoder, UNSAVED_IDENTITY};
 pub use error::RetrieverError;
 pub use index::{Hit, Index};

@@ -36,3 +36,9 @@ pub fn open_fraction_f64(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("`{s}` is not a number: {e}"))?;
     if v > 0.0 && v < 1.0 { Ok(v) } else { Err(format!("`{s}` must be in (0, 1), both ends excluded")) }
 }
+
+/// An `f64` in [0, 1) (a share that leaves something for the rest).
+pub fn unit_interval_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if (0.0..1.0).contains(&v) { Ok(v) } else { Err(format!("`{s}` must be in [0, 1)")) }
+}

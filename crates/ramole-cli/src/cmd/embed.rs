@@ -12,7 +12,9 @@ use super::output::{Data, OutTensor};
 /// Arguments of `ramole embed`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A sentence-transformers folder [default: all-MiniLM-L6-v2, fetched and verified by the asset cache].
+    /// The sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA); `base`: the
+    /// untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter from `ramole
+    /// train-retriever`].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The texts: a JSON object with `sentences` (the fixture format), a JSON array of strings, or
@@ -27,7 +29,7 @@ pub struct Args {
     pub batch_size: usize,
 }
 
-/// Loads the encoder from `model`, or the cached all-MiniLM-L6-v2 when `None`.
+/// Loads the encoder `model` names (see `engine::load_encoder`; none: the default trained retriever).
 pub fn load_encoder(model: Option<&Path>) -> anyhow::Result<SentenceEncoder<Selected>> {
     Ok(super::engine::load_encoder(model)?.1)
 }

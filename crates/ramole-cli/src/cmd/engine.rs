@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use ramole_assets::AssetCache;
 use ramole_batch::Engine;
 use ramole_core::backend::{Selected, device};
-use ramole_retriever::SentenceEncoder;
+use ramole_retriever::{EncoderAdapter, SentenceEncoder};
 
 /// The model to load: the given path, or SmolLM2-135M-Instruct from the asset cache.
 pub fn model_path(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -32,16 +32,45 @@ pub fn base_model_name(given: Option<&Path>, resolved: &Path) -> String {
     }
 }
 
-/// Loads the sentence encoder in `model`, or all-MiniLM-L6-v2 from the asset cache; returns its folder
-/// too (for reports).
+/// The `--model` value that names the untrained all-MiniLM-L6-v2 (a folder called `base` is `./base`).
+pub const BASE_ENCODER: &str = "base";
+
+/// Loads the retriever's encoder that `model` names and returns its folder too (for reports and for
+/// checks that outputs do not overwrite it):
+/// - none: the default, the trained retriever (all-MiniLM-L6-v2 from the asset cache with the
+///   project's LoRA merged, `ramole_retriever::default_encoder`);
+/// - [`BASE_ENCODER`]: the untrained all-MiniLM-L6-v2 from the asset cache;
+/// - an encoder adapter folder (`ramole train-retriever`'s LoRA): applied to the cached all-MiniLM-L6-v2;
+/// - any other folder: a whole sentence-transformers encoder.
 pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf, SentenceEncoder<B>)> {
-    let dir = match model {
-        Some(p) => p.to_path_buf(),
-        None => AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2")?,
+    let minilm =
+        || -> anyhow::Result<PathBuf> { AssetCache::from_env()?.minilm_dir().context("fetching all-MiniLM-L6-v2") };
+    let load = |dir: &Path| {
+        SentenceEncoder::<B>::load(dir, &Default::default())
+            .with_context(|| format!("loading the encoder in {}", dir.display()))
     };
-    let encoder = SentenceEncoder::load(&dir, &Default::default())
-        .with_context(|| format!("loading the encoder in {}", dir.display()))?;
-    Ok((dir, encoder))
+    let adapted = |adapter: &EncoderAdapter| -> anyhow::Result<SentenceEncoder<B>> {
+        let base = load(&minilm()?)?;
+        base.with_adapter(adapter)
+            .with_context(|| format!("applying the encoder adapter {}", adapter.origin().display()))
+    };
+    match model {
+        None => {
+            let adapter = ramole_retriever::default_encoder::adapter().context("reading the shipped retriever LoRA")?;
+            Ok((minilm()?, adapted(&adapter)?))
+        }
+        Some(p) if p == Path::new(BASE_ENCODER) => {
+            let dir = minilm()?;
+            let encoder = load(&dir)?;
+            Ok((dir, encoder))
+        }
+        Some(p) if EncoderAdapter::is_adapter_dir(p) => {
+            let adapter =
+                EncoderAdapter::load(p).with_context(|| format!("reading the encoder adapter {}", p.display()))?;
+            Ok((p.to_path_buf(), adapted(&adapter)?))
+        }
+        Some(p) => Ok((p.to_path_buf(), load(p)?)),
+    }
 }
 
 /// Loads the model (with a spinner) and the adapters of `adapters` (each sub-folder is one, named by

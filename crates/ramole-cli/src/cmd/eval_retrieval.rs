@@ -15,8 +15,9 @@ pub struct SuiteArgs {
     /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`].
     #[arg(long)]
     pub tasks: Option<PathBuf>,
-    /// A sentence-transformers folder (e.g. written by `ramole train-retriever`) [default: the cached
-    /// all-MiniLM-L6-v2].
+    /// The sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA); `base`: the
+    /// untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter from `ramole
+    /// train-retriever`].
     #[arg(long)]
     pub model: Option<PathBuf>,
 }
@@ -67,6 +68,10 @@ pub struct Args {
     /// of the averages (held-out tasks, trained-on tasks, all).
     #[arg(long)]
     pub before: Option<PathBuf>,
+    /// Do not also evaluate the untrained all-MiniLM-L6-v2 (`--model base`) for the side-by-side table
+    /// that is printed otherwise when the encoder is another one and no `--before` is given.
+    #[arg(long)]
+    pub no_baseline: bool,
     /// Instruction prepended to samples and inputs before embedding.
     #[arg(long, default_value = ramole_retriever::DEFAULT_INSTRUCTION)]
     pub instruction: String,
@@ -99,11 +104,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::output::check("--json", json, &[&dir, &model])?;
     }
     let cfg = EvalConfig { instruction: args.instruction, per_task: args.per_task, batch_size: args.batch_size };
+    let is_base = args.input.model.as_deref() == Some(std::path::Path::new(super::engine::BASE_ENCODER));
+    let before = match before {
+        None if !(args.no_baseline || is_base) => {
+            eprintln!(
+                "evaluating the untrained all-MiniLM-L6-v2 too, for the side-by-side table (--no-baseline skips it)"
+            );
+            let (_, base) =
+                super::engine::load_encoder::<Selected>(Some(std::path::Path::new(super::engine::BASE_ENCODER)))?;
+            let report = eval::evaluate(&suite, &base, &cfg).context("evaluating retrieval with the base encoder")?;
+            Some((PathBuf::from("all-MiniLM-L6-v2 (`--model base`)"), report))
+        }
+        b => b,
+    };
     let report = eval::evaluate(&suite, &encoder, &cfg).context("evaluating retrieval")?;
     print!("{}", report.to_markdown());
     println!(
-        "\nmodel {}, suite {}, {} LoRAs, ≤ {} test inputs per task, backend {}: embedding {:.1} s, total {:.1} s",
-        model.display(),
+        "\nencoder {}, suite {}, {} LoRAs, ≤ {} test inputs per task, backend {}: embedding {:.1} s, total {:.1} s",
+        match &args.input.model {
+            None => "the default trained retriever (all-MiniLM-L6-v2 + the shipped LoRA)".to_string(),
+            Some(p) => p.display().to_string(),
+        },
         dir.display(),
         report.pool_size,
         cfg.per_task,
@@ -112,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     if let Some((path, before)) = &before {
-        println!("\nbefore ({}) → after (this run):\n", path.display());
+        println!("\nbefore: {} → after: this encoder\n", path.display());
         print!("{}", report.comparison_markdown(before));
     }
     if let Some(path) = args.json {

@@ -49,7 +49,9 @@ pub struct Args {
     /// The LoRA pool for --route [default: the zoo shipped with the project].
     #[arg(long, requires = "route")]
     pub pool: Option<PathBuf>,
-    /// The retriever's sentence encoder for --route [default: the cached all-MiniLM-L6-v2].
+    /// The retriever's sentence encoder for --route [default: the trained retriever (all-MiniLM-L6-v2 + the project's
+    /// LoRA); `base`: the untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder
+    /// adapter from `ramole train-retriever`].
     #[arg(long, requires = "route")]
     pub encoder: Option<PathBuf>,
     /// How --route uses the retrieved LoRAs.

@@ -36,7 +36,9 @@ pub enum Action {
     /// Re-embed every LoRA from its stored samples with another encoder, atomically (a crash leaves
     /// the old pool intact), and record that encoder as the pool's.
     Reembed {
-        /// The sentence encoder folder [default: the cached all-MiniLM-L6-v2].
+        /// The sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA); `base`: the
+        /// untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter from
+        /// `ramole train-retriever`].
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -53,7 +55,9 @@ pub struct AddArgs {
     /// JSONL samples of the LoRA's task: strings or objects with `input` (at least one).
     #[arg(long)]
     pub samples: PathBuf,
-    /// The sentence encoder folder [default: the cached all-MiniLM-L6-v2].
+    /// The sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA); `base`: the
+    /// untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter from `ramole
+    /// train-retriever`].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The instruction prepended to each sample.

@@ -18,7 +18,9 @@ pub struct Args {
     /// How many LoRAs to return per input (1 to 10000; all of them when the pool has fewer).
     #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 10_000))]
     pub top_k: usize,
-    /// The sentence encoder folder [default: the cached all-MiniLM-L6-v2].
+    /// The sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA); `base`: the
+    /// untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter from `ramole
+    /// train-retriever`].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The instruction prepended to each input (as to the pool's samples).

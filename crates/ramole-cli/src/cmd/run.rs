@@ -18,7 +18,9 @@ pub struct PoolArgs {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// The retriever's sentence encoder [default: the cached all-MiniLM-L6-v2].
+    /// The retriever's sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA);
+    /// `base`: the untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter
+    /// from `ramole train-retriever`].
     #[arg(long)]
     pub encoder: Option<PathBuf>,
 }

@@ -40,7 +40,9 @@ pub struct BuildArgs {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// The retriever's sentence encoder for the pool's embeddings [default: the cached all-MiniLM-L6-v2].
+    /// The retriever's sentence encoder for the pool's embeddings [default: the trained retriever (all-MiniLM-L6-v2 +
+    /// the project's LoRA); `base`: the untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or
+    /// an encoder adapter from `ramole train-retriever`].
     #[arg(long)]
     pub encoder: Option<PathBuf>,
     /// Optimisation steps per LoRA (1–100,000) [default: 150, the documented zoo configuration].
