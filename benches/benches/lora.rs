@@ -45,9 +45,9 @@ fn lora(c: &mut Criterion) {
         for layout in [RowLayout::Gathered, RowLayout::Shared] {
             let id = format!("{layout:?}/{name}");
             group.bench_with_input(BenchmarkId::new("build", &id), &plan, |b, plan| {
-                b.iter(|| stack.rows_in(plan, layout).expect("rows").rows())
+                b.iter(|| stack.rows_in(plan, layout, None).expect("rows").rows())
             });
-            let rows = stack.rows_in(&plan, layout).expect("rows");
+            let rows = stack.rows_in(&plan, layout, None).expect("rows");
             group.bench_with_input(BenchmarkId::new("apply", &id), &rows, |b, rows| {
                 b.iter(|| rows.forward(x.clone()).into_data())
             });

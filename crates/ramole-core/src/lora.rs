@@ -47,6 +47,11 @@ pub enum Composition {
     /// vector of `Bᵢ Aᵢ`), keeps the `top_k` best and weights them by `softmax(score / T)`:
     /// `y = Wx + Σ coeffᵢ sᵢ Bᵢ Aᵢ x`. The row's adapter weights play no part.
     Arrow(ArrowParams),
+    /// RouterLoRA, RAMoLE's gate, per token and per layer: with `vᵢ = sᵢ Bᵢ Aᵢ x` for the row's
+    /// adapters, `q = A_g x` and `kᵢ = B_gᵀ vᵢ` (the layer's [`GateLayer`]),
+    /// `αᵢ = softmax(⟨q, kᵢ⟩ / √r_g)` over the row's adapters and `y = Wx + Σ αᵢ vᵢ`. The gate has no
+    /// per-adapter parameters, so it weighs adapters it never saw. The row's adapter weights play no part.
+    Gate,
 }
 
 /// The settings of [`Composition::Arrow`].
@@ -97,12 +102,13 @@ impl Composition {
             Self::Mixture => "mixture",
             Self::Fusion => "fusion",
             Self::Arrow(_) => "arrow",
+            Self::Gate => "gate",
         }
     }
 
     /// Whether the weights of a row's adapters depend on its tokens.
     pub fn is_routed(&self) -> bool {
-        matches!(self, Self::Arrow(_))
+        matches!(self, Self::Arrow(_) | Self::Gate)
     }
 }
 
@@ -170,6 +176,9 @@ impl MixPlan {
                     return Err(CoreError::Composition(format!("row {r}: `arrow` needs at least one adapter")));
                 }
                 Composition::Arrow(p) => p.validate().map_err(|m| CoreError::Composition(format!("row {r}: {m}")))?,
+                Composition::Gate if row.entries.is_empty() => {
+                    return Err(CoreError::Composition(format!("row {r}: `gate` needs at least one adapter")));
+                }
                 _ => {}
             }
         }
@@ -197,8 +206,8 @@ impl MixPlan {
         m
     }
 
-    /// Whether some row needs [`RowLayout::Gathered`]: a fusion row (its own averaged pair) or an
-    /// Arrow row (per-token weights over its own slots).
+    /// Whether some row needs [`RowLayout::Gathered`]: a fusion row (its own averaged pair) or a routed
+    /// row (Arrow or gate: per-token weights over its own slots).
     pub fn needs_gathered(&self) -> bool {
         self.rows.iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed())
     }
@@ -341,6 +350,51 @@ fn normalise(v: &mut [f64]) -> f64 {
     n
 }
 
+/// A gate's factors for one linear layer ([`Composition::Gate`]), in the PEFT-like layout of the
+/// adapters, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateFactors {
+    /// `A_g`, `[r_g, d_in]` row-major.
+    pub a: Vec<f32>,
+    /// `B_g`, `[d_out, r_g]` row-major.
+    pub b: Vec<f32>,
+    /// The gate's rank `r_g`.
+    pub rank: usize,
+}
+
+/// A gate for one linear layer on the device ([`Composition::Gate`]): its factors as tensors, which
+/// may be trainable parameters (the gate is trained through the serving forward).
+#[derive(Debug, Clone)]
+pub struct GateLayer<B: Backend> {
+    /// `A_g`: `[r_g, d_in]`.
+    pub a: Tensor<B, 2>,
+    /// `B_g`: `[d_out, r_g]`.
+    pub b: Tensor<B, 2>,
+}
+
+impl<B: Backend> GateLayer<B> {
+    /// The factors on `device`, shapes checked against a layer `[d_out, d_in]`.
+    pub fn from_factors(f: &GateFactors, d_in: usize, d_out: usize, device: &B::Device) -> Result<Self, CoreError> {
+        let r = f.rank;
+        if r == 0 || f.a.len() != r * d_in || f.b.len() != d_out * r {
+            return Err(CoreError::Shape {
+                what: "gate factors".into(),
+                expected: format!("A_g [{r}, {d_in}] and B_g [{d_out}, {r}], rank ≥ 1"),
+                got: format!("{} and {} values", f.a.len(), f.b.len()),
+            });
+        }
+        Ok(Self {
+            a: Tensor::from_data(TensorData::new(f.a.clone(), [r, d_in]), device),
+            b: Tensor::from_data(TensorData::new(f.b.clone(), [d_out, r]), device),
+        })
+    }
+
+    /// The gate's rank `r_g`.
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+}
+
 /// The unique adapters of a batch for one linear layer, stacked for batched ops.
 #[derive(Debug, Clone)]
 pub struct LoraStack<B: Backend> {
@@ -426,16 +480,27 @@ impl<B: Backend> LoraStack<B> {
     /// Fusion rows need all their adapters that target this layer to share rank and scale, and
     /// either all or none of them to target it.
     pub fn rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
-        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()))
+        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()), None)
+    }
+
+    /// [`Self::rows`] with the layer's gate, which [`Composition::Gate`] rows need.
+    pub fn rows_gated(&self, plan: &MixPlan, gate: Option<&GateLayer<B>>) -> Result<RowLora<B>, CoreError> {
+        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()), gate)
     }
 
     /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] takes
     /// only `single` and `mixture` rows; a plan with fusion or Arrow rows falls back to
-    /// [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]).
-    pub fn rows_in(&self, plan: &MixPlan, layout: RowLayout) -> Result<RowLora<B>, CoreError> {
+    /// [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]). `gate` is the layer's gate, which
+    /// [`Composition::Gate`] rows need (others ignore it).
+    pub fn rows_in(
+        &self,
+        plan: &MixPlan,
+        layout: RowLayout,
+        gate: Option<&GateLayer<B>>,
+    ) -> Result<RowLora<B>, CoreError> {
         match layout {
             RowLayout::Shared if !plan.needs_gathered() => self.shared_rows(plan),
-            _ => self.gathered_rows(plan),
+            _ => self.gathered_rows(plan, gate),
         }
     }
 
@@ -475,7 +540,7 @@ impl<B: Backend> LoraStack<B> {
     }
 
     /// Gathered layout: one low-rank pair per row.
-    fn gathered_rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
+    fn gathered_rows(&self, plan: &MixPlan, gate: Option<&GateLayer<B>>) -> Result<RowLora<B>, CoreError> {
         self.check_columns(plan)?;
         let device = self.a.device();
         let zero_slot = self.n_unique();
@@ -565,7 +630,6 @@ impl<B: Backend> LoraStack<B> {
                 .reshape([n, self.r_max, self.d_out]);
             parts.push(pad_rank(a, b, rank));
         }
-        let route = self.token_route(plan, k)?;
         let order: Vec<usize> = mix_rows.iter().chain(&fusion_rows).copied().collect();
         let (a, b): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
         let (mut a, mut b) = (Tensor::cat(a, 0), Tensor::cat(b, 0));
@@ -579,48 +643,100 @@ impl<B: Backend> LoraStack<B> {
             a = a.select(0, idx.clone());
             b = b.select(0, idx);
         }
+        let route = self.token_route(plan, k, &b, gate)?;
         Ok(RowLora::Gathered { a, b, route })
     }
 
     /// The per-token routing of the plan's routed rows over their `k` slots (in the order
-    /// [`Self::gathered_rows`] lays them out), or `None` when no row routes.
-    fn token_route(&self, plan: &MixPlan, k: usize) -> Result<Option<TokenRoute<B>>, CoreError> {
+    /// [`Self::gathered_rows`] lays them out), or `None` when no row routes. `b` is the rows' gathered
+    /// `B` side (`[rows, K·r_max, d_out]`, scales folded in), which the gate's keys are computed from.
+    fn token_route(
+        &self,
+        plan: &MixPlan,
+        k: usize,
+        b: &Tensor<B, 3>,
+        gate: Option<&GateLayer<B>>,
+    ) -> Result<Option<TokenRoute<B>>, CoreError> {
         if !plan.rows().iter().any(|r| r.composition.is_routed()) {
             return Ok(None);
         }
         let n = plan.rows().len();
         let d_in = self.d_in;
-        let mut protos = vec![0f32; n * k * d_in];
         let mut slot_bias = vec![ROUTE_OFF; n * k];
-        let mut routed = vec![0f32; n];
+        let (mut arrow_rows, mut gate_rows) = (false, false);
+        let mut protos = vec![0f32; n * k * d_in];
+        let mut arrowed = vec![0f32; n];
+        let mut gated = vec![0f32; n];
         let mut top_k = vec![0f32; n];
         let mut inv_temp = vec![1f32; n];
         for (r, row) in plan.rows().iter().enumerate() {
-            let Composition::Arrow(p) = row.composition else { continue };
-            routed[r] = 1.0;
-            top_k[r] = p.top_k as f32;
-            inv_temp[r] = 1.0 / p.temperature;
+            if !row.composition.is_routed() {
+                continue;
+            }
             let slots = row.entries.iter().filter(|(u, _)| self.meta[*u].is_some());
             for (j, &(u, _)) in slots.enumerate() {
-                let proto = self.protos[u].as_ref().ok_or_else(|| {
-                    CoreError::Composition(format!(
-                        "row {r}: unique adapter {u} has no Arrow prototype (load it with its prototypes)"
-                    ))
-                })?;
-                protos[(r * k + j) * d_in..(r * k + j + 1) * d_in].copy_from_slice(proto);
                 slot_bias[r * k + j] = 0.0;
+                if let Composition::Arrow(_) = row.composition {
+                    let proto = self.protos[u].as_ref().ok_or_else(|| {
+                        CoreError::Composition(format!(
+                            "row {r}: unique adapter {u} has no Arrow prototype (load it with its prototypes)"
+                        ))
+                    })?;
+                    protos[(r * k + j) * d_in..(r * k + j + 1) * d_in].copy_from_slice(proto);
+                }
+            }
+            match row.composition {
+                Composition::Arrow(p) => {
+                    arrow_rows = true;
+                    arrowed[r] = 1.0;
+                    top_k[r] = p.top_k as f32;
+                    inv_temp[r] = 1.0 / p.temperature;
+                }
+                _ => {
+                    gate_rows = true;
+                    gated[r] = 1.0;
+                }
             }
         }
         let device = self.a.device();
         let t3 = |v: Vec<f32>, shape: [usize; 3]| Tensor::<B, 3>::from_data(TensorData::new(v, shape), &device);
-        Ok(Some(TokenRoute {
+        let arrow = arrow_rows.then(|| ArrowRoute {
             protos_t: t3(protos, [n, k, d_in]).swap_dims(1, 2),
-            slot_bias: t3(slot_bias, [n, 1, k]),
-            routed: t3(routed, [n, 1, 1]),
+            routed: t3(arrowed, [n, 1, 1]),
             top_k: t3(top_k, [n, 1, 1]),
             inv_temp: t3(inv_temp, [n, 1, 1]),
-            r_max: self.r_max,
-        }))
+        });
+        let gate = match (gate_rows, gate) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(CoreError::Composition(
+                    "a `gate` row needs a gate for every layer its adapters adapt; this layer has none".into(),
+                ));
+            }
+            (true, Some(g)) => {
+                let [r_g, g_in] = g.a.dims();
+                let [g_out, r_b] = g.b.dims();
+                if g_in != d_in || g_out != self.d_out || r_b != r_g {
+                    return Err(CoreError::Shape {
+                        what: "gate factors".into(),
+                        expected: format!("A_g [r_g, {d_in}] and B_g [{}, r_g]", self.d_out),
+                        got: format!("A_g [{r_g}, {g_in}] and B_g [{g_out}, {r_b}]"),
+                    });
+                }
+                // P = B_row · B_g: slot i's key is kᵢ = B_gᵀ vᵢ = Σ_{c ∈ slot i} h_c P_c.
+                let [rows, cols, _] = b.dims();
+                let b_g = g.b.clone().unsqueeze_dim::<3>(0).expand([rows, self.d_out, r_g]);
+                let p = b.clone().matmul(b_g); // [rows, K·r, r_g]
+                Some(GateRoute {
+                    a_t: g.a.clone().transpose(),
+                    p_t: p.swap_dims(1, 2), // [rows, r_g, K·r]
+                    gated: t3(gated, [n, 1, 1]),
+                    inv_sqrt_rank: 1.0 / (r_g as f64).sqrt(),
+                    cols,
+                })
+            }
+        };
+        Ok(Some(TokenRoute { slot_bias: t3(slot_bias, [n, 1, k]), arrow, gate, r_max: self.r_max }))
     }
 }
 
@@ -628,57 +744,111 @@ impl<B: Backend> LoraStack<B> {
 /// `inf − inf`, and far below any score.
 const ROUTE_OFF: f32 = -1e30;
 
-/// Per-token weights of each row's slots (Arrow), applied between the two matmuls of
+/// Per-token weights of each row's slots (Arrow or the gate), applied between the two matmuls of
 /// [`RowLora::Gathered`]. Rows that do not route get weight 1 on every slot.
 #[derive(Debug, Clone)]
 pub struct TokenRoute<B: Backend> {
-    /// `[rows, d_in, K]`: the prototypes of each row's slots, transposed (zeros where unused).
-    protos_t: Tensor<B, 3>,
     /// `[rows, 1, K]`: 0 where the row routes over the slot, [`ROUTE_OFF`] elsewhere.
     slot_bias: Tensor<B, 3>,
-    /// `[rows, 1, 1]`: 1 for a routed row, 0 otherwise.
+    /// Arrow's state, when some row routes with Arrow.
+    arrow: Option<ArrowRoute<B>>,
+    /// The gate's state, when some row routes with the gate.
+    gate: Option<GateRoute<B>>,
+    /// Rank columns per slot.
+    r_max: usize,
+}
+
+/// What [`TokenRoute`] needs for Arrow rows.
+#[derive(Debug, Clone)]
+struct ArrowRoute<B: Backend> {
+    /// `[rows, d_in, K]`: the prototypes of each row's slots, transposed (zeros where unused).
+    protos_t: Tensor<B, 3>,
+    /// `[rows, 1, 1]`: 1 for an Arrow row, 0 otherwise.
     routed: Tensor<B, 3>,
     /// `[rows, 1, 1]`: adapters kept per token.
     top_k: Tensor<B, 3>,
     /// `[rows, 1, 1]`: `1 / temperature`.
     inv_temp: Tensor<B, 3>,
-    /// Rank columns per slot.
-    r_max: usize,
+}
+
+/// What [`TokenRoute`] needs for gate rows.
+#[derive(Debug, Clone)]
+struct GateRoute<B: Backend> {
+    /// `A_gᵀ`: `[d_in, r_g]`.
+    a_t: Tensor<B, 2>,
+    /// `(B_row · B_g)ᵀ`: `[rows, r_g, K·r_max]`.
+    p_t: Tensor<B, 3>,
+    /// `[rows, 1, 1]`: 1 for a gate row, 0 otherwise.
+    gated: Tensor<B, 3>,
+    /// `1 / √r_g`.
+    inv_sqrt_rank: f64,
+    /// `K·r_max`.
+    cols: usize,
 }
 
 impl<B: Backend> TokenRoute<B> {
     /// The weight of every rank column for every token: `[rows, seq, K·r_max]`.
     ///
-    /// Scores `|x · protoᵢ|`; a slot is kept when fewer than `top_k` slots of the row score higher
-    /// (a rank count over the `K × K` pairs: no sort); kept slots get `softmax(score / T)`.
+    /// Arrow rows: scores `|x · protoᵢ|`; a slot is kept when fewer than `top_k` slots of the row
+    /// score higher (a rank count over the `K × K` pairs: no sort); kept slots get
+    /// `softmax(score / T)`. Gate rows: with `h` the token's rank columns (`x · A_rowᵀ`, slot by slot)
+    /// and `q = A_g x`, slot `i` scores `⟨q, B_gᵀ vᵢ⟩ = Σ_{c ∈ i} h_c (q · Pᵀ)_c` (`P = B_row B_g`, so no
+    /// `vᵢ` is formed), weights `softmax(score / √r_g)` over the row's slots.
     ///
     /// # Shapes
     /// - `x`: `[rows, seq, d_in]`
-    fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [rows, seq, _] = x.dims();
+    /// - `h`: `[rows, seq, K·r_max]`
+    fn weights(&self, x: Tensor<B, 3>, h: &Tensor<B, 3>) -> Tensor<B, 3> {
+        let [rows, seq, d_in] = x.dims();
         let k = self.slot_bias.dims()[2];
-        let scores = x.matmul(self.protos_t.clone()).abs(); // [rows, seq, K]
-        // Ranked with the unused slots pushed below every score.
-        let ranked = scores.clone() + self.slot_bias.clone();
-        let others = ranked.clone().reshape([rows, seq, 1, k]).expand([rows, seq, k, k]); // [.., i, j] = s_j
-        let own = ranked.reshape([rows, seq, k, 1]).expand([rows, seq, k, k]); // [.., i, j] = s_i
-        let higher = others.greater(own).float().sum_dim(3).reshape([rows, seq, k]); // slots above slot i
-        let kept = higher.lower(self.top_k.clone().expand([rows, seq, k])).float(); // [rows, seq, K]
-        // Dropped and unused slots get ROUTE_OFF added after the temperature, so no temperature
-        // brings them back.
-        let logits = scores * self.inv_temp.clone() + (kept - 1.0) * (-ROUTE_OFF) + self.slot_bias.clone();
-        let coeff = burn::tensor::activation::softmax(logits, 2);
-        let w = coeff * self.routed.clone() + (self.routed.clone().neg() + 1.0);
+        let arrow = match &self.arrow {
+            None => Tensor::<B, 3>::ones([rows, seq, k], &x.device()),
+            Some(a) => {
+                let scores = x.clone().matmul(a.protos_t.clone()).abs(); // [rows, seq, K]
+                // Ranked with the unused slots pushed below every score.
+                let ranked = scores.clone() + self.slot_bias.clone();
+                let others = ranked.clone().reshape([rows, seq, 1, k]).expand([rows, seq, k, k]); // [.., i, j] = s_j
+                let own = ranked.reshape([rows, seq, k, 1]).expand([rows, seq, k, k]); // [.., i, j] = s_i
+                let higher = others.greater(own).float().sum_dim(3).reshape([rows, seq, k]); // slots above slot i
+                let kept = higher.lower(a.top_k.clone().expand([rows, seq, k])).float(); // [rows, seq, K]
+                // Dropped and unused slots get ROUTE_OFF added after the temperature, so no temperature
+                // brings them back.
+                let logits = scores * a.inv_temp.clone() + (kept - 1.0) * (-ROUTE_OFF) + self.slot_bias.clone();
+                let coeff = burn::tensor::activation::softmax(logits, 2);
+                coeff * a.routed.clone() + (a.routed.clone().neg() + 1.0)
+            }
+        };
+        let w = match &self.gate {
+            None => arrow,
+            Some(g) => {
+                let q = x.reshape([rows * seq, d_in]).matmul(g.a_t.clone()); // [rows·seq, r_g]
+                let r_g = q.dims()[1];
+                let u = q.reshape([rows, seq, r_g]).matmul(g.p_t.clone()); // [rows, seq, K·r]
+                let scores = (h.clone() * u).reshape([rows, seq, k, g.cols / k]).sum_dim(3).reshape([rows, seq, k]);
+                let logits = scores.mul_scalar(g.inv_sqrt_rank) + self.slot_bias.clone();
+                let alpha = burn::tensor::activation::softmax(logits, 2); // [rows, seq, K]
+                arrow * (alpha * g.gated.clone() + (g.gated.clone().neg() + 1.0))
+            }
+        };
         w.reshape([rows, seq, k, 1]).expand([rows, seq, k, self.r_max]).reshape([rows, seq, k * self.r_max])
     }
 
     fn select_rows(&self, rows: &[usize]) -> Self {
         Self {
-            protos_t: select_rows(self.protos_t.clone(), rows),
             slot_bias: select_rows(self.slot_bias.clone(), rows),
-            routed: select_rows(self.routed.clone(), rows),
-            top_k: select_rows(self.top_k.clone(), rows),
-            inv_temp: select_rows(self.inv_temp.clone(), rows),
+            arrow: self.arrow.as_ref().map(|a| ArrowRoute {
+                protos_t: select_rows(a.protos_t.clone(), rows),
+                routed: select_rows(a.routed.clone(), rows),
+                top_k: select_rows(a.top_k.clone(), rows),
+                inv_temp: select_rows(a.inv_temp.clone(), rows),
+            }),
+            gate: self.gate.as_ref().map(|g| GateRoute {
+                a_t: g.a_t.clone(),
+                p_t: select_rows(g.p_t.clone(), rows),
+                gated: select_rows(g.gated.clone(), rows),
+                inv_sqrt_rank: g.inv_sqrt_rank,
+                cols: g.cols,
+            }),
             r_max: self.r_max,
         }
     }
@@ -733,7 +903,7 @@ pub enum RowLora<B: Backend> {
         a: Tensor<B, 3>,
         /// `[rows, rank, d_out]`.
         b: Tensor<B, 3>,
-        /// Per-token weights of the rank columns, for batches with routed (Arrow) rows.
+        /// Per-token weights of the rank columns, for batches with routed (Arrow or gate) rows.
         route: Option<TokenRoute<B>>,
     },
     /// Row `b` adds `((x_b · a_t) ⊙ coef_b) · b`: the unique adapters' factors side by side, shared by
@@ -759,7 +929,10 @@ impl<B: Backend> RowLora<B> {
             Self::Gathered { a, b, route } => {
                 let h = a.clone().matmul(x.clone().swap_dims(1, 2)).swap_dims(1, 2); // [rows, seq, rank]
                 let h = match route {
-                    Some(route) => h * route.weights(x),
+                    Some(route) => {
+                        let w = route.weights(x, &h);
+                        h * w
+                    }
                     None => h,
                 };
                 h.matmul(b.clone()) // [rows, seq, d_out]

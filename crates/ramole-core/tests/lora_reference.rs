@@ -1,11 +1,14 @@
 //! The batched per-row LoRA path agrees with the plain reference on random batches: random adapter
 //! ranks, adapters that do not target the layer, rows of every composition (Arrow included: per-token
-//! routing with the reference's own dense prototypes) side by side.
+//! routing with the reference's own dense prototypes; the gate, from each adapter's dense output) side
+//! by side.
 
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 use ramole_core::backend::{Selected, device};
-use ramole_core::lora::{ArrowParams, Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
+use ramole_core::lora::{
+    ArrowParams, Composition, GateFactors, GateLayer, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference,
+};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -13,6 +16,7 @@ struct Case {
     d_out: usize,
     seq: usize,
     adapters: Vec<Option<LoraFactors>>,
+    gate: GateFactors,
     rows: Vec<RowMix>,
     w: Vec<f32>,
     x: Vec<f32>,
@@ -38,7 +42,7 @@ fn factors(d_in: usize, d_out: usize) -> impl Strategy<Value = Option<LoraFactor
 fn row(adapters: Vec<Option<LoraFactors>>) -> impl Strategy<Value = RowMix> {
     let n = adapters.len();
     (
-        0usize..4,
+        0usize..5,
         prop::collection::vec((0..n, -1.0f32..1.0), 0..4),
         0..n,
         1usize..4,
@@ -59,6 +63,14 @@ fn row(adapters: Vec<Option<LoraFactors>>) -> impl Strategy<Value = RowMix> {
                     let entries = (0..n).map(|u| (u, 1.0)).collect();
                     RowMix { composition: Composition::Arrow(ArrowParams { top_k, temperature }), entries }
                 }
+                4 => {
+                    // The gate weighs the row's retrieved adapters (at least one), whatever their weights.
+                    let mut entries = entries;
+                    if entries.is_empty() {
+                        entries.push((anchor, 1.0));
+                    }
+                    RowMix { composition: Composition::Gate, entries }
+                }
                 _ => {
                     // fusion over adapters that target the layer with the anchor's rank (or none do)
                     let rank = adapters[anchor].as_ref().map(|f| f.rank);
@@ -78,16 +90,37 @@ fn row(adapters: Vec<Option<LoraFactors>>) -> impl Strategy<Value = RowMix> {
         })
 }
 
+fn gate(d_in: usize, d_out: usize) -> impl Strategy<Value = GateFactors> {
+    (1usize..4).prop_flat_map(move |rank| {
+        // Scaled up so that the softmax is far from uniform and a wrong score would show.
+        (values(rank * d_in), values(d_out * rank)).prop_map(move |(a, b)| GateFactors {
+            a: a.iter().map(|v| v * 3.0).collect(),
+            b: b.iter().map(|v| v * 3.0).collect(),
+            rank,
+        })
+    })
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (1usize..7, 1usize..7, 1usize..4, 1usize..6, 1usize..6).prop_flat_map(|(d_in, d_out, seq, n_adapters, n_rows)| {
         prop::collection::vec(factors(d_in, d_out), n_adapters).prop_flat_map(move |adapters| {
             (
                 prop::collection::vec(row(adapters.clone()), n_rows),
+                gate(d_in, d_out),
                 values(d_out * d_in),
                 values(n_rows * seq * d_in),
                 Just(adapters),
             )
-                .prop_map(move |(rows, w, x, adapters)| Case { d_in, d_out, seq, adapters, rows, w, x })
+                .prop_map(move |(rows, gate, w, x, adapters)| Case {
+                    d_in,
+                    d_out,
+                    seq,
+                    adapters,
+                    gate,
+                    rows,
+                    w,
+                    x,
+                })
         })
     })
 }
@@ -105,15 +138,17 @@ proptest! {
         let w_t = Tensor::<Selected, 2>::from_data(TensorData::new(c.w.clone(), [c.d_out, c.d_in]), &dev).transpose();
         let base = x.clone().matmul(w_t.unsqueeze::<3>());
         let stack = LoraStack::<Selected>::new(&refs, c.d_in, c.d_out, &dev).expect("stack");
+        let gate = GateLayer::<Selected>::from_factors(&c.gate, c.d_in, c.d_out, &dev).expect("gate");
         for layout in [RowLayout::Gathered, RowLayout::Shared] {
             let y = match &stack {
-                Some(stack) => base.clone() + stack.rows_in(&plan, layout).expect("rows").forward(x.clone()),
+                Some(stack) => base.clone() + stack.rows_in(&plan, layout, Some(&gate)).expect("rows").forward(x.clone()),
                 None => base.clone(),
             };
             let got: Vec<f32> = y.into_data().iter::<f32>().collect();
             for r in 0..n {
                 let xr = &c.x[r * c.seq * c.d_in..(r + 1) * c.seq * c.d_in];
-                let want = reference::row_forward(&plan, r, &refs, xr, &c.w, c.d_in, c.d_out).expect("reference");
+                let want = reference::row_forward_gated(&plan, r, &refs, Some(&c.gate), xr, &c.w, c.d_in, c.d_out)
+                    .expect("reference");
                 let gr = &got[r * c.seq * c.d_out..(r + 1) * c.seq * c.d_out];
                 for (g, w) in gr.iter().zip(&want) {
                     prop_assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{layout:?} row {r}: {g} vs {w}");
@@ -202,4 +237,37 @@ fn prototype_from_factors_is_the_dense_top_singular_vector() {
     let p = f1.prototype();
     let n = 5f32.sqrt();
     assert!((p[0].abs() - 1.0 / n).abs() < 1e-6 && (p[1].abs() - 2.0 / n).abs() < 1e-6 && p[2].abs() < 1e-6, "{p:?}");
+}
+
+/// A gate row needs adapters and the layer's gate (of the layer's shape); the gate weighs adapters
+/// whatever their weights, and with one adapter it is that adapter at weight 1.
+#[test]
+fn gate_rows_need_adapters_and_a_fitting_gate() {
+    let dev = device();
+    let f = LoraFactors { a: vec![0.3, -0.2, 0.5], b: vec![0.4, -0.1], rank: 1, scale: 2.0, proto: None };
+    let refs = [Some(&f)];
+    assert!(MixPlan::new(vec![RowMix { composition: Composition::Gate, entries: vec![] }], 1).is_err());
+    assert_eq!(Composition::Gate.name(), "gate");
+    assert!(Composition::Gate.is_routed());
+    let plan =
+        MixPlan::new(vec![RowMix { composition: Composition::Gate, entries: vec![(0, 0.25)] }], 1).expect("plan");
+    let stack = LoraStack::<Selected>::new(&refs, 3, 2, &dev).expect("stack").expect("targets");
+    assert!(stack.rows(&plan).is_err(), "no gate for the layer");
+    let wrong = GateFactors { a: vec![0.1; 4], b: vec![0.1; 4], rank: 2 };
+    let wrong = GateLayer::<Selected>::from_factors(&wrong, 2, 2, &dev).expect("a 2×2 gate");
+    assert!(stack.rows_gated(&plan, Some(&wrong)).is_err(), "a gate of another layer's shape");
+    assert!(
+        GateLayer::<Selected>::from_factors(&GateFactors { a: vec![0.1; 5], b: vec![], rank: 2 }, 3, 2, &dev).is_err()
+    );
+    let gate =
+        GateLayer::<Selected>::from_factors(&GateFactors { a: vec![0.1; 3], b: vec![0.2; 2], rank: 1 }, 3, 2, &dev)
+            .expect("gate");
+    let x = Tensor::<Selected, 3>::from_data(TensorData::new(vec![1.0f32, 2.0, -1.0], [1, 1, 3]), &dev);
+    let got: Vec<f32> =
+        stack.rows_gated(&plan, Some(&gate)).expect("rows").forward(x).into_data().iter::<f32>().collect();
+    // One adapter: α = 1, so the update is s·B·A·x = 2 · [0.4, -0.1] · (0.3 − 0.4 − 0.5) = 2 · [0.4, -0.1] · −0.6.
+    let want = [2.0 * 0.4 * -0.6, 2.0 * -0.1 * -0.6];
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+    }
 }

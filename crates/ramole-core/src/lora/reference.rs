@@ -1,10 +1,12 @@
 //! The plain reference for [`super`]: per row, build the dense weight delta the way
 //! `make_fixtures.py` does (`ΔW = Σ wᵢ sᵢ BᵢAᵢ`, or `s (Σ wᵢBᵢ)(Σ wᵢAᵢ)` for fusion), then compute
 //! `x (W + ΔW)ᵀ` with loops; Arrow rows (per token) as PEFT's `ArrowLoraLinearLayer` does, with
-//! each prototype taken from the dense `BᵢAᵢ` ([`dense_prototype`]), not from the factors. Slow and
-//! obvious on purpose: the batched path is tested against it.
+//! each prototype taken from the dense `BᵢAᵢ` ([`dense_prototype`]), not from the factors; gate rows
+//! per token as RouterLoRA is written (each adapter's output, its key, a softmax), never through the
+//! rank-space shortcut the batched path takes. Slow and obvious on purpose: the batched path is
+//! tested against it.
 
-use super::{ArrowParams, Composition, LoraFactors, MixPlan};
+use super::{ArrowParams, Composition, GateFactors, LoraFactors, MixPlan};
 use crate::CoreError;
 
 /// The dense delta `ΔW` (`[d_out, d_in]`, row-major) of one row for one layer.
@@ -29,9 +31,9 @@ pub fn row_delta(
                 dims.add_product(&mut delta, &f.b, &f.a, f.rank, w * f.scale);
             }
         }
-        Composition::Arrow(_) => {
+        Composition::Arrow(_) | Composition::Gate => {
             return Err(CoreError::Composition(format!(
-                "row {row}: an Arrow row has no fixed delta (its weights depend on each token): use row_forward"
+                "row {row}: a routed row has no fixed delta (its weights depend on each token): use row_forward"
             )));
         }
         Composition::Fusion => {
@@ -86,7 +88,7 @@ pub fn linear(x: &[f32], w: &[f32], delta: &[f32], d_in: usize, d_out: usize) ->
 }
 
 /// `y` `[seq, d_out]` of one row for `x` `[seq, d_in]` and the base weight `w` `[d_out, d_in]`, for
-/// every composition (Arrow per token, the others through [`row_delta`]).
+/// every composition but the gate (Arrow per token, the others through [`row_delta`]).
 pub fn row_forward(
     plan: &MixPlan,
     row: usize,
@@ -96,13 +98,30 @@ pub fn row_forward(
     d_in: usize,
     d_out: usize,
 ) -> Result<Vec<f32>, CoreError> {
+    row_forward_gated(plan, row, adapters, None, x, w, d_in, d_out)
+}
+
+/// [`row_forward`] with the layer's gate, for every composition. A gate row computes, per token,
+/// each adapter's output `vᵢ = sᵢ BᵢAᵢ x` from its dense delta, `q = A_g x`, `kᵢ = B_gᵀ vᵢ`,
+/// `αᵢ = softmax(q · kᵢ / √r_g)` and adds `Σ αᵢ vᵢ`, as RAMoLE's RouterLoRA is written.
+#[allow(clippy::too_many_arguments)]
+pub fn row_forward_gated(
+    plan: &MixPlan,
+    row: usize,
+    adapters: &[Option<&LoraFactors>],
+    gate: Option<&GateFactors>,
+    x: &[f32],
+    w: &[f32],
+    d_in: usize,
+    d_out: usize,
+) -> Result<Vec<f32>, CoreError> {
     let Some(mix) = plan.rows().get(row) else {
         return Err(CoreError::Composition(format!("row {row} is not in the plan")));
     };
-    let Composition::Arrow(params) = mix.composition else {
+    if !mix.composition.is_routed() {
         let delta = row_delta(plan, row, adapters, d_in, d_out)?;
         return Ok(linear(x, w, &delta, d_in, d_out));
-    };
+    }
     let dims = Dims { d_in, d_out };
     // The row's adapters that target this layer, each with its dense delta sᵢ BᵢAᵢ and prototype.
     let experts: Vec<(Vec<f32>, Vec<f32>)> = mix
@@ -119,21 +138,52 @@ pub fn row_forward(
         .collect();
     let zero = vec![0f32; d_out * d_in];
     let mut y = linear(x, w, &zero, d_in, d_out);
+    if experts.is_empty() {
+        return Ok(y);
+    }
     let seq = x.len() / d_in;
     for t in 0..seq {
         let xt = &x[t * d_in..(t + 1) * d_in];
-        let coeff = arrow_coefficients(xt, &experts.iter().map(|(_, p)| p.as_slice()).collect::<Vec<_>>(), params);
-        for ((delta, _), c) in experts.iter().zip(coeff) {
-            if c == 0.0 {
-                continue;
+        let outputs: Vec<Vec<f32>> = experts
+            .iter()
+            .map(|(delta, _)| (0..d_out).map(|o| (0..d_in).map(|j| xt[j] * delta[o * d_in + j]).sum()).collect())
+            .collect();
+        let coeff = match mix.composition {
+            Composition::Arrow(params) => {
+                arrow_coefficients(xt, &experts.iter().map(|(_, p)| p.as_slice()).collect::<Vec<_>>(), params)
             }
+            _ => {
+                let Some(g) = gate else {
+                    return Err(CoreError::Composition(format!("row {row}: a gate row needs the layer's gate")));
+                };
+                gate_coefficients(xt, &outputs, g, d_in, d_out)
+            }
+        };
+        for (v, c) in outputs.iter().zip(coeff) {
             for o in 0..d_out {
-                let dot: f32 = (0..d_in).map(|j| xt[j] * delta[o * d_in + j]).sum();
-                y[t * d_out + o] += c * dot;
+                y[t * d_out + o] += c * v[o];
             }
         }
     }
     Ok(y)
+}
+
+/// RouterLoRA's weights of one token over the outputs `vᵢ` (`[d_out]` each) of its adapters:
+/// `softmax((A_g x) · (B_gᵀ vᵢ) / √r_g)`.
+pub fn gate_coefficients(x: &[f32], outputs: &[Vec<f32>], gate: &GateFactors, d_in: usize, d_out: usize) -> Vec<f32> {
+    let r = gate.rank;
+    let q: Vec<f32> = (0..r).map(|g| (0..d_in).map(|j| gate.a[g * d_in + j] * x[j]).sum()).collect();
+    let scores: Vec<f32> = outputs
+        .iter()
+        .map(|v| {
+            let k: Vec<f32> = (0..r).map(|g| (0..d_out).map(|o| gate.b[o * r + g] * v[o]).sum()).collect();
+            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>() / (r as f32).sqrt()
+        })
+        .collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
 }
 
 /// Arrow's weights of one token over its experts: scores `|x · protoᵢ|`, the `top_k` highest kept
