@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
-use ramole_mole::{AdapterPool, BatchAdapters, RowRequest};
+use ramole_mole::{AdapterPool, BatchAdapters, Composition, RouterGate, RowRequest};
 use tokenizers::Tokenizer;
 
 use crate::sampling::Sampler;
@@ -67,6 +67,8 @@ pub struct Engine<B: Backend> {
     config: LlamaConfig,
     tokenizer: Option<Tokenizer>,
     adapters: AdapterPool,
+    /// The RouterLoRA gate that `gate` rows use, if one is loaded.
+    gate: Option<RouterGate<B>>,
     device: B::Device,
 }
 
@@ -92,7 +94,7 @@ impl<B: Backend> Engine<B> {
         device: &B::Device,
     ) -> Self {
         let adapters = AdapterPool::new(config.clone());
-        Self { model, config, tokenizer, adapters, device: device.clone() }
+        Self { model, config, tokenizer, adapters, gate: None, device: device.clone() }
     }
 
     /// The model.
@@ -118,6 +120,16 @@ impl<B: Backend> Engine<B> {
     /// The adapter pool, to add or remove adapters.
     pub fn adapters_mut(&mut self) -> &mut AdapterPool {
         &mut self.adapters
+    }
+
+    /// Sets (or removes) the RouterLoRA gate that rows with the `gate` composition use.
+    pub fn set_gate(&mut self, gate: Option<RouterGate<B>>) {
+        self.gate = gate;
+    }
+
+    /// The RouterLoRA gate, if one is loaded.
+    pub fn gate(&self) -> Option<&RouterGate<B>> {
+        self.gate.as_ref()
     }
 
     /// Tokenizes `text` (special tokens parsed, nothing added).
@@ -165,6 +177,23 @@ impl<B: Backend> Engine<B> {
         }
         request.sampling.check().map_err(err)?;
         BatchAdapters::resolve(&self.adapters, std::slice::from_ref(&request.row), &[&request.name])?;
+        if request.row.composition == Composition::Gate {
+            let gate = self
+                .gate
+                .as_ref()
+                .ok_or_else(|| err("the `gate` composition needs a RouterLoRA gate, and none is loaded".into()))?;
+            let gated = gate.targets();
+            for (name, _) in &request.row.adapters {
+                let uncovered =
+                    self.adapters.get(name).and_then(|a| a.targets().map(|(_, k)| k).find(|k| !gated.contains(k)));
+                if let Some(kind) = uncovered {
+                    return Err(err(format!(
+                        "adapter `{name}` adapts `{}`, which the gate has no parameters for",
+                        kind.name()
+                    )));
+                }
+            }
+        }
         Ok(Prepared { request, ids })
     }
 
@@ -237,7 +266,7 @@ impl<B: Backend> Engine<B> {
         let row_requests: Vec<RowRequest> = rows.iter().map(|p| p.request.row.clone()).collect();
         let names: Vec<&str> = rows.iter().map(|p| p.request.name.as_str()).collect();
         let batch = BatchAdapters::resolve(&self.adapters, &row_requests, &names)?;
-        let mut lora: LlamaLora<B> = batch.llama_lora(&self.config, device)?;
+        let mut lora: LlamaLora<B> = batch.llama_lora_gated(&self.config, self.gate.as_ref(), device)?;
         stats.rows = n;
         stats.lora_secs = clock.elapsed().as_secs_f64();
         let clock = Instant::now();

@@ -61,6 +61,7 @@ enum CompositionName {
     Mixture,
     Fusion,
     Arrow,
+    Gate,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +131,7 @@ impl RequestFile {
                 (CompositionName::Single, None) => Composition::Single,
                 (CompositionName::Mixture, None) => Composition::Mixture,
                 (CompositionName::Fusion, None) => Composition::Fusion,
+                (CompositionName::Gate, None) => Composition::Gate,
             };
             requests.push(Request {
                 name: case.name,

@@ -539,6 +539,17 @@ impl<B: Backend> LoraStack<B> {
         Ok(())
     }
 
+    /// The slots a single, mixture or routed row takes in the gathered layout: its adapters that adapt
+    /// this layer, in order; a gate row keeps every adapter (one that does not adapt the layer has
+    /// `vᵢ = 0` here, yet it is one of the row's adapters and takes its share of the softmax, as
+    /// RouterLoRA is written: a fresh gate is then exactly the uniform mixture).
+    fn slots(&self, row: &RowMix) -> Vec<(usize, f32)> {
+        match row.composition {
+            Composition::Gate => row.entries.clone(),
+            _ => row.entries.iter().copied().filter(|(u, _)| self.meta[*u].is_some()).collect(),
+        }
+    }
+
     /// Gathered layout: one low-rank pair per row.
     fn gathered_rows(&self, plan: &MixPlan, gate: Option<&GateLayer<B>>) -> Result<RowLora<B>, CoreError> {
         self.check_columns(plan)?;
@@ -552,12 +563,7 @@ impl<B: Backend> LoraStack<B> {
             }
         }
         // Mixture (and single) rows: K slots each, side by side along the rank.
-        let k = mix_rows
-            .iter()
-            .map(|&r| plan.rows()[r].entries.iter().filter(|(u, _)| self.meta[*u].is_some()).count())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let k = mix_rows.iter().map(|&r| self.slots(&plan.rows()[r]).len()).max().unwrap_or(0).max(1);
         let rank = if fusion_rows.is_empty() { k * self.r_max } else { (k * self.r_max).max(self.r_max) };
         let mut parts: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = Vec::new();
         if !mix_rows.is_empty() {
@@ -565,17 +571,22 @@ impl<B: Backend> LoraStack<B> {
             let mut ids = Vec::with_capacity(n * k);
             let mut coef = Vec::with_capacity(n * k);
             for &r in &mix_rows {
-                let mut used = 0;
                 let routed = plan.rows()[r].composition.is_routed();
-                for &(u, w) in &plan.rows()[r].entries {
-                    if let Some((_, s)) = self.meta[u] {
-                        ids.push(u as i64);
-                        // A routed row's weights come per token (TokenRoute), not from the plan.
-                        coef.push(if routed { s } else { w * s });
-                        used += 1;
+                let slots = self.slots(&plan.rows()[r]);
+                for &(u, w) in &slots {
+                    match self.meta[u] {
+                        Some((_, s)) => {
+                            ids.push(u as i64);
+                            // A routed row's weights come per token (TokenRoute), not from the plan.
+                            coef.push(if routed { s } else { w * s });
+                        }
+                        None => {
+                            ids.push(zero_slot as i64);
+                            coef.push(0.0);
+                        }
                     }
                 }
-                for _ in used..k {
+                for _ in slots.len()..k {
                     ids.push(zero_slot as i64);
                     coef.push(0.0);
                 }
@@ -673,8 +684,8 @@ impl<B: Backend> LoraStack<B> {
             if !row.composition.is_routed() {
                 continue;
             }
-            let slots = row.entries.iter().filter(|(u, _)| self.meta[*u].is_some());
-            for (j, &(u, _)) in slots.enumerate() {
+            let slots = self.slots(row);
+            for (j, &(u, _)) in slots.iter().enumerate() {
                 slot_bias[r * k + j] = 0.0;
                 if let Composition::Arrow(_) = row.composition {
                     let proto = self.protos[u].as_ref().ok_or_else(|| {
@@ -693,8 +704,9 @@ impl<B: Backend> LoraStack<B> {
                     inv_temp[r] = 1.0 / p.temperature;
                 }
                 _ => {
-                    gate_rows = true;
                     gated[r] = 1.0;
+                    // A gate is needed here only if one of the row's adapters adapts this layer.
+                    gate_rows |= slots.iter().any(|(u, _)| self.meta[*u].is_some());
                 }
             }
         }
@@ -707,6 +719,7 @@ impl<B: Backend> LoraStack<B> {
             inv_temp: t3(inv_temp, [n, 1, 1]),
         });
         let gate = match (gate_rows, gate) {
+            // Without adapters here, gate rows add nothing whatever their weights.
             (false, _) => None,
             (true, None) => {
                 return Err(CoreError::Composition(

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use ramole_core::lora::{Composition, LoraStack, MixPlan, RowMix};
 use ramole_models::llama::{LinearKind, LlamaConfig, LlamaLora};
 
-use crate::{AdapterPool, LoraAdapter, MoleError};
+use crate::{AdapterPool, LoraAdapter, MoleError, RouterGate};
 
 /// What one row of a batch asks for: named adapters with weights, and how to combine them.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -96,6 +96,17 @@ impl BatchAdapters {
     /// layer that some adapter targets, the unique adapters' factors are stacked and the mapping
     /// matrix turns the stack into one low-rank pair per row.
     pub fn llama_lora<B: Backend>(&self, config: &LlamaConfig, device: &B::Device) -> Result<LlamaLora<B>, MoleError> {
+        self.llama_lora_gated(config, None, device)
+    }
+
+    /// [`Self::llama_lora`] with a RouterLoRA gate, which [`Composition::Gate`] rows need: every
+    /// layer an adapter of a gate row adapts must have a gate, else the error names the layer.
+    pub fn llama_lora_gated<B: Backend>(
+        &self,
+        config: &LlamaConfig,
+        gate: Option<&RouterGate<B>>,
+        device: &B::Device,
+    ) -> Result<LlamaLora<B>, MoleError> {
         let mut lora = LlamaLora::none(config.num_hidden_layers);
         if self.plan.is_base_only() {
             return Ok(lora);
@@ -105,7 +116,11 @@ impl BatchAdapters {
                 let factors: Vec<_> = self.unique.iter().map(|a| a.factors(layer, kind)).collect();
                 let [d_out, d_in] = config.linear_shape(kind);
                 if let Some(stack) = LoraStack::new(&factors, d_in, d_out, device)? {
-                    slots[kind.slot()] = Some(stack.rows(&self.plan)?);
+                    let gate_layer = gate.and_then(|g| g.layer(layer, kind));
+                    let rows = stack
+                        .rows_gated(&self.plan, gate_layer.as_ref())
+                        .map_err(|e| MoleError::Training(format!("block {layer}, {}: {e}", kind.path())))?;
+                    slots[kind.slot()] = Some(rows);
                 }
             }
         }

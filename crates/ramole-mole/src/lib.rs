@@ -3,6 +3,7 @@
 
 pub mod compose;
 mod error;
+pub mod gate;
 pub mod peft;
 pub mod pool;
 pub mod synthetic;
@@ -10,6 +11,7 @@ pub mod train;
 
 pub use compose::{BatchAdapters, RowRequest};
 pub use error::MoleError;
+pub use gate::RouterGate;
 pub use peft::LoraAdapter;
 pub use pool::AdapterPool;
 pub use ramole_core::lora::Composition;

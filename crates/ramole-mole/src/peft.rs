@@ -251,12 +251,8 @@ pub fn write_adapter(
     extra: &[(&str, Vec<u8>)],
     overwrite: bool,
 ) -> Result<(), MoleError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| MoleError::Io { path, source }
-    };
-    let exists = std::fs::symlink_metadata(dir).is_ok();
-    if exists && !overwrite {
+    // Refused before any work; `write_folder` checks again when it publishes.
+    if std::fs::symlink_metadata(dir).is_ok() && !overwrite {
         return Err(MoleError::Io {
             path: dir.into(),
             source: std::io::Error::new(
@@ -265,18 +261,6 @@ pub fn write_adapter(
             ),
         });
     }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stage = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
-
     let mut targets: Vec<&str> = factors.keys().map(|(_, k)| k.name()).collect();
     targets.sort_unstable();
     targets.dedup();
@@ -326,6 +310,40 @@ pub fn write_adapter(
     let mut files: Vec<(&str, &[u8])> =
         vec![("adapter_config.json", &config_bytes), ("adapter_model.safetensors", &weights)];
     files.extend(extra.iter().map(|(n, b)| (*n, b.as_slice())));
+    write_folder(dir, &files, overwrite)
+}
+
+/// Writes `files` (name, bytes) into a fresh folder `dir`, whole or not at all: everything goes into a
+/// temporary sibling folder (each file synced) that is renamed into place. An existing `dir` is refused
+/// unless `overwrite`, in which case the old folder is moved aside first and removed after the new one
+/// is in place (a failed rename puts it back).
+pub(crate) fn write_folder(dir: &Path, files: &[(&str, &[u8])], overwrite: bool) -> Result<(), MoleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MoleError::Io { path, source }
+    };
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !overwrite {
+        return Err(MoleError::Io {
+            path: dir.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists (give --force to replace it)",
+            ),
+        });
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stage = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempdir_in(&parent)
+        .map_err(io(&parent))?;
+
     for (file, bytes) in files {
         let path = stage.path().join(file);
         ramole_core::fs::write_atomic(&path, bytes).map_err(io(&path))?;

@@ -382,6 +382,18 @@ pub fn batch_loss<B: Backend>(
     batch: &[&TokenizedExample],
     device: &B::Device,
 ) -> BatchLoss<B> {
+    let state = lora.llama_lora(model.n_layers(), batch.len());
+    loss_with(model, &state, batch, device)
+}
+
+/// The loss of `batch` under `model` with the per-row LoRA state `state` (one row per example; e.g.
+/// a batch of retrieved adapters composed by a gate that is being trained).
+pub fn loss_with<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    state: &LlamaLora<B>,
+    batch: &[&TokenizedExample],
+    device: &B::Device,
+) -> BatchLoss<B> {
     let n = batch.len();
     let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let pads: Vec<usize> = batch.iter().map(|e| t - e.ids.len()).collect();
@@ -400,8 +412,7 @@ pub fn batch_loss<B: Backend>(
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
     let attn = AttentionInput::left_padded(&pads, 0, t, device);
     let mut cache = KvCache::new(model.n_layers());
-    let state = lora.llama_lora(model.n_layers(), n);
-    let hidden = model.forward(tokens, &attn, &mut cache, Some(&state)); // [n, t, d]
+    let hidden = model.forward(tokens, &attn, &mut cache, Some(state)); // [n, t, d]
     let d = hidden.dims()[2];
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [m]), device);
     let picked = hidden.reshape([n * t, d]).select(0, idx).reshape([1, m, d]);

@@ -124,12 +124,17 @@ pub fn row_forward_gated(
     }
     let dims = Dims { d_in, d_out };
     // The row's adapters that target this layer, each with its dense delta sᵢ BᵢAᵢ and prototype.
+    // A gate row keeps an adapter that does not adapt the layer (its output is 0, its share of the
+    // softmax is not); Arrow routes over the adapters that do.
+    let gate_row = mix.composition == Composition::Gate;
     let experts: Vec<(Vec<f32>, Vec<f32>)> = mix
         .entries
         .iter()
-        .filter_map(|&(u, _)| adapters.get(u).copied().flatten())
+        .map(|&(u, _)| adapters.get(u).copied().flatten())
+        .filter(|f| gate_row || f.is_some())
         .map(|f| {
             let mut d = vec![0f32; d_out * d_in];
+            let Some(f) = f else { return (d, vec![0f32; d_in]) };
             dims.add_product(&mut d, &f.b, &f.a, f.rank, 1.0);
             let proto = dense_prototype(&d, d_in, d_out);
             d.iter_mut().for_each(|v| *v *= f.scale);
@@ -138,7 +143,8 @@ pub fn row_forward_gated(
         .collect();
     let zero = vec![0f32; d_out * d_in];
     let mut y = linear(x, w, &zero, d_in, d_out);
-    if experts.is_empty() {
+    let adapts = mix.entries.iter().any(|&(u, _)| adapters.get(u).copied().flatten().is_some());
+    if experts.is_empty() || !adapts {
         return Ok(y);
     }
     let seq = x.len() / d_in;
