@@ -20,7 +20,7 @@ enum Command {
     Generate(cmd::generate::Args),
     /// RAMoLE: route every input through the pool (retrieval + composition) and answer them in batches.
     Run(cmd::run::Args),
-    /// The paper's comparison: base, perfect selection, selection, mixture, fusion, arrow; IID and OOD.
+    /// The paper's comparison: base, perfect selection, selection, mixture, fusion, arrow (and the gate of --gate); IID and OOD.
     Eval(cmd::eval::Args),
     /// Run every request of a file in one heterogeneous batch; write logits and greedy tokens.
     Batch(cmd::batch::Args),
@@ -34,6 +34,8 @@ enum Command {
     EvalRetrieval(cmd::eval_retrieval::Args),
     /// Contrastive fine-tuning of the retriever's encoder on the suite's training tasks.
     TrainRetriever(cmd::train_retriever::Args),
+    /// RAMoLE's RouterLoRA gate, trained on the suite's training tasks over a pool's LoRAs.
+    TrainGate(cmd::train_gate::Args),
     /// The LoRA zoo: one LoRA per suite task, registered in a pool (`ramole zoo build`).
     Zoo(cmd::zoo::Args),
     /// Train a LoRA adapter on `{input, target}` records (frozen base, burn autodiff); saves a PEFT folder.
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::EvalRetrieval(a) => cmd::eval_retrieval::run(a),
         Command::TrainRetriever(a) => cmd::train_retriever::run(a),
         Command::TrainLora(a) => cmd::train_lora::run(a),
+        Command::TrainGate(a) => cmd::train_gate::run(a),
         Command::Zoo(a) => cmd::zoo::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Pool(a) => cmd::pool::run(a),

@@ -159,6 +159,60 @@ fn a_zoo_is_built_and_inputs_are_routed_to_their_loras() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[selection: shout (cos "), "{err}");
 
+    // The RouterLoRA gate: trained over the zoo's pool on the suite's training tasks, then routing
+    // with `--strategy gate`; without `--gate` that strategy is refused before anything loads.
+    let gate = tmp.path().join("gate");
+    let train = [
+        "train-gate",
+        "--out",
+        s(&gate),
+        "--pool",
+        s(&pool),
+        "--model",
+        s(&model),
+        "--tasks",
+        s(&suite),
+        "--steps",
+        "3",
+        "--per-task",
+        "4",
+        "--top-k",
+        "2",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+    ];
+    let out = ok(&train);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("8 examples from 2 tasks, 3 steps"), "{said}");
+    assert!(gate.join("gate_config.json").is_file() && gate.join("train_gate_report.json").is_file());
+    assert!(fails(&train).contains("already exists"));
+    let out = ok(&[
+        "run",
+        "--pool",
+        s(&pool),
+        "--model",
+        s(&model),
+        "--requests",
+        s(&requests),
+        "--top-k",
+        "2",
+        "--strategy",
+        "gate",
+        "--gate",
+        s(&gate),
+        "--json",
+    ]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(line["strategy"], "gate");
+        assert_eq!(line["routing"].as_array().map(Vec::len), Some(2), "{line}");
+    }
+    let err =
+        fails(&["run", "--pool", s(&pool), "--model", s(&model), "--requests", s(&requests), "--strategy", "gate"]);
+    assert!(err.contains("--strategy gate needs --gate"), "{err}");
+
     // A vanished adapter: that LoRA is skipped with a warning, the other is served.
     std::fs::remove_dir_all(pool.join("adapters").join("count")).expect("rm");
     let out = ok(&["run", "--pool", s(&pool), "--model", s(&model), "--requests", s(&requests), "--json"]);

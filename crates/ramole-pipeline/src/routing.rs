@@ -22,11 +22,14 @@ pub enum Strategy {
     /// `|x · prototype|`, weighted by a softmax of those scores (training-free; the retrieval's
     /// weights play no part).
     Arrow,
+    /// RouterLoRA over the top-k LoRAs: per token and layer, weights from the engine's trained gate
+    /// (`softmax(⟨A_g x, B_gᵀ vᵢ⟩ / √r_g)`; the retrieval's weights play no part).
+    Gate,
 }
 
 impl Strategy {
     /// Every strategy, in the order of the paper's tables.
-    pub const ALL: [Self; 5] = [Self::Base, Self::Selection, Self::Mixture, Self::Fusion, Self::Arrow];
+    pub const ALL: [Self; 6] = [Self::Base, Self::Selection, Self::Mixture, Self::Fusion, Self::Arrow, Self::Gate];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Strategy {
             Self::Mixture => "mixture",
             Self::Fusion => "fusion",
             Self::Arrow => "arrow",
+            Self::Gate => "gate",
         }
     }
 
@@ -44,7 +48,7 @@ impl Strategy {
         match self {
             Self::Base => 0,
             Self::Selection => 1,
-            Self::Mixture | Self::Fusion | Self::Arrow => top_k,
+            Self::Mixture | Self::Fusion | Self::Arrow | Self::Gate => top_k,
         }
     }
 }
@@ -60,7 +64,9 @@ impl std::str::FromStr for Strategy {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
-            PipelineError::Config(format!("strategy `{s}`: expected one of base, selection, mixture, fusion, arrow"))
+            PipelineError::Config(format!(
+                "strategy `{s}`: expected one of base, selection, mixture, fusion, arrow, gate"
+            ))
         })
     }
 }
@@ -136,8 +142,8 @@ pub struct RoutedLora {
 pub struct Routing {
     /// The strategy that produced it.
     pub strategy: Strategy,
-    /// The LoRAs used (empty for the base model). With Arrow their weights are 1: the real
-    /// weights are chosen per token.
+    /// The LoRAs used (empty for the base model). With Arrow and the gate their weights are 1: the
+    /// real weights are chosen per token.
     pub loras: Vec<RoutedLora>,
     /// Arrow's settings, for [`Strategy::Arrow`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +156,7 @@ impl Routing {
         let used = &hits[..cfg.strategy.loras_used(cfg.top_k).min(hits.len())];
         let weights: Vec<f32> = match (cfg.strategy, cfg.weighting) {
             (Strategy::Base, _) => Vec::new(),
-            (Strategy::Selection | Strategy::Arrow, _) => vec![1.0; used.len()],
+            (Strategy::Selection | Strategy::Arrow | Strategy::Gate, _) => vec![1.0; used.len()],
             (_, Weighting::Uniform) => vec![1.0 / used.len().max(1) as f32; used.len()],
             (_, Weighting::Softmax { temperature }) => {
                 let max = used.iter().map(|(_, s)| *s).fold(f32::NEG_INFINITY, f32::max);
@@ -186,6 +192,7 @@ impl Routing {
             Strategy::Mixture => Composition::Mixture,
             Strategy::Fusion => Composition::Fusion,
             Strategy::Arrow => Composition::Arrow(self.arrow.unwrap_or_default()),
+            Strategy::Gate => Composition::Gate,
         };
         RowRequest { adapters: self.loras.iter().map(|l| (l.lora.clone(), l.weight)).collect(), composition }
     }

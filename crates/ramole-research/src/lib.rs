@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod comparison;
+pub mod gate;
 pub mod metrics;
 pub mod retrieval_eval;
 pub mod tasks;

@@ -54,6 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
     let ramole = super::run::load(&args.pool)?;
     let route = args.route.config();
+    let mut methods = ComparisonConfig::default().methods;
+    if args.pool.gate.is_some() {
+        methods.push(comparison::Method::Routed(ramole_pipeline::Strategy::Gate));
+    }
     let cfg = ComparisonConfig {
         per_task: args.per_task,
         seed: args.seed,
@@ -62,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         arrow: route.arrow,
         batch_size: args.batch_size,
         tasks: (!args.only.is_empty()).then(|| args.only.clone()),
-        ..ComparisonConfig::default()
+        methods,
     };
     let records = comparison::compare(&ramole, &suite, &cfg, &mut |r| {
         eprintln!(

@@ -54,6 +54,9 @@ pub struct Args {
     /// adapter from `ramole train-retriever`].
     #[arg(long, requires = "route")]
     pub encoder: Option<PathBuf>,
+    /// A RouterLoRA gate folder (`ramole train-gate`), which `--route --strategy gate` needs.
+    #[arg(long, requires = "route")]
+    pub gate: Option<PathBuf>,
     /// How --route uses the retrieved LoRAs.
     #[arg(long, value_enum, default_value_t = super::run::StrategyArg::Mixture)]
     pub strategy: super::run::StrategyArg,
@@ -103,8 +106,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.route {
         // The retriever sees the user's text; the model sees the (possibly templated) prompt.
-        let pool =
-            super::run::PoolArgs { pool: args.pool.clone(), model: args.model.clone(), encoder: args.encoder.clone() };
+        let pool = super::run::PoolArgs {
+            pool: args.pool.clone(),
+            model: args.model.clone(),
+            encoder: args.encoder.clone(),
+            gate: args.gate.clone(),
+        };
         let route = super::run::RouteArgs {
             strategy: args.strategy,
             top_k: args.top_k,
@@ -115,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         .config();
         route.validate()?;
+        pool.check_gate(route.strategy)?;
         let ramole = super::run::load(&pool)?;
         let routing =
             ramole.route(std::slice::from_ref(&args.prompt), &route, &[])?.into_iter().next().context("no routing")?;

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod retrieve;
 pub mod run;
 pub mod tasks;
+pub mod train_gate;
 pub mod train_lora;
 pub mod train_retriever;
 pub mod zoo;

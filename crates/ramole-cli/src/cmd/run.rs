@@ -23,6 +23,20 @@ pub struct PoolArgs {
     /// from `ramole train-retriever`].
     #[arg(long)]
     pub encoder: Option<PathBuf>,
+    /// A RouterLoRA gate folder written by `ramole train-gate`, which `--strategy gate` needs.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+}
+
+impl PoolArgs {
+    /// Refuses `--strategy gate` without `--gate`, before anything loads.
+    pub fn check_gate(&self, strategy: Strategy) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            strategy != Strategy::Gate || self.gate.is_some(),
+            "--strategy gate needs --gate DIR (a RouterLoRA gate trained by `ramole train-gate`)"
+        );
+        Ok(())
+    }
 }
 
 /// How inputs are routed (shared by `run` and `generate --route`).
@@ -77,6 +91,8 @@ pub enum StrategyArg {
     Fusion,
     /// Arrow: per token, the best --arrow-top-k of the top-k LoRAs, softmax-weighted (training-free).
     Arrow,
+    /// RouterLoRA: per token and layer, the top-k LoRAs weighted by the trained gate of --gate.
+    Gate,
 }
 
 impl From<StrategyArg> for Strategy {
@@ -87,6 +103,7 @@ impl From<StrategyArg> for Strategy {
             StrategyArg::Mixture => Strategy::Mixture,
             StrategyArg::Fusion => Strategy::Fusion,
             StrategyArg::Arrow => Strategy::Arrow,
+            StrategyArg::Gate => Strategy::Gate,
         }
     }
 }
@@ -138,7 +155,12 @@ pub fn load(args: &PoolArgs) -> anyhow::Result<Ramole<Selected>> {
         eprintln!("warning: {s}");
     }
     let model = super::engine::model_path(args.model.clone())?;
-    let engine = super::engine::load(&model, None)?;
+    let mut engine = super::engine::load(&model, None)?;
+    if let Some(dir) = &args.gate {
+        let gate = ramole_mole::RouterGate::load(dir, engine.config(), &ramole_core::backend::device())
+            .with_context(|| format!("loading the gate in {}", dir.display()))?;
+        engine.set_gate(Some(gate));
+    }
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let (ramole, unservable) = Ramole::new(engine, encoder, pool)?;
     for u in &unservable {
@@ -182,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = Job::read_jsonl(&args.requests, args.max_new_tokens)?;
     let cfg = args.route.config();
     cfg.validate()?;
+    args.pool.check_gate(cfg.strategy)?;
     let ramole = load(&args.pool)?;
     let start = std::time::Instant::now();
     let answers = ramole.run(&jobs, &cfg, args.batch_size)?;
