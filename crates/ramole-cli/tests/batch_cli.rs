@@ -277,3 +277,65 @@ fn generate_with_zero_and_huge_token_budgets() {
     let res = ok(&["generate", "--model", s(&base), "--prompt", "<|im_start|>", "--max-new-tokens", "3"]);
     assert!(stderr(&res).contains("[1 prompt +"), "{}", stderr(&res));
 }
+
+/// `ramole batch --gate DIR`: a gate folder (here written by hand, `B_g = 0`: every key is zero) makes
+/// `"composition": "gate"` rows the uniform mixture of their adapters; without `--gate` such a row fails
+/// alone, naming what is missing.
+#[test]
+fn batch_takes_a_gate_for_gate_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let gate = dir.path().join("gate");
+    std::fs::create_dir(&gate).expect("mkdir");
+    std::fs::write(
+        gate.join("gate_config.json"),
+        r#"{"format": "ramole-gate/1", "rank": 2, "targets": ["q_proj", "v_proj"], "num_hidden_layers": 2, "hidden_size": 64}"#,
+    )
+    .expect("write");
+    // q_proj [64, 64], v_proj [32, 64] (2 key-value heads of 16) in both blocks.
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..2 {
+        for (module, d_out) in [("q_proj", 64), ("v_proj", 32)] {
+            let prefix = format!("model.layers.{layer}.self_attn.{module}");
+            let a: Vec<u8> = (0..2 * 64).flat_map(|i| ((i % 7) as f32 * 0.05 - 0.15).to_le_bytes()).collect();
+            tensors.push((format!("{prefix}.gate_A.weight"), vec![2, 64], a));
+            tensors.push((format!("{prefix}.gate_B.weight"), vec![d_out, 2], vec![0u8; d_out * 2 * 4]));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).expect("view"))
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &gate.join("gate.safetensors")).expect("write");
+    let requests = dir.path().join("gate.json");
+    std::fs::write(
+        &requests,
+        r#"{"cases": [
+  {"name": "g", "input_ids": [5, 9, 13], "adapters": [["a0", 1], ["a1", 1]], "composition": "gate"},
+  {"name": "m", "input_ids": [5, 9, 13], "adapters": [["a0", 0.5], ["a1", 0.5]], "composition": "mixture"}]}"#,
+    )
+    .expect("write");
+    let base = fixture().join("base");
+    let adapters = fixture().join("adapters");
+    let out = dir.path().join("out.safetensors");
+    let args = ["batch", "--model", s(&base), "--adapters", s(&adapters), "--requests", s(&requests), "--out", s(&out)];
+    let err = fails(&args);
+    assert!(err.contains("needs a RouterLoRA gate"), "{err}");
+    let mut with_gate = args.to_vec();
+    with_gate.extend(["--gate", s(&gate)]);
+    ok(&with_gate);
+    let bytes = std::fs::read(&out).expect("read");
+    let st = SafeTensors::deserialize(&bytes).expect("valid");
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let (g, m) = (f32s("logits.g"), f32s("logits.m"));
+    let worst = g.iter().zip(&m).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "a gate with B_g = 0 is the uniform mixture (max diff {worst})");
+}

@@ -1,6 +1,7 @@
 //! Training RAMoLE's RouterLoRA gate on the suite (`ramole train-gate`): the examples are the train
-//! inputs of the suite's training tasks (never a held-out task), each with the LoRAs the retriever
-//! finds for it in the pool (top-k, its own LoRA included when the pool has it, as at serving time);
+//! inputs of the suite's training tasks (never a held-out task) whose own LoRA the pool serves (named
+//! after the task, as `ramole zoo build` names them), each with the LoRAs the retriever finds for it in
+//! the pool (top-k, as at serving time);
 //! [`ramole_mole::gate::train_gate`] then trains the gate with LoRA dropout, the base model and every
 //! LoRA frozen.
 
@@ -67,7 +68,10 @@ pub fn gate_examples<B: Backend>(
         .ok_or_else(|| ResearchError::Input("the base model declares no end-of-sequence token".into()))?;
     let mut rng = StdRng::seed_from_u64(data.seed);
     let (mut examples, mut tasks, mut truncated) = (Vec::new(), Vec::new(), 0);
-    for meta in suite.meta().tasks.iter().filter(|t| !t.held_out) {
+    let servable = ramole.servable();
+    // Training tasks whose own LoRA (named after the task, as the zoo names them) is served: the
+    // gate learns to weigh a retrieved set that holds the right LoRA among others, as at serving time.
+    for meta in suite.meta().tasks.iter().filter(|t| !t.held_out && servable.contains(&t.name.as_str())) {
         let all = suite.examples(&meta.name, Split::Train)?;
         let picked: Vec<TrainRecord> = all
             .choose_multiple(&mut rng, data.per_task)
@@ -90,7 +94,7 @@ pub fn gate_examples<B: Backend>(
     }
     if examples.is_empty() {
         return Err(ResearchError::Input(format!(
-            "{}: no training task gave an example with a servable LoRA",
+            "{}: no training task of the suite has its LoRA (named after the task) in the pool",
             suite.dir().display()
         )));
     }

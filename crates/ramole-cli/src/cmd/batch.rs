@@ -18,6 +18,9 @@ pub struct Args {
     /// Request file (`cases[]`: name, input_ids or prompt, adapters, composition, greedy_new_tokens).
     #[arg(long)]
     pub requests: PathBuf,
+    /// A RouterLoRA gate folder (`ramole train-gate`), which requests with `"composition": "gate"` need.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
     /// Output safetensors: `logits.<name>` (f32, [prompt length, vocab]) and `greedy.<name>` (i64).
     #[arg(long)]
     pub out: PathBuf,
@@ -31,11 +34,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut inputs: Vec<&Path> = vec![&args.requests];
     inputs.extend(args.model.as_deref());
     inputs.extend(args.adapters.as_deref());
+    inputs.extend(args.gate.as_deref());
     super::output::check("--out", &args.out, &inputs)?;
     let file = RequestFile::from_file(&args.requests)?;
     let model = super::engine::model_path(args.model.clone())?;
     super::output::check("--out", &args.out, &[&model])?;
-    let engine = super::engine::load(&model, args.adapters.as_deref())?;
+    let mut engine = super::engine::load(&model, args.adapters.as_deref())?;
+    if let Some(dir) = &args.gate {
+        let gate = ramole_mole::RouterGate::load(dir, engine.config(), &ramole_core::backend::device())
+            .map_err(|e| anyhow::anyhow!("loading the gate in {}: {e}", dir.display()))?;
+        engine.set_gate(Some(gate));
+    }
     let vocab = engine.config().vocab_size;
     let start = std::time::Instant::now();
     let results = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
