@@ -75,11 +75,18 @@ impl DecodeBench {
             spec.write(&path, engine.config())?;
             engine.adapters_mut().add(&name, &path)?;
         }
+        if engine.gate().is_none() {
+            // A rank-8 gate on the adapters' layers for the gate scenario (its values do not change
+            // the work done per token).
+            let gate = ramole_mole::RouterGate::init(engine.config(), 8, &self.targets, 0, engine.device());
+            engine.set_gate(Some(gate));
+        }
         Ok(())
     }
 
-    /// The four scenarios over the same prompts: no adapter, one distinct adapter per row, a mixture
-    /// of `mix` per row, and Arrow over the same `mix` adapters keeping the top ⌈mix/2⌉ per token.
+    /// The five scenarios over the same prompts: no adapter, one distinct adapter per row, a mixture
+    /// of `mix` per row, Arrow over the same `mix` adapters keeping the top ⌈mix/2⌉ per token, and the
+    /// RouterLoRA gate over the same `mix` (the gate that [`Self::load_adapters`] sets).
     pub fn scenarios(&self, vocab: usize) -> Vec<Scenario> {
         let mut rng = StdRng::seed_from_u64(42);
         // Ids past the first few (special tokens in real vocabularies), when the vocabulary has them.
@@ -125,6 +132,13 @@ impl DecodeBench {
                     composition: Composition::Arrow(ArrowParams { top_k: k.div_ceil(2).max(1), temperature: 1.0 }),
                 }),
             },
+            Scenario {
+                label: "gate",
+                requests: rows(&|i| RowRequest {
+                    adapters: (0..k).map(|j| (adapter_name((i + j) % n), 1.0)).collect(),
+                    composition: Composition::Gate,
+                }),
+            },
         ]
     }
 }
@@ -154,7 +168,7 @@ mod tests {
             for (batch, adapters, mix, prompt_len) in [(0, 0, 0, 0), (3, 0, 5, 2), (2, 4, 9, 1)] {
                 let bench = DecodeBench { batch, adapters, mix, prompt_len, ..DecodeBench::default() };
                 let scenarios = bench.scenarios(vocab);
-                assert_eq!(scenarios.len(), 4);
+                assert_eq!(scenarios.len(), 5);
                 for s in &scenarios {
                     assert_eq!(s.requests.len(), batch);
                     for r in &s.requests {

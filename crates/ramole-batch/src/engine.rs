@@ -127,6 +127,11 @@ impl<B: Backend> Engine<B> {
         self.gate = gate;
     }
 
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// The RouterLoRA gate, if one is loaded.
     pub fn gate(&self) -> Option<&RouterGate<B>> {
         self.gate.as_ref()

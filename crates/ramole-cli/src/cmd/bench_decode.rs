@@ -30,7 +30,7 @@ pub struct Args {
     /// New tokens per row (1 to 4096; `--batch` × (`--prompt-len` + `--new-tokens`) at most 65536).
     #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 4096))]
     pub new_tokens: usize,
-    /// Rounds; each round runs the four scenarios back to back (ratios are taken within a round; 1 to 100).
+    /// Rounds; each round runs the five scenarios back to back (ratios are taken within a round; 1 to 100).
     #[arg(long, default_value_t = 3, value_parser = super::args::usize_in(1, 100))]
     pub rounds: usize,
 }
@@ -113,10 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for s in &scenarios {
         run_scenario(&engine, s)?;
     }
-    let mut ratios: Vec<[f64; 3]> = Vec::new();
-    let mut rates: Vec<[f64; 4]> = Vec::new();
+    let mut ratios: Vec<[f64; 4]> = Vec::new();
+    let mut rates: Vec<[f64; 5]> = Vec::new();
     for round in 1..=args.rounds {
-        let mut tps = [0.0; 4];
+        let mut tps = [0.0; 5];
         for (i, s) in scenarios.iter().enumerate() {
             let stats = run_scenario(&engine, s)?;
             tps[i] = stats.decode_tokens_per_sec();
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 s.label, tps[i], stats.decode_steps, stats.decode_secs, stats.prefill_secs, stats.lora_secs
             );
         }
-        ratios.push([tps[1] / tps[0], tps[2] / tps[0], tps[3] / tps[2]]);
+        ratios.push([tps[1] / tps[0], tps[2] / tps[0], tps[3] / tps[2], tps[4] / tps[2]]);
         rates.push(tps);
     }
     let median = |mut v: Vec<f64>| {
@@ -133,12 +133,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let m = |i: usize| median(rates.iter().map(|r| r[i]).collect());
-    println!("median decode tok/s: base {:.1} | distinct {:.1} | mixture {:.1} | arrow {:.1}", m(0), m(1), m(2), m(3));
     println!(
-        "median ratio to base: distinct {:.3} | mixture {:.3}; arrow to mixture {:.3}",
+        "median decode tok/s: base {:.1} | distinct {:.1} | mixture {:.1} | arrow {:.1} | gate {:.1}",
+        m(0),
+        m(1),
+        m(2),
+        m(3),
+        m(4)
+    );
+    println!(
+        "median ratio to base: distinct {:.3} | mixture {:.3}; to mixture: arrow {:.3} | gate {:.3}",
         median(ratios.iter().map(|r| r[0]).collect()),
         median(ratios.iter().map(|r| r[1]).collect()),
-        median(ratios.iter().map(|r| r[2]).collect())
+        median(ratios.iter().map(|r| r[2]).collect()),
+        median(ratios.iter().map(|r| r[3]).collect())
     );
     Ok(())
 }
