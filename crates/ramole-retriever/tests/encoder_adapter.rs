@@ -3,26 +3,20 @@
 //! does not depend on where the bytes came from, and embeddings equal to those of the same update
 //! written out as a whole encoder. The shipped default adapter applies to the cached MiniLM.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
+
+use common::minilm_dir;
+
+use std::path::Path;
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use ramole_assets::AssetCache;
 use ramole_core::backend::{Selected, device};
 use ramole_models::bert::{BertLinear, BertLora};
 use ramole_retriever::adapter::{ADAPTER_CONFIG, ADAPTER_META, ADAPTER_WEIGHTS};
 use ramole_retriever::{DEFAULT_INSTRUCTION, EncoderAdapter, RetrieverError, SentenceEncoder, default_encoder};
 
 type B = Selected;
-
-fn minilm_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        AssetCache::from_env().expect("asset cache").quiet(true).minilm_dir().expect("fetch all-MiniLM-L6-v2")
-    })
-    .clone()
-}
 
 fn base() -> SentenceEncoder<B> {
     SentenceEncoder::<B>::load(minilm_dir(), &device()).expect("load MiniLM")

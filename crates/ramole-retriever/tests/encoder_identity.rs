@@ -4,23 +4,17 @@
 //! another `max_seq_length` (its files linked, `sentence_bert_config.json` rewritten), which
 //! changes both the identity and the embeddings of long samples.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
 
-use ramole_assets::AssetCache;
+use common::minilm_dir;
+
+use std::path::{Path, PathBuf};
+
 use ramole_core::backend::{Selected, device};
 use ramole_retriever::pool::POOL_FILE;
 use ramole_retriever::{DEFAULT_INSTRUCTION, LoraPool, PoolEntry, RetrieverError, SentenceEncoder, UNSAVED_IDENTITY};
 
 type B = Selected;
-
-fn minilm_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        AssetCache::from_env().expect("asset cache").quiet(true).minilm_dir().expect("fetch all-MiniLM-L6-v2")
-    })
-    .clone()
-}
 
 /// A copy of the MiniLM folder (files linked) whose `max_seq_length` is `max_seq_length`.
 fn variant(root: &Path, max_seq_length: usize) -> PathBuf {
