@@ -14,6 +14,9 @@ pub struct Args {
     /// Pool, model, encoder.
     #[command(flatten)]
     pub pool: super::run::PoolArgs,
+    /// A gate: adds its rows (`gate`, IID and OOD) to the comparison.
+    #[command(flatten)]
+    pub gate: super::run::GateArgs,
     /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`].
     #[arg(long)]
     pub tasks: Option<PathBuf>,
@@ -52,10 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => super::tasks::default_dir()?,
     };
     let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let ramole = super::run::load(&args.pool)?;
+    let ramole = super::run::load(&args.pool, args.gate.gate.as_deref())?;
     let route = args.route.config();
     let mut methods = ComparisonConfig::default().methods;
-    if args.pool.gate.is_some() {
+    if args.gate.gate.is_some() {
         methods.push(comparison::Method::Routed(ramole_pipeline::Strategy::Gate));
     }
     let cfg = ComparisonConfig {

@@ -106,12 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.route {
         // The retriever sees the user's text; the model sees the (possibly templated) prompt.
-        let pool = super::run::PoolArgs {
-            pool: args.pool.clone(),
-            model: args.model.clone(),
-            encoder: args.encoder.clone(),
-            gate: args.gate.clone(),
-        };
+        let pool =
+            super::run::PoolArgs { pool: args.pool.clone(), model: args.model.clone(), encoder: args.encoder.clone() };
+        let gate = super::run::GateArgs { gate: args.gate.clone() };
         let route = super::run::RouteArgs {
             strategy: args.strategy,
             top_k: args.top_k,
@@ -122,8 +119,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         .config();
         route.validate()?;
-        pool.check_gate(route.strategy)?;
-        let ramole = super::run::load(&pool)?;
+        gate.check(route.strategy)?;
+        let ramole = super::run::load(&pool, gate.gate.as_deref())?;
         let routing =
             ramole.route(std::slice::from_ref(&args.prompt), &route, &[])?.into_iter().next().context("no routing")?;
         let request = Request {

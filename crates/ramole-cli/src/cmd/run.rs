@@ -23,14 +23,19 @@ pub struct PoolArgs {
     /// from `ramole train-retriever`].
     #[arg(long)]
     pub encoder: Option<PathBuf>,
+}
+
+/// The RouterLoRA gate (shared by `run` and `eval`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GateArgs {
     /// A RouterLoRA gate folder written by `ramole train-gate`, which `--strategy gate` needs.
     #[arg(long)]
     pub gate: Option<PathBuf>,
 }
 
-impl PoolArgs {
+impl GateArgs {
     /// Refuses `--strategy gate` without `--gate`, before anything loads.
-    pub fn check_gate(&self, strategy: Strategy) -> anyhow::Result<()> {
+    pub fn check(&self, strategy: Strategy) -> anyhow::Result<()> {
         anyhow::ensure!(
             strategy != Strategy::Gate || self.gate.is_some(),
             "--strategy gate needs --gate DIR (a RouterLoRA gate trained by `ramole train-gate`)"
@@ -126,6 +131,9 @@ pub struct Args {
     /// Pool, model, encoder.
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// The gate for `--strategy gate`.
+    #[command(flatten)]
+    pub gate: GateArgs,
     /// Routing.
     #[command(flatten)]
     pub route: RouteArgs,
@@ -145,9 +153,9 @@ pub fn shipped_pool() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../zoo/pool")
 }
 
-/// Opens the pool, loads the model with the pool's adapters and the encoder; warns about entries
-/// that cannot be served.
-pub fn load(args: &PoolArgs) -> anyhow::Result<Ramole<Selected>> {
+/// Opens the pool, loads the model with the pool's adapters (and `gate`, if given) and the encoder;
+/// warns about entries that cannot be served.
+pub fn load(args: &PoolArgs, gate: Option<&std::path::Path>) -> anyhow::Result<Ramole<Selected>> {
     let dir = args.pool.clone().unwrap_or_else(shipped_pool);
     let (pool, skipped) =
         ramole_retriever::LoraPool::open(&dir).with_context(|| format!("opening the pool in {}", dir.display()))?;
@@ -156,7 +164,7 @@ pub fn load(args: &PoolArgs) -> anyhow::Result<Ramole<Selected>> {
     }
     let model = super::engine::model_path(args.model.clone())?;
     let mut engine = super::engine::load(&model, None)?;
-    if let Some(dir) = &args.gate {
+    if let Some(dir) = gate {
         let gate = ramole_mole::RouterGate::load(dir, engine.config(), &ramole_core::backend::device())
             .with_context(|| format!("loading the gate in {}", dir.display()))?;
         engine.set_gate(Some(gate));
@@ -204,8 +212,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = Job::read_jsonl(&args.requests, args.max_new_tokens)?;
     let cfg = args.route.config();
     cfg.validate()?;
-    args.pool.check_gate(cfg.strategy)?;
-    let ramole = load(&args.pool)?;
+    args.gate.check(cfg.strategy)?;
+    let ramole = load(&args.pool, args.gate.gate.as_deref())?;
     let start = std::time::Instant::now();
     let answers = ramole.run(&jobs, &cfg, args.batch_size)?;
     let secs = start.elapsed().as_secs_f64();

@@ -20,15 +20,9 @@ pub struct Args {
     /// Replace `--out` if it exists.
     #[arg(long)]
     pub force: bool,
-    /// The LoRA pool whose adapters the gate learns to weigh [default: the zoo shipped with the project].
-    #[arg(long)]
-    pub pool: Option<PathBuf>,
-    /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// The retriever's encoder [default: the trained retriever; see `ramole run --help`].
-    #[arg(long)]
-    pub encoder: Option<PathBuf>,
+    /// The pool whose LoRAs the gate learns to weigh, the model, the retriever's encoder.
+    #[command(flatten)]
+    pub pool: super::run::PoolArgs,
     /// The suite folder written by `ramole tasks build` [default: `$RAMOLE_HOME/tasks`]; the gate trains
     /// on its training tasks only, never on a held-out one.
     #[arg(long)]
@@ -95,14 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => super::tasks::default_dir()?,
     };
     let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
-    let pool_args = super::run::PoolArgs {
-        pool: args.pool.clone(),
-        model: args.model.clone(),
-        encoder: args.encoder.clone(),
-        gate: None,
-    };
-    let ramole = super::run::load(&pool_args)?;
-    let model = super::engine::model_path(args.model.clone())?;
+    let ramole = super::run::load(&args.pool, None)?;
+    let model = super::engine::model_path(args.pool.model.clone())?;
     eprintln!(
         "training a rank-{} gate on {} over the {} LoRAs of the pool: {} steps of {}, top {}, dropout {}, backend {}",
         cfg.rank,
