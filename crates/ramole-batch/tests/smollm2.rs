@@ -68,3 +68,38 @@ fn smollm2_matches_transformers_and_answers_paris() {
     let text = engine.decode(&out.new_tokens).expect("decode");
     assert!(text.contains("Paris"), "answer: {text:?}");
 }
+
+/// The gate shipped with the zoo (`zoo/gate`, `ramole train-gate`) loads on SmolLM2 and weighs a row's
+/// LoRAs so that the answer differs from the uniform mixture's, with every logit finite.
+#[test]
+fn the_shipped_gate_loads_and_routes_the_zoo() {
+    let mut engine = engine();
+    let zoo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../zoo");
+    let report = engine.adapters_mut().load_dir(zoo.join("pool/adapters")).expect("zoo adapters");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let gate = ramole_mole::RouterGate::load(&zoo.join("gate"), engine.config(), &device()).expect("zoo/gate");
+    assert_eq!(gate.rank(), 8);
+    engine.set_gate(Some(gate));
+    let row = |composition| Request {
+        name: "q".into(),
+        input: RequestInput::Prompt(" Q: What is 96 plus 49?\n  A:".into()),
+        row: RowRequest {
+            adapters: ["2_digit_addition", "2_digit_subtraction", "plural"]
+                .iter()
+                .map(|a| ((*a).into(), 1.0 / 3.0))
+                .collect(),
+            composition,
+        },
+        max_new_tokens: 0,
+        sampling: Sampling::Greedy,
+    };
+    let options = RunOptions { prompt_logits: true, ..Default::default() };
+    let logits = |composition| {
+        engine.run(&[row(composition)], options).pop().expect("one").expect("runs").prompt_logits.expect("logits")
+    };
+    let (gated, mixed) =
+        (logits(ramole_core::lora::Composition::Gate), logits(ramole_core::lora::Composition::Mixture));
+    assert!(gated.iter().all(|v| v.is_finite()));
+    let diff = gated.iter().zip(&mixed).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-3, "a trained gate is not the uniform mixture (max diff {diff})");
+}
