@@ -540,23 +540,7 @@ impl<B: Backend> BertModel<B> {
     /// Writes the weights as f32 safetensors with the Hugging Face names, loadable by [`Self::load`]
     /// (and by `transformers`). The file is written to a temporary name, synced, then renamed.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
-        let tensors = self.named_tensors();
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-            .into_iter()
-            .map(|(n, t)| (n, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(n, b, s)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| ModelError::format(path, format!("tensor `{n}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut metadata = std::collections::HashMap::new();
-        metadata.insert("format".to_string(), "pt".to_string());
-        let data = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::format(path, format!("cannot serialise: {e}")))?;
+        let data = crate::weights::serialize_f32(&self.named_tensors(), path)?;
         write_atomic(path, &data)
     }
 }

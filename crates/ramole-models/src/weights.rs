@@ -30,6 +30,25 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// The bytes of a safetensors file holding `tensors` as f32 under their names (with the `format: pt`
+/// metadata PyTorch writers add). `path` names the file in errors.
+pub fn serialize_f32(tensors: &[(String, HostTensor)], path: &Path) -> Result<Vec<u8>, ModelError> {
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, t), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::format(path, format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| ModelError::format(path, format!("cannot serialise: {e}")))
+}
+
 impl HostTensor {
     /// A tensor from its shape and values; `None` if they do not agree.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Self> {

@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ramole_core::lora::GateLayer;
 use ramole_models::llama::{LinearKind, LlamaConfig};
-use ramole_models::weights::{SafetensorsWeights, WeightSource};
+use ramole_models::weights::{HostTensor, SafetensorsWeights, WeightSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ impl<B: Backend> RouterGate<B> {
         };
         let config_bytes = serde_json::to_vec_pretty(&config)
             .map_err(|e| MoleError::Config { path: dir.join(GATE_CONFIG), message: e.to_string() })?;
-        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = self
+        let tensors: Vec<(String, HostTensor)> = self
             .linears
             .iter()
             .flat_map(|l| {
@@ -127,27 +127,10 @@ impl<B: Backend> RouterGate<B> {
             })
             .map(|(name, t)| {
                 let data = t.into_data();
-                let shape = data.shape.to_vec();
-                (name, shape, data.iter::<f32>().flat_map(f32::to_le_bytes).collect())
+                (name, HostTensor { shape: data.shape.to_vec(), data: data.iter::<f32>().collect() })
             })
             .collect();
-        let weights_path = dir.join(GATE_WEIGHTS);
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| MoleError::Tensor {
-                path: weights_path.clone(),
-                tensor: "*".into(),
-                message: e.to_string(),
-            })?;
-        let weights = safetensors::serialize(views, None).map_err(|e| MoleError::Tensor {
-            path: weights_path.clone(),
-            tensor: "*".into(),
-            message: e.to_string(),
-        })?;
+        let weights = ramole_models::weights::serialize_f32(&tensors, &dir.join(GATE_WEIGHTS))?;
         crate::peft::write_folder(dir, &[(GATE_CONFIG, &config_bytes), (GATE_WEIGHTS, &weights)], overwrite)
     }
 

@@ -263,23 +263,7 @@ impl EncoderAdapter {
         let json = |v: serde_json::Result<String>, file: &str| {
             v.map(|s| (s + "\n").into_bytes()).map_err(|e| RetrieverError::format(dir.join(file), e.to_string()))
         };
-        let weights_path = dir.join(ADAPTER_WEIGHTS);
-        let tensors = lora.named_tensors();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, t)| (n, t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| RetrieverError::format(&weights_path, format!("tensor `{n}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        let weights = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| RetrieverError::format(&weights_path, format!("cannot serialise: {e}")))?;
+        let weights = ramole_models::weights::serialize_f32(&lora.named_tensors(), &dir.join(ADAPTER_WEIGHTS))?;
         let mut files: Vec<(&str, Vec<u8>)> = vec![
             (ADAPTER_CONFIG, json(serde_json::to_string_pretty(&config), ADAPTER_CONFIG)?),
             (ADAPTER_META, json(serde_json::to_string_pretty(&meta), ADAPTER_META)?),
