@@ -72,10 +72,10 @@ pub struct Engine<B: Backend> {
     device: B::Device,
 }
 
-/// A request that passed validation, with its row in the batch.
-struct Prepared<'a> {
+/// A request that passed validation, with its prompt's token ids.
+pub(crate) struct Prepared<'a> {
     request: &'a Request,
-    ids: Vec<u32>,
+    pub(crate) ids: Vec<u32>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -158,7 +158,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Checks one request on its own: prompt tokens, context length, sampling, adapters.
-    fn prepare<'a>(&self, request: &'a Request) -> Result<Prepared<'a>, BatchError> {
+    pub(crate) fn prepare<'a>(&self, request: &'a Request) -> Result<Prepared<'a>, BatchError> {
         let err = |message: String| BatchError::Request { request: request.name.clone(), message };
         let ids = match &request.input {
             RequestInput::Ids(ids) => ids.clone(),
@@ -286,7 +286,8 @@ impl<B: Backend> Engine<B> {
         }
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
         let attn = AttentionInput::left_padded(&pads, 0, t, device);
-        let mut cache = KvCache::new(self.model.n_layers());
+        let longest = rows.iter().map(|p| p.request.max_new_tokens).max().unwrap_or(0);
+        let mut cache = KvCache::with_capacity(self.model.n_layers(), t + longest);
         let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
         let d = hidden.dims()[2];
 
@@ -384,7 +385,7 @@ impl<B: Backend> Engine<B> {
 /// What makes a row of logits unusable, if anything: a NaN or an infinity, or all `vocab` values
 /// equal — the final RMSNorm zeroes a hidden state whose mean square overflowed f32 (activations
 /// beyond ~1e19), and the LM head then gives the same logit to every token.
-fn logits_problem(logits: &[f32], vocab: usize) -> Option<&'static str> {
+pub(crate) fn logits_problem(logits: &[f32], vocab: usize) -> Option<&'static str> {
     if logits.iter().any(|v| !v.is_finite()) {
         return Some("its logits are not finite (NaN or infinity)");
     }
@@ -397,15 +398,15 @@ fn logits_problem(logits: &[f32], vocab: usize) -> Option<&'static str> {
 }
 
 fn numerical(request: &Request, problem: &str, when: &str) -> BatchError {
-    BatchError::Numerical {
-        request: request.name.clone(),
-        message: format!(
-            "{problem} after {when}: its adapters or adapter weights make the model diverge; the row left the batch"
-        ),
-    }
+    BatchError::Numerical { request: request.name.clone(), message: numerical_message(problem, when) }
+}
+
+/// What [`BatchError::Numerical`] says of a row whose logits show `problem` after `when`.
+pub(crate) fn numerical_message(problem: &str, when: &str) -> String {
+    format!("{problem} after {when}: its adapters or adapter weights make the model diverge; the row left the batch")
 }
 
 /// Reads a float tensor back to the host.
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
 }

@@ -6,8 +6,10 @@ pub mod engine;
 mod error;
 pub mod request;
 pub mod sampling;
+pub mod scheduler;
 
 pub use engine::{Engine, RequestOutput, RunOptions, RunStats};
 pub use error::BatchError;
 pub use request::{Request, RequestFile, RequestInput};
 pub use sampling::Sampling;
+pub use scheduler::{Event, FinishReason, Scheduler, SequenceId};

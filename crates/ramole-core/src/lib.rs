@@ -4,6 +4,7 @@
 pub mod backend;
 mod error;
 pub mod fs;
+pub mod kv;
 pub mod lora;
 
 pub use error::CoreError;

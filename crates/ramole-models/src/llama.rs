@@ -11,6 +11,9 @@ use crate::ModelError;
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// The largest size (vocabulary, widths, heads, positions) a configuration may declare.
 pub const MAX_CONFIG_SIZE: usize = 1 << 24;
+/// The most RoPE table values (`max_position_embeddings × head_dim`) a configuration may need: 256 MiB
+/// of f32, four times what a 128 k-context model with 128-wide heads needs.
+pub const MAX_ROPE_TABLE: usize = 1 << 26;
 /// The most layers a configuration may declare (real models have at most a few hundred).
 pub const MAX_LAYERS: usize = 4096;
 
@@ -179,6 +182,13 @@ impl LlamaConfig {
         {
             return Err("the sizes overflow when multiplied into weight shapes".into());
         }
+        // The RoPE tables hold `max_position_embeddings × head_dim` values (cos and sin, half each).
+        if self.max_position_embeddings.saturating_mul(self.head_dim) > MAX_ROPE_TABLE {
+            return Err(format!(
+                "max_position_embeddings {} × head_dim {} is over the limit of {MAX_ROPE_TABLE} RoPE table values",
+                self.max_position_embeddings, self.head_dim
+            ));
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -322,6 +332,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::kv::KvBuffer;
 use ramole_core::lora::{RowLora, select_rows};
 
 use crate::weights::WeightSource;
@@ -445,26 +456,41 @@ pub struct LlamaForCausalLM<B: Backend> {
     /// would be copied on every call by some backends.
     pub lm_head: Linear<B>,
     tied: bool,
-    /// RoPE inverse frequencies `1 / θ^(2i/head_dim)`, computed in f32 as transformers does.
-    inv_freq: Vec<f32>,
+    /// RoPE tables `cos(p·fᵢ)`, `sin(p·fᵢ)` for every position `p` below `max_positions`, `[positions,
+    /// head_dim / 2]`, with `fᵢ = 1 / θ^(2i/head_dim)` and the angle computed in f32 as transformers does.
+    rope_cos: Tensor<B, 2>,
+    rope_sin: Tensor<B, 2>,
     max_positions: usize,
 }
 
-/// Keys and values of the tokens seen so far, per layer: `[batch, kv_heads, seq, head_dim]` each.
-#[derive(Debug, Clone)]
+/// Keys and values of the tokens seen so far, per layer: `[batch, kv_heads, seq, head_dim]` each, in
+/// buffers preallocated for a capacity and written in place ([`ramole_core::kv::KvBuffer`]): a
+/// decoding step writes its new keys and values, it does not copy the past.
+///
+/// Rows are left-padded to one shared length; [`KvCache::select_rows`], [`KvCache::merge`] and
+/// [`KvCache::trim_front`] let rows leave and join a running batch (continuous batching).
+#[derive(Debug)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    layers: Vec<Option<(KvBuffer<B>, KvBuffer<B>)>>,
+    /// Positions each layer's buffers are allocated for on their first write.
+    capacity: usize,
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `n_layers` layers.
+    /// An empty cache for `n_layers` layers (buffers sized by their first write, growing by doubling).
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self::with_capacity(n_layers, 0)
+    }
+
+    /// An empty cache whose buffers are allocated for `capacity` positions on their first write (the
+    /// longest prompt plus the most new tokens: a batch that never grows them).
+    pub fn with_capacity(n_layers: usize, capacity: usize) -> Self {
+        Self { layers: (0..n_layers).map(|_| None).collect(), capacity }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.len())
     }
 
     /// Whether nothing is cached.
@@ -472,22 +498,84 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 
+    /// Rows cached (0 when nothing is).
+    pub fn rows(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.rows())
+    }
+
+    /// Positions the buffers hold before they must grow.
+    pub fn capacity(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(self.capacity, |(k, _)| k.capacity())
+    }
+
     /// Keeps only the given rows (in that order), for batches whose rows finish at different times.
     pub fn select_rows(&mut self, rows: &[usize]) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = select_rows(k.clone(), rows);
-            *v = select_rows(v.clone(), rows);
+        self.rebuild(|k| select_rows(k, rows));
+    }
+
+    /// Drops the first `n` positions of every row (positions that are padding for every row once the
+    /// rows that needed them have left).
+    pub fn trim_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.rebuild(|k| {
+            let len = k.dims()[2];
+            k.narrow(2, n.min(len), len - n.min(len))
+        });
+    }
+
+    /// Appends the rows of `other` after this cache's rows. The shorter of the two is left-padded with
+    /// zeros to the other's length (its rows' padding grows by the difference, which the caller's
+    /// attention mask must cover); returns the padding added to `(self's rows, other's rows)`.
+    pub fn merge(&mut self, other: KvCache<B>) -> (usize, usize) {
+        let (la, lb) = (self.len(), other.len());
+        if other.rows() == 0 {
+            return (0, 0);
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return (0, 0);
+        }
+        let t = la.max(lb);
+        let capacity = self.capacity().max(other.capacity()).max(t);
+        let pad = |x: Tensor<B, 4>, by: usize| -> Tensor<B, 4> {
+            if by == 0 {
+                return x;
+            }
+            let [b, h, _, d] = x.dims();
+            Tensor::cat(vec![Tensor::zeros([b, h, by, d], &x.device()), x], 2)
+        };
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some((ka, va)), Some((kb, vb))) = (mine.take(), theirs) {
+                let k = Tensor::cat(vec![pad(ka.view(), t - la), pad(kb.view(), t - lb)], 0);
+                let v = Tensor::cat(vec![pad(va.view(), t - la), pad(vb.view(), t - lb)], 0);
+                *mine = Some((KvBuffer::new(k, capacity), KvBuffer::new(v, capacity)));
+            }
+        }
+        (t - la, t - lb)
+    }
+
+    fn rebuild(&mut self, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>) {
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take() {
+                let cap = k.capacity();
+                *layer = Some((KvBuffer::new(f(k.view()), cap), KvBuffer::new(f(v.view()), cap)));
+            }
         }
     }
 
     /// Appends the new keys/values of `layer` and returns the whole sequence.
     fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let kv = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        self.layers[layer] = Some(kv.clone());
-        kv
+        match &mut self.layers[layer] {
+            Some((kb, vb)) => (kb.append(k), vb.append(v)),
+            slot @ None => {
+                let (kb, vb) = (KvBuffer::new(k, self.capacity), KvBuffer::new(v, self.capacity));
+                let kv = (kb.view(), vb.view());
+                *slot = Some((kb, vb));
+                kv
+            }
+        }
     }
 }
 
@@ -536,14 +624,14 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    fn new(positions: &Tensor<B, 2, Int>, inv_freq: &[f32]) -> Self {
+    /// The rows of the model's tables (built once at load) for `positions` (each below the table's
+    /// length: the engine checks prompt plus new tokens against the context).
+    fn new(positions: &Tensor<B, 2, Int>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Self {
         let [b, t] = positions.dims();
-        let half = inv_freq.len();
-        let device = positions.device();
-        let inv = Tensor::<B, 1>::from_data(TensorData::new(inv_freq.to_vec(), [half]), &device);
-        let angles = positions.clone().float().reshape([b, t, 1]) * inv.reshape([1, 1, half]); // [b, t, half]
-        let angles = angles.reshape([b, 1, t, half]);
-        Self { cos: angles.clone().cos(), sin: angles.sin() }
+        let [n, half] = cos.dims();
+        let ids = positions.clone().reshape([b * t]).clamp(0, n as i64 - 1);
+        let gather = |table: &Tensor<B, 2>| table.clone().select(0, ids.clone()).reshape([b, 1, t, half]);
+        Self { cos: gather(cos), sin: gather(sin) }
     }
 
     /// HF "rotate half" RoPE on `x` `[batch, heads, seq, head_dim]`.
@@ -604,6 +692,24 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     }
 }
 
+/// The RoPE tables of a model, `[max_position_embeddings, head_dim / 2]` each: built once per model.
+fn rope_tables<B: Backend>(config: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = config.head_dim / 2;
+    let n = config.max_position_embeddings;
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / config.head_dim as f32)).collect();
+    let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+    for p in 0..n {
+        for &f in &inv_freq {
+            let angle = p as f32 * f; // f32 product, as transformers computes it
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n, half]), device);
+    (table(cos), table(sin))
+}
+
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Loads a model from named weights (HF names, PyTorch layout) and its configuration.
     pub fn load(config: &LlamaConfig, weights: &dyn WeightSource, device: &B::Device) -> Result<Self, ModelError> {
@@ -646,9 +752,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         } else {
             linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?
         };
-        let half = config.head_dim / 2;
-        let inv_freq =
-            (0..half).map(|i| 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / config.head_dim as f32)).collect();
+        let (rope_cos, rope_sin) = rope_tables(config, device);
         Ok(Self {
             model: LlamaModel {
                 embed_tokens: Embedding { weight: Param::from_tensor(embed.into_tensor(device)) },
@@ -657,7 +761,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
             },
             lm_head,
             tied: config.tie_word_embeddings,
-            inv_freq,
+            rope_cos,
+            rope_sin,
             max_positions: config.max_position_embeddings,
         })
     }
@@ -696,7 +801,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let keys = attn.mask.dims()[3];
         let mask =
             attn.mask.clone().reshape([b, 1, 1, t, keys]).expand([b, 1, rep, t, keys]).reshape([b, 1, rep * t, keys]);
-        let rope = Rope::new(&attn.positions, &self.inv_freq);
+        let rope = Rope::new(&attn.positions, &self.rope_cos, &self.rope_sin);
         let ctx = BlockCtx { rope: &rope, mask, lora: lora.filter(|l| !l.is_empty()) };
         let mut x = self.model.embed_tokens.forward(tokens); // [b, t, d]
         for (i, layer) in self.model.layers.iter().enumerate() {

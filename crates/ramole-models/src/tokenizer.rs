@@ -107,7 +107,18 @@ pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, ModelError> 
 /// The ChatML prompt for one user turn, ready for the assistant's answer:
 /// `<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n`.
 pub fn chatml_prompt(user: &str) -> String {
-    format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+    chatml_messages(&[("user", user)])
+}
+
+/// The ChatML prompt for a conversation of `(role, text)` turns, ready for the assistant's answer:
+/// `<|im_start|>{role}\n{text}<|im_end|>\n` per turn, then `<|im_start|>assistant\n`.
+pub fn chatml_messages<R: AsRef<str>, T: AsRef<str>>(turns: &[(R, T)]) -> String {
+    let mut prompt = String::new();
+    for (role, text) in turns {
+        prompt.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", role.as_ref(), text.as_ref()));
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    prompt
 }
 
 /// The first characters of `text`, for error messages.

@@ -25,41 +25,79 @@ pub struct BatchAdapters {
     plan: MixPlan,
 }
 
+/// One row's adapters resolved to the loaded adapters themselves (held, so the row keeps them even
+/// when they leave the pool while it runs: continuous batching pins a running row's adapters this way).
+#[derive(Debug, Clone, Default)]
+pub struct ResolvedRow {
+    /// `(adapter, weight)` pairs; empty for the base model.
+    pub adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    /// How they are combined.
+    pub composition: Composition,
+}
+
+impl ResolvedRow {
+    /// Resolves `row` against `pool`: every adapter loaded, none listed twice, every weight (times its
+    /// adapter's scale) a finite number. `request` names the row in errors.
+    pub fn resolve(pool: &AdapterPool, row: &RowRequest, request: &str) -> Result<Self, MoleError> {
+        let mut adapters = Vec::with_capacity(row.adapters.len());
+        let mut seen = std::collections::HashSet::with_capacity(row.adapters.len());
+        for (name, w) in &row.adapters {
+            // By name, so the error names the adapter (the mapping matrix only knows indices).
+            if !seen.insert(name.as_str()) {
+                return Err(MoleError::Request {
+                    request: request.into(),
+                    message: format!("adapter `{name}` is listed twice"),
+                });
+            }
+            let adapter = pool.get(name).ok_or_else(|| match pool.load_error(name) {
+                Some(reason) => MoleError::AdapterNotLoaded {
+                    request: request.into(),
+                    adapter: name.clone(),
+                    reason: reason.to_string(),
+                },
+                None => MoleError::UnknownAdapter { request: request.into(), adapter: name.clone() },
+            })?;
+            // The weight is folded into the adapter's B with its scale: both must stay numbers.
+            let scale = adapter.config().scale();
+            if !w.is_finite() || !(w * scale).is_finite() {
+                return Err(MoleError::Request {
+                    request: request.into(),
+                    message: format!(
+                        "weight {w} of adapter `{name}` is not usable: times the adapter's scale {scale} it is not a finite number"
+                    ),
+                });
+            }
+            adapters.push((adapter.clone(), *w));
+        }
+        Ok(Self { adapters, composition: row.composition })
+    }
+
+    /// The names of the row's adapters.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.adapters.iter().map(|(a, _)| a.name())
+    }
+}
+
 impl BatchAdapters {
     /// Resolves `rows` against `pool`. `names[i]` names row `i` in errors (e.g. the request name).
     pub fn resolve(pool: &AdapterPool, rows: &[RowRequest], names: &[&str]) -> Result<Self, MoleError> {
+        let resolved = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| ResolvedRow::resolve(pool, row, &row_name(names, i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_resolved(&resolved, names)
+    }
+
+    /// The batch of rows already resolved ([`ResolvedRow::resolve`]): the unique adapters (by
+    /// identity, so two rows naming one adapter share its column) and the mapping matrix, each row
+    /// checked on its own first so that an error names it.
+    pub fn from_resolved(rows: &[ResolvedRow], names: &[&str]) -> Result<Self, MoleError> {
         let mut unique: Vec<Arc<LoraAdapter>> = Vec::new();
         let mut mixes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let request = names.get(i).map_or_else(|| format!("row {i}"), |n| n.to_string());
             let mut entries = Vec::with_capacity(row.adapters.len());
-            let mut seen = std::collections::HashSet::with_capacity(row.adapters.len());
-            for (name, w) in &row.adapters {
-                // By name, so the error names the adapter (the mapping matrix only knows indices).
-                if !seen.insert(name.as_str()) {
-                    return Err(MoleError::Request {
-                        request: request.clone(),
-                        message: format!("adapter `{name}` is listed twice"),
-                    });
-                }
-                let adapter = pool.get(name).ok_or_else(|| match pool.load_error(name) {
-                    Some(reason) => MoleError::AdapterNotLoaded {
-                        request: request.clone(),
-                        adapter: name.clone(),
-                        reason: reason.to_string(),
-                    },
-                    None => MoleError::UnknownAdapter { request: request.clone(), adapter: name.clone() },
-                })?;
-                // The weight is folded into the adapter's B with its scale: both must stay numbers.
-                let scale = adapter.config().scale();
-                if !w.is_finite() || !(w * scale).is_finite() {
-                    return Err(MoleError::Request {
-                        request: request.clone(),
-                        message: format!(
-                            "weight {w} of adapter `{name}` is not usable: times the adapter's scale {scale} it is not a finite number"
-                        ),
-                    });
-                }
+            for (adapter, w) in &row.adapters {
                 let u = match unique.iter().position(|a| Arc::ptr_eq(a, adapter)) {
                     Some(u) => u,
                     None => {
@@ -72,9 +110,9 @@ impl BatchAdapters {
             let mix = RowMix { composition: row.composition, entries };
             // Validate the row alone first, so the error names the request.
             MixPlan::new(vec![mix.clone()], unique.len())
-                .map_err(|e| MoleError::Request { request: request.clone(), message: e.to_string() })?;
+                .map_err(|e| MoleError::Request { request: row_name(names, i), message: e.to_string() })?;
             if row.composition == Composition::Fusion {
-                check_fusion(&request, &mix, &unique)?;
+                check_fusion(&row_name(names, i), &mix, &unique)?;
             }
             mixes.push(mix);
         }
@@ -126,6 +164,11 @@ impl BatchAdapters {
         }
         Ok(lora)
     }
+}
+
+/// How errors name row `i`: `names[i]`, or `row i`.
+fn row_name(names: &[&str], i: usize) -> String {
+    names.get(i).map_or_else(|| format!("row {i}"), |n| n.to_string())
 }
 
 /// Fusion averages parameters: the adapters must share rank, scale and target modules.

@@ -9,7 +9,7 @@ pub mod pool;
 pub mod synthetic;
 pub mod train;
 
-pub use compose::{BatchAdapters, RowRequest};
+pub use compose::{BatchAdapters, ResolvedRow, RowRequest};
 pub use error::MoleError;
 pub use gate::RouterGate;
 pub use peft::LoraAdapter;

@@ -52,6 +52,18 @@ impl AdapterPool {
         }
     }
 
+    /// Adds an adapter loaded (and so validated) by [`LoraAdapter::load`] against this pool's base,
+    /// under its own name. Refuses a name already in the pool.
+    pub fn insert(&mut self, adapter: Arc<LoraAdapter>) -> Result<(), MoleError> {
+        let name = adapter.name().to_string();
+        if self.adapters.contains_key(&name) {
+            return Err(MoleError::Duplicate(name));
+        }
+        self.failed.remove(&name);
+        self.adapters.insert(name, adapter);
+        Ok(())
+    }
+
     /// Loads the adapters of `dir`: every sub-folder as an adapter named by the folder's name, or,
     /// when `dir` itself holds an `adapter_config.json`, `dir` as ONE adapter named by its folder. A
     /// sub-folder that fails to load is reported (and remembered, see [`AdapterPool::load_error`])

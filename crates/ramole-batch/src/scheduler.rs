@@ -1,0 +1,373 @@
+//! Continuous batching: a running batch that admits requests at any step and retires each row as soon
+//! as it finishes, so that nobody waits for a batch to drain.
+//!
+//! A [`Scheduler`] owns the running batch: its [`Sequence`]s (each owning its request state: prompt,
+//! sampler, tokens so far, padding, and its adapters, held so that an adapter removed from the engine
+//! while the row runs stays with it), the batch's KV cache and its per-row LoRA state, row `i` of both
+//! belonging to `running[i]`. [`Scheduler::step`] first prefills the requests waiting for a place (in
+//! one forward pass of their own, then merged into the running batch: the shorter side is left-padded
+//! and masked), then advances every running row by one token in ONE forward pass, whatever adapters and
+//! composition each row has. Rows leave as they finish (end of sequence, budget, a numerical failure,
+//! or [`Scheduler::cancel`]); padding that no remaining row needs is trimmed from the cache.
+//!
+//! Greedy outputs equal [`crate::Engine::run`]'s on the same requests whatever the arrival order: every
+//! row is masked to its own tokens and RoPE positions count from its own first token.
+
+use std::collections::VecDeque;
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_models::llama::{AttentionInput, KvCache, LlamaLora};
+use ramole_mole::{BatchAdapters, ResolvedRow};
+
+use crate::engine::{logits_problem, numerical_message, to_vec};
+use crate::sampling::Sampler;
+use crate::{BatchError, Engine, Request};
+
+/// The identity of a sequence within its scheduler.
+pub type SequenceId = u64;
+
+/// Why a sequence finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced an end-of-sequence token (the last of its tokens).
+    Eos,
+    /// It reached its token budget.
+    Length,
+}
+
+/// What a [`Scheduler::step`] produced, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// A sequence produced a token.
+    Token {
+        /// The sequence.
+        id: SequenceId,
+        /// The token.
+        token: u32,
+    },
+    /// A sequence finished and left the batch.
+    Finished {
+        /// The sequence.
+        id: SequenceId,
+        /// Why.
+        reason: FinishReason,
+        /// Its prompt's token count.
+        prompt_tokens: usize,
+        /// Every token it produced (an end-of-sequence token included when it produced one).
+        new_tokens: Vec<u32>,
+    },
+    /// A sequence failed and left the batch (the others go on).
+    Failed {
+        /// The sequence.
+        id: SequenceId,
+        /// Why.
+        error: BatchError,
+    },
+}
+
+/// A request admitted to a scheduler, with all of its state.
+#[derive(Debug)]
+struct Sequence {
+    id: SequenceId,
+    /// The request's name (errors name it).
+    name: String,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+    sampler: Sampler,
+    new_tokens: Vec<u32>,
+    /// Padding slots before its first token in the batch's cache.
+    pad: usize,
+    /// Its adapters, held.
+    row: ResolvedRow,
+}
+
+impl Sequence {
+    /// Why it is done, if it is.
+    fn finished(&self, eos: &[u32], ignore_eos: bool) -> Option<FinishReason> {
+        match self.new_tokens.last() {
+            Some(t) if !ignore_eos && eos.contains(t) => Some(FinishReason::Eos),
+            _ if self.new_tokens.len() >= self.max_new_tokens => Some(FinishReason::Length),
+            _ => None,
+        }
+    }
+
+    fn finish_event(&mut self, reason: FinishReason) -> Event {
+        Event::Finished {
+            id: self.id,
+            reason,
+            prompt_tokens: self.prompt.len(),
+            new_tokens: std::mem::take(&mut self.new_tokens),
+        }
+    }
+}
+
+/// The running batch's tensors: row `i` of each belongs to `Scheduler::running[i]`.
+#[derive(Debug)]
+struct BatchState<B: Backend> {
+    cache: KvCache<B>,
+    lora: LlamaLora<B>,
+}
+
+/// A continuous-batching scheduler over an [`Engine`]: admits, steps and retires sequences.
+///
+/// The engine is passed to every call rather than held, so that its adapters can change between
+/// steps (an adapter added is usable by the next request; one removed stays with the rows using it).
+#[derive(Debug)]
+pub struct Scheduler<B: Backend> {
+    max_rows: usize,
+    ignore_eos: bool,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    state: Option<BatchState<B>>,
+    next_id: SequenceId,
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// A scheduler running at most `max_rows` rows at once (at least 1).
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            max_rows: max_rows.max(1),
+            ignore_eos: false,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            state: None,
+            next_id: 0,
+        }
+    }
+
+    /// Keep generating after end-of-sequence tokens (benchmarks: every row runs to its budget).
+    pub fn ignore_eos(mut self, ignore: bool) -> Self {
+        self.ignore_eos = ignore;
+        self
+    }
+
+    /// Checks `request` against `engine` (prompt, context, sampling, adapters and composition, as
+    /// [`Engine::run`] does) and queues it; it joins the running batch at the next [`Self::step`]
+    /// with a free row. Its adapters are held from now on.
+    pub fn admit(&mut self, engine: &Engine<B>, request: Request) -> Result<SequenceId, BatchError> {
+        let prompt = engine.prepare(&request)?.ids;
+        let row = ResolvedRow::resolve(engine.adapters(), &request.row, &request.name)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Sequence {
+            id,
+            name: request.name,
+            prompt,
+            max_new_tokens: request.max_new_tokens,
+            sampler: Sampler::new(request.sampling),
+            new_tokens: Vec::new(),
+            pad: 0,
+            row,
+        });
+        Ok(id)
+    }
+
+    /// Removes a sequence, waiting or running (its row leaves the batch at once); false when there is
+    /// no such sequence (it finished or failed already).
+    pub fn cancel(&mut self, id: SequenceId) -> bool {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        let Some(i) = self.running.iter().position(|s| s.id == id) else { return false };
+        let keep: Vec<usize> = (0..self.running.len()).filter(|&k| k != i).collect();
+        self.keep_rows(&keep);
+        true
+    }
+
+    /// Sequences queued for a row.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences in the running batch.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Names of the adapters the queued and running sequences hold (with repeats).
+    pub fn adapters_in_use(&self) -> impl Iterator<Item = &str> {
+        self.waiting.iter().chain(&self.running).flat_map(|s| s.row.names())
+    }
+
+    /// One step: the waiting sequences that fit are prefilled and join the batch (each produces its
+    /// first token), then every running row produces its next token in one forward pass. Returns the
+    /// tokens, finished and failed sequences of this step.
+    pub fn step(&mut self, engine: &Engine<B>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let room = self.max_rows.saturating_sub(self.running.len());
+        if room > 0 && !self.waiting.is_empty() {
+            let newcomers: Vec<Sequence> = self.waiting.drain(..room.min(self.waiting.len())).collect();
+            self.join(engine, newcomers, &mut events);
+        }
+        if !self.running.is_empty() {
+            self.decode(engine, &mut events);
+        }
+        events
+    }
+
+    /// Prefills `newcomers` together, samples their first tokens and merges the survivors into the
+    /// running batch.
+    fn join(&mut self, engine: &Engine<B>, mut newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
+        let device = engine.device();
+        let model = engine.model();
+        let vocab = engine.config().vocab_size;
+        let n = newcomers.len();
+        let t = newcomers.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
+        let rows: Vec<ResolvedRow> = newcomers.iter().map(|s| s.row.clone()).collect();
+        let names: Vec<&str> = newcomers.iter().map(|s| s.name.as_str()).collect();
+        let lora = BatchAdapters::from_resolved(&rows, &names)
+            .map_err(BatchError::from)
+            .and_then(|b| Ok(b.llama_lora_gated(engine.config(), engine.gate(), device)?));
+        let lora = match lora {
+            Ok(lora) => lora,
+            Err(e) => {
+                let message = e.to_string();
+                for s in newcomers {
+                    let error = BatchError::Request { request: s.name, message: message.clone() };
+                    events.push(Event::Failed { id: s.id, error });
+                }
+                return;
+            }
+        };
+        let mut tokens = Vec::with_capacity(n * t);
+        for s in &mut newcomers {
+            s.pad = t - s.prompt.len();
+            tokens.extend(std::iter::repeat_n(0i64, s.pad));
+            tokens.extend(s.prompt.iter().map(|&x| i64::from(x)));
+        }
+        let pads: Vec<usize> = newcomers.iter().map(|s| s.pad).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
+        let attn = AttentionInput::left_padded(&pads, 0, t, device);
+        let longest = newcomers.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
+        let mut cache = KvCache::with_capacity(model.n_layers(), t + longest);
+        let hidden = model.forward(tokens, &attn, &mut cache, Some(&lora));
+        let d = hidden.dims()[2];
+        let last = to_vec(model.logits(hidden.slice([0..n, t - 1..t, 0..d])));
+
+        let eos = &engine.config().eos_token_ids;
+        let mut keep = Vec::with_capacity(n);
+        let mut joining = Vec::with_capacity(n);
+        for (line, mut s) in newcomers.into_iter().enumerate() {
+            let logits = &last[line * vocab..(line + 1) * vocab];
+            if let Some(problem) = logits_problem(logits, vocab) {
+                let error =
+                    BatchError::Numerical { request: s.name, message: numerical_message(problem, "the prefill") };
+                events.push(Event::Failed { id: s.id, error });
+                continue;
+            }
+            if s.max_new_tokens == 0 {
+                events.push(s.finish_event(FinishReason::Length));
+                continue;
+            }
+            let token = s.sampler.pick(logits);
+            s.new_tokens.push(token);
+            events.push(Event::Token { id: s.id, token });
+            if let Some(reason) = s.finished(eos, self.ignore_eos) {
+                events.push(s.finish_event(reason));
+                continue;
+            }
+            keep.push(line);
+            joining.push(s);
+        }
+        if joining.is_empty() {
+            return;
+        }
+        if keep.len() < n {
+            cache.select_rows(&keep);
+        }
+        match self.state.take() {
+            Some(mut state) if !self.running.is_empty() => {
+                let (pad_running, pad_joining) = state.cache.merge(cache);
+                self.running.iter_mut().for_each(|s| s.pad += pad_running);
+                joining.iter_mut().for_each(|s| s.pad += pad_joining);
+                self.running.extend(joining);
+                // The LoRA state of the whole batch, rebuilt from the rows' held adapters.
+                let rows: Vec<ResolvedRow> = self.running.iter().map(|s| s.row.clone()).collect();
+                let names: Vec<&str> = self.running.iter().map(|s| s.name.as_str()).collect();
+                let lora = BatchAdapters::from_resolved(&rows, &names)
+                    .map_err(BatchError::from)
+                    .and_then(|b| Ok(b.llama_lora_gated(engine.config(), engine.gate(), device)?));
+                match lora {
+                    Ok(lora) => self.state = Some(BatchState { cache: state.cache, lora }),
+                    Err(e) => {
+                        // Every row resolved on its own before: a failure here is the batch's.
+                        let message = e.to_string();
+                        for s in self.running.drain(..) {
+                            let error = BatchError::Request { request: s.name, message: message.clone() };
+                            events.push(Event::Failed { id: s.id, error });
+                        }
+                    }
+                }
+            }
+            _ => {
+                let lora = if keep.len() < n { lora.select_rows(&keep) } else { lora };
+                self.running = joining;
+                self.state = Some(BatchState { cache, lora });
+            }
+        }
+    }
+
+    /// Every running row feeds its last token and samples the next one, in one forward pass.
+    fn decode(&mut self, engine: &Engine<B>, events: &mut Vec<Event>) {
+        let Some(state) = self.state.as_mut() else { return };
+        let device = engine.device();
+        let vocab = engine.config().vocab_size;
+        let m = self.running.len();
+        let next: Vec<i64> = self.running.iter().map(|s| s.new_tokens.last().map_or(0, |&t| i64::from(t))).collect();
+        let pads: Vec<usize> = self.running.iter().map(|s| s.pad).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [m, 1]), device);
+        let attn = AttentionInput::left_padded(&pads, state.cache.len(), 1, device);
+        let hidden = engine.model().forward(tokens, &attn, &mut state.cache, Some(&state.lora));
+        let logits = to_vec(engine.model().logits(hidden));
+
+        let eos = &engine.config().eos_token_ids;
+        let mut keep = Vec::with_capacity(m);
+        for (line, s) in self.running.iter_mut().enumerate() {
+            let row = &logits[line * vocab..(line + 1) * vocab];
+            if let Some(problem) = logits_problem(row, vocab) {
+                let when = format!("decoding step {}", s.new_tokens.len());
+                let error =
+                    BatchError::Numerical { request: s.name.clone(), message: numerical_message(problem, &when) };
+                events.push(Event::Failed { id: s.id, error });
+                continue;
+            }
+            let token = s.sampler.pick(row);
+            s.new_tokens.push(token);
+            events.push(Event::Token { id: s.id, token });
+            match s.finished(eos, self.ignore_eos) {
+                Some(reason) => events.push(s.finish_event(reason)),
+                None => keep.push(line),
+            }
+        }
+        if keep.len() < m {
+            self.keep_rows(&keep);
+        }
+    }
+
+    /// Keeps only the running rows `keep` (in that order) and trims the cache positions that are
+    /// padding for every remaining row.
+    fn keep_rows(&mut self, keep: &[usize]) {
+        if keep.is_empty() {
+            self.running.clear();
+            self.state = None;
+            return;
+        }
+        let mut kept: Vec<Option<Sequence>> = std::mem::take(&mut self.running).into_iter().map(Some).collect();
+        self.running = keep.iter().filter_map(|&k| kept.get_mut(k).and_then(Option::take)).collect();
+        if let Some(state) = self.state.as_mut() {
+            state.cache.select_rows(keep);
+            state.lora = state.lora.select_rows(keep);
+            let trim = self.running.iter().map(|s| s.pad).min().unwrap_or(0);
+            if trim > 0 {
+                state.cache.trim_front(trim);
+                self.running.iter_mut().for_each(|s| s.pad -= trim);
+            }
+        }
+    }
+}

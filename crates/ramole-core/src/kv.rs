@@ -1,0 +1,264 @@
+//! A preallocated key/value buffer written in place: the storage of one attention layer's KV cache.
+//!
+//! A [`KvBuffer`] holds `[rows, heads, capacity, head_dim]` and the number of positions written
+//! (`len`). [`KvBuffer::append`] writes the new positions at `len..len + t` and returns a view of
+//! `0..len + t`; only when the capacity runs out is the buffer reallocated (doubling), so a decoding
+//! step costs the new keys alone, not a copy of the whole past as a concatenation does.
+//!
+//! How "in place" is reached per backend:
+//! - candle (the default CPU backend): burn-candle's `slice_assign` builds a new tensor (candle tensors
+//!   are immutable through burn), so the buffer is a candle tensor owned here, written with candle's
+//!   `slice_set` and handed to burn as views. Writes only ever go to positions past every view handed
+//!   out before, so earlier views never see a change; a `KvBuffer` is not `Clone` for that reason.
+//! - every other backend: burn's `slice_assign` into the preallocated tensor, which the cubecl
+//!   backends (wgpu, cuda) and flex perform in place when the buffer's handle is not shared.
+//! - under autodiff (training) the buffer holds what it was given (training runs one forward over
+//!   the whole sequence) and grows by concatenation, which keeps the graph.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// One layer's keys or values: `[rows, heads, capacity, head_dim]` of which positions `0..len` are
+/// written.
+#[derive(Debug)]
+pub struct KvBuffer<B: Backend> {
+    /// The buffer, when burn's ops hold it (every backend but candle, and candle under autodiff).
+    burn: Option<Tensor<B, 4>>,
+    /// The buffer, when it is a candle tensor written in place.
+    #[cfg(feature = "candle")]
+    candle: Option<candle::Buffer>,
+    /// `[rows, heads, head_dim]`.
+    dims: [usize; 3],
+    len: usize,
+    device: B::Device,
+}
+
+impl<B: Backend> KvBuffer<B> {
+    /// A buffer holding `first` (`[rows, heads, t, head_dim]`) with room for at least `capacity`
+    /// positions.
+    pub fn new(first: Tensor<B, 4>, capacity: usize) -> Self {
+        let [rows, heads, t, hd] = first.dims();
+        let cap = capacity.max(t);
+        let device = first.device();
+        let mut buf = Self {
+            burn: None,
+            #[cfg(feature = "candle")]
+            candle: None,
+            dims: [rows, heads, hd],
+            len: t,
+            device: device.clone(),
+        };
+        #[cfg(feature = "candle")]
+        if let Some(c) = candle::Buffer::new::<B>(&first, cap) {
+            buf.candle = Some(c);
+            return buf;
+        }
+        buf.burn = Some(if cap == t || B::ad_enabled(&device) {
+            first
+        } else {
+            let zeros = Tensor::<B, 4>::zeros([rows, heads, cap, hd], &device);
+            zeros.slice_assign([0..rows, 0..heads, 0..t, 0..hd], first)
+        });
+        buf
+    }
+
+    /// Positions written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows (the batch dimension).
+    pub fn rows(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// Positions the buffer holds before it must grow.
+    pub fn capacity(&self) -> usize {
+        #[cfg(feature = "candle")]
+        if let Some(c) = &self.candle {
+            return c.capacity();
+        }
+        self.burn.as_ref().map_or(self.len, |t| t.dims()[2])
+    }
+
+    /// Writes `value` (`[rows, heads, t, head_dim]`) at positions `len..len + t` and returns the whole
+    /// written sequence, `[rows, heads, len + t, head_dim]`.
+    pub fn append(&mut self, value: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [rows, heads, t, hd] = value.dims();
+        let (len, end) = (self.len, self.len + t);
+        #[cfg(feature = "candle")]
+        if let Some(c) = &mut self.candle {
+            if c.append::<B>(len, &value) {
+                self.len = end;
+                return self.view();
+            }
+            // Candle refused (it should not): burn's ops from here on.
+            self.burn = Some(self.view());
+            self.candle = None;
+        }
+        let device = self.device.clone();
+        // Moved out (not cloned), so a backend that writes in place sees a handle nobody shares.
+        let store = self.burn.take().unwrap_or_else(|| Tensor::zeros([rows, heads, len, hd], &device));
+        let cap = store.dims()[2];
+        let store = if B::ad_enabled(&device) {
+            Tensor::cat(vec![store.narrow(2, 0, len), value], 2)
+        } else if end <= cap {
+            store.slice_assign([0..rows, 0..heads, len..end, 0..hd], value)
+        } else {
+            let grown = (2 * cap).max(end);
+            let buf = Tensor::<B, 4>::zeros([rows, heads, grown, hd], &device);
+            let buf = buf.slice_assign([0..rows, 0..heads, 0..len, 0..hd], store.narrow(2, 0, len));
+            buf.slice_assign([0..rows, 0..heads, len..end, 0..hd], value)
+        };
+        self.burn = Some(store);
+        self.len = end;
+        self.view()
+    }
+
+    /// The written positions, `[rows, heads, len, head_dim]` (a view: no copy).
+    pub fn view(&self) -> Tensor<B, 4> {
+        #[cfg(feature = "candle")]
+        if let Some(v) = self.candle.as_ref().and_then(|c| c.view::<B>(self.len)) {
+            return v;
+        }
+        match &self.burn {
+            Some(t) => t.clone().narrow(2, 0, self.len),
+            None => {
+                let [rows, heads, hd] = self.dims;
+                Tensor::zeros([rows, heads, self.len, hd], &self.device)
+            }
+        }
+    }
+}
+
+#[cfg(feature = "candle")]
+#[allow(deprecated)] // burn-candle: the default CPU backend (docs/architecture.md says why)
+mod candle {
+    //! The candle path: a candle tensor written with `slice_set`, viewed through burn-candle's public
+    //! `CandleTensor::new`. Used when the backend's float primitive is `CandleTensor` in f32 on the CPU
+    //! (so not under autodiff, whose primitive differs).
+
+    use std::any::Any;
+
+    use burn::backend::candle::CandleTensor;
+    use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+    use candle_core::{DType, Device};
+
+    #[derive(Debug)]
+    pub(super) struct Buffer {
+        /// `[rows, heads, capacity, head_dim]`, contiguous.
+        tensor: candle_core::Tensor,
+    }
+
+    fn is_candle_f32<B: Backend>() -> bool {
+        use std::any::TypeId;
+        TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<CandleTensor>()
+            && TypeId::of::<B::FloatElem>() == TypeId::of::<f32>()
+    }
+
+    /// The host values of `value` as a contiguous candle tensor.
+    fn to_candle<B: Backend>(value: &Tensor<B, 4>) -> Option<candle_core::Tensor> {
+        let data = value.clone().into_data().convert::<f32>().to_vec::<f32>().ok()?;
+        candle_core::Tensor::from_vec(data, value.dims().to_vec(), &Device::Cpu).ok()
+    }
+
+    impl Buffer {
+        pub(super) fn new<B: Backend>(first: &Tensor<B, 4>, capacity: usize) -> Option<Self> {
+            if !is_candle_f32::<B>() {
+                return None;
+            }
+            let [rows, heads, t, hd] = first.dims();
+            let src = to_candle(first)?;
+            let tensor = if capacity == t {
+                src
+            } else {
+                let buf = candle_core::Tensor::zeros((rows, heads, capacity, hd), DType::F32, &Device::Cpu).ok()?;
+                buf.slice_set(&src, 2, 0).ok()?;
+                buf
+            };
+            Some(Self { tensor })
+        }
+
+        pub(super) fn capacity(&self) -> usize {
+            self.tensor.dims()[2]
+        }
+
+        /// Writes `value` at `offset` (growing the buffer when needed); false when candle refuses it
+        /// (the caller then falls back to burn's ops).
+        pub(super) fn append<B: Backend>(&mut self, offset: usize, value: &Tensor<B, 4>) -> bool {
+            let Some(src) = to_candle(value) else { return false };
+            let [rows, heads, t, hd] = value.dims();
+            let end = offset + t;
+            if end > self.capacity() {
+                let grown = (2 * self.capacity()).max(end);
+                let Ok(buf) = candle_core::Tensor::zeros((rows, heads, grown, hd), DType::F32, &Device::Cpu) else {
+                    return false;
+                };
+                let Ok(old) = self.tensor.narrow(2, 0, offset).and_then(|o| o.contiguous()) else { return false };
+                if buf.slice_set(&old, 2, 0).is_err() {
+                    return false;
+                }
+                self.tensor = buf;
+            }
+            self.tensor.slice_set(&src, 2, offset).is_ok()
+        }
+
+        pub(super) fn view<B: Backend>(&self, len: usize) -> Option<Tensor<B, 4>> {
+            let view = self.tensor.narrow(2, 0, len).ok()?;
+            let boxed: Box<dyn Any> = Box::new(CandleTensor::new(view));
+            let primitive = boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
+            Some(Tensor::from_primitive(TensorPrimitive::Float(*primitive)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Selected, device};
+    use burn::tensor::TensorData;
+
+    fn seq(rows: usize, t: usize, start: f32) -> Tensor<Selected, 4> {
+        let n = rows * 2 * t * 3;
+        let data: Vec<f32> = (0..n).map(|i| start + i as f32).collect();
+        Tensor::from_data(TensorData::new(data, [rows, 2, t, 3]), &device())
+    }
+
+    fn host(t: Tensor<Selected, 4>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().expect("f32")
+    }
+
+    #[test]
+    fn appends_equal_a_concatenation_within_and_past_the_capacity() {
+        for capacity in [0, 3, 5, 64] {
+            let first = seq(2, 3, 0.0);
+            let mut buf = KvBuffer::new(first.clone(), capacity);
+            let mut expected = first;
+            for step in 0..6 {
+                let t = 1 + step % 2;
+                let new = seq(2, t, 1000.0 * (step + 1) as f32);
+                let got = buf.append(new.clone());
+                expected = Tensor::cat(vec![expected, new], 2);
+                assert_eq!(got.dims(), expected.dims(), "capacity {capacity}, step {step}");
+                assert_eq!(host(got), host(expected.clone()), "capacity {capacity}, step {step}");
+            }
+            assert_eq!(buf.len(), expected.dims()[2]);
+            assert!(buf.capacity() >= buf.len());
+        }
+    }
+
+    #[test]
+    fn earlier_views_keep_their_values_after_later_appends() {
+        let mut buf = KvBuffer::new(seq(1, 2, 0.0), 16);
+        let early = buf.append(seq(1, 1, 100.0));
+        let before = host(early.clone());
+        for step in 0..20 {
+            buf.append(seq(1, 1, 500.0 + step as f32));
+        }
+        assert_eq!(host(early), before);
+    }
+}
