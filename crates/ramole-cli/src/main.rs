@@ -66,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Pool(a) => cmd::pool::run(a),
         Command::Retrieve(a) => cmd::retrieve::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     }
 }

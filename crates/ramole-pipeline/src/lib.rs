@@ -1,15 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod residency;
 pub mod routing;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use ramole_batch::{BatchError, Engine, Request, RequestInput, RunOptions, Sampling};
+use ramole_mole::LoraAdapter;
 use ramole_retriever::{LoraPool, RetrieverError, SentenceEncoder};
 
+use residency::Residency;
+pub use residency::ResidencyStats;
 pub use routing::{RouteConfig, RoutedLora, Routing, Strategy, Weighting};
 
 /// Errors of the pipeline. Each names the input or pool entry at fault.
@@ -113,6 +118,7 @@ pub struct Ramole<B: Backend> {
     encoder: SentenceEncoder<B>,
     pool: LoraPool,
     servable: HashSet<String>,
+    residency: Residency,
 }
 
 impl<B: Backend> Ramole<B> {
@@ -160,12 +166,86 @@ impl<B: Backend> Ramole<B> {
             };
             return Err(PipelineError::EmptyPool { dir: pool.dir().to_path_buf(), hint });
         }
-        Ok((Self { engine, encoder, pool, servable }, skipped))
+        Ok((Self { engine, encoder, pool, servable, residency: Residency::default() }, skipped))
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine<B> {
         &self.engine
+    }
+
+    /// The engine, to change its gate or run requests of its own (adapters come and go through
+    /// [`Self::add_lora`], [`Self::remove_lora`] and [`Self::make_resident`]).
+    pub fn engine_mut(&mut self) -> &mut Engine<B> {
+        &mut self.engine
+    }
+
+    /// Registers a LoRA while serving. Its adapter (in `adapter_dir`) is loaded and checked against
+    /// the base model first, then its samples are embedded and its entry written to the on-disk pool
+    /// (atomically, [`LoraPool::add`]); only then is it loaded and routed to. On error nothing
+    /// changed: not the pool on disk, not the index, not the engine.
+    pub fn add_lora(&mut self, name: &str, adapter_dir: &Path, samples: &[String]) -> Result<(), PipelineError> {
+        ramole_retriever::pool::validate_name(name)?;
+        if self.pool.get(name).is_some() {
+            return Err(PipelineError::Retriever(RetrieverError::DuplicateName {
+                pool: self.pool.dir().to_path_buf(),
+                name: name.into(),
+            }));
+        }
+        let adapter = LoraAdapter::load(name, adapter_dir, self.engine.adapters().base()).map_err(BatchError::from)?;
+        self.pool.add(name, Some(adapter_dir), samples, &self.encoder)?;
+        // A stale adapter of that name (loaded before a removal) gives way to the new one.
+        self.engine.adapters_mut().remove(name);
+        self.engine.adapters_mut().insert(Arc::new(adapter)).map_err(BatchError::from)?;
+        self.servable.insert(name.into());
+        self.residency.touch(name);
+        self.residency.evict(&mut self.engine, &[name]);
+        Ok(())
+    }
+
+    /// Removes a LoRA: its pool entry is deleted on disk (the adapter folder stays), it is no longer
+    /// routed to and it is unloaded. Rows already running hold its tensors until they finish.
+    pub fn remove_lora(&mut self, name: &str) -> Result<(), PipelineError> {
+        self.pool.remove(name)?;
+        self.engine.adapters_mut().remove(name);
+        self.servable.remove(name);
+        self.residency.forget(name);
+        Ok(())
+    }
+
+    /// Keeps at most `max` adapters loaded (`None`: all of them), unloading the least recently used
+    /// ones that no row holds; the others load from their pool folder when a request needs them
+    /// ([`Self::make_resident`]).
+    pub fn set_max_resident(&mut self, max: Option<usize>) {
+        self.residency.max = max;
+        self.residency.evict(&mut self.engine, &[]);
+    }
+
+    /// Loads the servable LoRAs of `names` that are not loaded (from their pool folders), marks them
+    /// all as just used, and unloads the least recently used others beyond the residency limit.
+    /// Counts hits (loaded already) and misses (loaded now).
+    pub fn make_resident(&mut self, names: &[&str]) -> Result<(), PipelineError> {
+        for &name in names {
+            if self.engine.adapters().get(name).is_some() {
+                self.residency.stats.hits += 1;
+            } else if self.servable.contains(name) {
+                let entry = self.pool.get(name).ok_or_else(|| PipelineError::Input(format!("no LoRA `{name}`")))?;
+                let dir = self
+                    .pool
+                    .adapter_dir(entry)
+                    .ok_or_else(|| PipelineError::Input(format!("LoRA `{name}` has no adapter folder in the pool")))?;
+                self.engine.adapters_mut().add(name, &dir).map_err(BatchError::from)?;
+                self.residency.stats.misses += 1;
+            }
+            self.residency.touch(name);
+        }
+        self.residency.evict(&mut self.engine, names);
+        Ok(())
+    }
+
+    /// Adapter cache hits and misses of [`Self::make_resident`] so far, and adapters loaded now.
+    pub fn residency(&self) -> ResidencyStats {
+        ResidencyStats { resident: self.engine.adapters().len(), ..self.residency.stats }
     }
 
     /// The pool.

@@ -14,6 +14,7 @@ pub mod output;
 pub mod pool;
 pub mod retrieve;
 pub mod run;
+pub mod serve;
 pub mod tasks;
 pub mod train_gate;
 pub mod train_lora;

@@ -1,0 +1,183 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod api;
+mod error;
+mod metrics;
+mod routes;
+mod text;
+pub mod worker;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use ramole_pipeline::{Ramole, RouteConfig};
+use tokenizers::Tokenizer;
+
+pub use error::ServerError;
+pub use metrics::Metrics;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The base model's name: `model` = this name is the base model without adapters.
+    pub model_name: String,
+    /// Most rows in the running batch.
+    pub max_batch: usize,
+    /// Most requests waiting for a row; beyond `max_batch + max_queue` accepted requests, 429.
+    pub max_queue: usize,
+    /// A bearer token every `/v1/*` and `/metrics` request must carry, if set.
+    pub api_key: Option<String>,
+    /// Longest a request may take, queueing included.
+    pub request_timeout: Duration,
+    /// Largest request body (bytes); adapter uploads included.
+    pub max_body_bytes: usize,
+    /// `max_tokens` when a request does not say (at most what the context leaves after the prompt).
+    pub default_max_tokens: usize,
+    /// How `model: "ramole"` routes (strategy, top-k, weights), unless the request says otherwise.
+    pub route: RouteConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model_name: "base".into(),
+            max_batch: 32,
+            max_queue: 256,
+            api_key: None,
+            request_timeout: Duration::from_secs(300),
+            max_body_bytes: 64 << 20,
+            default_max_tokens: 256,
+            route: RouteConfig::default(),
+        }
+    }
+}
+
+/// The name of the routed model: `model: "ramole"` routes each request through the pool.
+pub const ROUTED_MODEL: &str = "ramole";
+
+/// What the HTTP handlers share.
+struct Inner {
+    commands: std::sync::mpsc::Sender<worker::Command>,
+    shared: Arc<worker::Shared>,
+    config: ServeConfig,
+    tokenizer: Arc<Tokenizer>,
+    eos: Arc<[u32]>,
+    /// The model's context (prompt plus new tokens).
+    context: usize,
+    pool_dir: PathBuf,
+    in_flight: AtomicUsize,
+    /// Numbers request ids and upload folders.
+    counter: AtomicUsize,
+}
+
+/// A server ready to accept connections: its routes and its engine's thread.
+pub struct Server {
+    router: axum::Router,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Starts the engine's thread over `ramole` (model, adapters, encoder, pool) and builds the
+    /// routes. Fails when the model has no tokenizer (the API speaks text) or the configuration
+    /// cannot work.
+    pub fn new<B: Backend>(ramole: Ramole<B>, config: ServeConfig) -> Result<Self, ServerError>
+    where
+        Ramole<B>: Send + 'static,
+    {
+        config.route.validate().map_err(|e| ServerError::Setup(e.to_string()))?;
+        if config.max_batch == 0 {
+            return Err(ServerError::Setup("--max-batch must be at least 1".into()));
+        }
+        if config.model_name == ROUTED_MODEL {
+            return Err(ServerError::Setup(format!("the base model cannot be called `{ROUTED_MODEL}`")));
+        }
+        let tokenizer = ramole
+            .engine()
+            .tokenizer()
+            .cloned()
+            .map(Arc::new)
+            .ok_or_else(|| ServerError::Setup("the model has no tokenizer: the server needs one".into()))?;
+        let eos: Arc<[u32]> = ramole.engine().config().eos_token_ids.clone().into();
+        let context = ramole.engine().config().max_position_embeddings;
+        let pool_dir = ramole.pool().dir().to_path_buf();
+        std::fs::create_dir_all(pool_dir.join("adapters"))
+            .map_err(|e| ServerError::Setup(format!("{}: {e}", pool_dir.join("adapters").display())))?;
+        let shared = Arc::new(worker::Shared { adapters: RwLock::new(Vec::new()), metrics: Metrics::default() });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (max_batch, timeout) = (config.max_batch, config.request_timeout);
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("ramole-engine".into())
+            .spawn(move || worker::run(ramole, rx, worker_shared, max_batch, timeout))
+            .map_err(|e| ServerError::Setup(format!("starting the engine thread: {e}")))?;
+        let inner = Arc::new(Inner {
+            commands: tx,
+            shared,
+            config,
+            tokenizer,
+            eos,
+            context,
+            pool_dir,
+            in_flight: AtomicUsize::new(0),
+            counter: AtomicUsize::new(0),
+        });
+        Ok(Self { router: routes::router(inner), worker })
+    }
+
+    /// The routes, for serving them another way (or testing them without a socket).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets the requests in progress finish
+    /// (graceful shutdown) and stops the engine's thread.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Self { router, worker } = self;
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        // Every handler is done and the routes are dropped: the engine's command channel closes and
+        // its thread ends once nothing is left to run.
+        let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+        served.map_err(|e| ServerError::Setup(format!("serving: {e}")))?;
+        match joined {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ServerError::Setup("the engine thread panicked".into())),
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

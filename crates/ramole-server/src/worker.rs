@@ -1,0 +1,368 @@
+//! The engine's thread: it owns the pipeline (model, adapters, encoder, pool) and the continuous
+//! batching scheduler, takes commands between steps, and sends each request its tokens.
+//!
+//! Everything that changes the pool or the engine happens here, between two steps, so a request
+//! never sees an adapter half-loaded, and the HTTP side never touches a tensor.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use ramole_batch::{Event, FinishReason, Request, RequestInput, Sampling, Scheduler, SequenceId};
+use ramole_core::lora::Composition;
+use ramole_pipeline::{Ramole, RouteConfig, RoutedLora, Routing, Strategy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Metrics, ServerError};
+
+/// Which adapters a request runs with.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The base model.
+    Base,
+    /// One adapter.
+    Adapter(String),
+    /// RAMoLE: retrieval over the pool, composed by the configuration's strategy.
+    Route(RouteConfig),
+    /// Adapters and weights chosen by the client.
+    Explicit {
+        /// `(name, weight)`.
+        adapters: Vec<(String, f32)>,
+        /// How they combine.
+        composition: Composition,
+    },
+}
+
+/// A generation request, ready for the engine.
+#[derive(Debug)]
+pub struct Job {
+    /// The model's input (the ChatML prompt for chat).
+    pub prompt: String,
+    /// What the retriever reads (the prompt, or the last user message).
+    pub query: String,
+    /// Which adapters.
+    pub target: Target,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// How tokens are picked.
+    pub sampling: Sampling,
+    /// When it must be done.
+    pub deadline: Instant,
+    /// When it arrived.
+    pub arrived: Instant,
+}
+
+/// What the engine sends back for a generation request, in order: `Admitted`, then `Token`s, then
+/// `Finished` (or an `Error` at any point).
+#[derive(Debug)]
+pub enum Reply {
+    /// It joined the queue, with this routing and prompt length.
+    Admitted {
+        /// The LoRAs it uses.
+        routing: Vec<RoutedLora>,
+    },
+    /// A generated token.
+    Token(u32),
+    /// Done.
+    Finished(FinishReason),
+    /// Failed.
+    Error(ServerError),
+}
+
+/// A registered adapter, as `GET /v1/adapters` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterInfo {
+    /// Its name (the `model` that selects it).
+    pub name: String,
+    /// Its adapter folder.
+    pub path: Option<PathBuf>,
+    /// Samples its embedding is the mean of.
+    pub samples: usize,
+}
+
+/// A command for the engine's thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Generate.
+    Generate {
+        /// The request.
+        job: Job,
+        /// Where its tokens go; a closed channel (the client left) cancels it.
+        reply: mpsc::UnboundedSender<Reply>,
+    },
+    /// Register an adapter.
+    AddAdapter {
+        /// Its name.
+        name: String,
+        /// Its folder on the server's disk.
+        path: PathBuf,
+        /// Whether `path` is a staged upload, to move into the pool's `adapters/` folder once valid
+        /// (removed if not).
+        staged: bool,
+        /// Its samples.
+        samples: Vec<String>,
+        /// The outcome.
+        reply: oneshot::Sender<Result<AdapterInfo, ServerError>>,
+    },
+    /// Unregister an adapter.
+    RemoveAdapter {
+        /// Its name.
+        name: String,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
+}
+
+/// What the engine's thread shares with the HTTP side.
+#[derive(Debug)]
+pub struct Shared {
+    /// The registered adapters, refreshed after every change.
+    pub adapters: RwLock<Vec<AdapterInfo>>,
+    /// The counters.
+    pub metrics: Metrics,
+}
+
+/// A request in the scheduler, with where its tokens go.
+struct Live {
+    reply: mpsc::UnboundedSender<Reply>,
+    deadline: Instant,
+    arrived: Instant,
+    first_token: bool,
+}
+
+/// The engine's loop: runs until every command sender is gone and nothing is left to run.
+pub fn run<B: Backend>(
+    mut ramole: Ramole<B>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    timeout: Duration,
+) {
+    let mut scheduler = Scheduler::<B>::new(max_batch);
+    let mut live: HashMap<SequenceId, Live> = HashMap::new();
+    let mut next_name = 0u64;
+    refresh_adapters(&ramole, &shared);
+    let mut open = true;
+    while open || !scheduler.is_idle() {
+        // Commands: wait for one when idle, else take what has arrived and go on stepping.
+        let mut batch = Vec::new();
+        if scheduler.is_idle() {
+            match commands.recv_timeout(Duration::from_millis(200)) {
+                Ok(c) => batch.push(c),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        loop {
+            match commands.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        for command in batch {
+            match command {
+                Command::Generate { job, reply } => {
+                    next_name += 1;
+                    let deadline = job.deadline;
+                    let arrived = job.arrived;
+                    match admit(&mut ramole, &mut scheduler, job, next_name) {
+                        Ok((id, admitted)) => {
+                            let _ = reply.send(admitted);
+                            live.insert(id, Live { reply, deadline, arrived, first_token: false });
+                        }
+                        Err(e) => {
+                            shared.metrics.error(e.kind());
+                            let _ = reply.send(Reply::Error(e));
+                        }
+                    }
+                }
+                Command::AddAdapter { name, path, staged, samples, reply } => {
+                    let result = add_adapter(&mut ramole, &name, &path, staged, &samples);
+                    refresh_adapters(&ramole, &shared);
+                    let _ = reply.send(result);
+                }
+                Command::RemoveAdapter { name, reply } => {
+                    let result = if ramole.pool().get(&name).is_none() {
+                        Err(ServerError::NotFound(format!("no adapter `{name}` in the pool")))
+                    } else {
+                        ramole.remove_lora(&name).map_err(|e| ServerError::Generation(e.to_string()))
+                    };
+                    refresh_adapters(&ramole, &shared);
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        // Requests past their deadline or whose client left leave the batch.
+        let now = Instant::now();
+        let gone: Vec<SequenceId> =
+            live.iter().filter(|(_, l)| l.deadline <= now || l.reply.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            scheduler.cancel(id);
+            if let Some(l) = live.remove(&id)
+                && !l.reply.is_closed()
+            {
+                shared.metrics.error("timeout_error");
+                let _ = l.reply.send(Reply::Error(ServerError::Timeout(timeout)));
+            }
+        }
+        if scheduler.is_idle() {
+            shared.metrics.step(0, 0, 0, 0.0);
+            continue;
+        }
+        let clock = Instant::now();
+        let events = scheduler.step(ramole.engine());
+        let mut tokens = 0;
+        for event in events {
+            match event {
+                Event::Token { id, token } => {
+                    tokens += 1;
+                    if let Some(l) = live.get_mut(&id) {
+                        if !l.first_token {
+                            l.first_token = true;
+                            shared.metrics.first_token(l.arrived.elapsed().as_secs_f64());
+                        }
+                        if l.reply.send(Reply::Token(token)).is_err() {
+                            // The client left: the row leaves the batch at the next step.
+                            l.deadline = now;
+                        }
+                    }
+                }
+                Event::Finished { id, reason, .. } => {
+                    if let Some(l) = live.remove(&id) {
+                        shared.metrics.finished(l.arrived.elapsed().as_secs_f64());
+                        let _ = l.reply.send(Reply::Finished(reason));
+                    }
+                }
+                Event::Failed { id, error } => {
+                    if let Some(l) = live.remove(&id) {
+                        shared.metrics.error("generation_error");
+                        let _ = l.reply.send(Reply::Error(ServerError::Generation(error.to_string())));
+                    }
+                }
+            }
+        }
+        shared.metrics.step(scheduler.waiting(), scheduler.running(), tokens, clock.elapsed().as_secs_f64());
+        let r = ramole.residency();
+        shared.metrics.adapters(r.hits, r.misses, r.resident);
+    }
+}
+
+/// Routes a job, loads its adapters if they are not resident, and queues it.
+fn admit<B: Backend>(
+    ramole: &mut Ramole<B>,
+    scheduler: &mut Scheduler<B>,
+    job: Job,
+    n: u64,
+) -> Result<(SequenceId, Reply), ServerError> {
+    let invalid = |message: String| ServerError::Invalid { param: None, message };
+    let routing = match job.target {
+        Target::Base => Routing { strategy: Strategy::Base, loras: Vec::new(), arrow: None },
+        Target::Adapter(name) => Routing::single(name),
+        Target::Route(cfg) => ramole
+            .route(std::slice::from_ref(&job.query), &cfg, &[])
+            .map_err(|e| invalid(e.to_string()))?
+            .pop()
+            .ok_or_else(|| invalid("the retriever returned no routing".into()))?,
+        Target::Explicit { adapters, composition } => {
+            let strategy = match composition {
+                Composition::Single => Strategy::Selection,
+                Composition::Mixture => Strategy::Mixture,
+                Composition::Fusion => Strategy::Fusion,
+                Composition::Arrow(_) => Strategy::Arrow,
+                Composition::Gate => Strategy::Gate,
+            };
+            let arrow = match composition {
+                Composition::Arrow(p) => Some(p),
+                _ => None,
+            };
+            let loras = adapters.into_iter().map(|(lora, weight)| RoutedLora { lora, score: None, weight }).collect();
+            Routing { strategy, loras, arrow }
+        }
+    };
+    let names: Vec<&str> = routing.loras.iter().map(|l| l.lora.as_str()).collect();
+    for name in &names {
+        if !ramole.servable().contains(name) {
+            return Err(ServerError::NotFound(format!("no adapter `{name}` in the pool")));
+        }
+    }
+    ramole.make_resident(&names).map_err(|e| ServerError::Generation(e.to_string()))?;
+    let request = Request {
+        name: format!("request {n}"),
+        input: RequestInput::Prompt(job.prompt),
+        row: routing.row_request(),
+        max_new_tokens: job.max_tokens,
+        sampling: job.sampling,
+    };
+    let id = scheduler.admit(ramole.engine(), request).map_err(|e| invalid(e.to_string()))?;
+    Ok((id, Reply::Admitted { routing: routing.loras }))
+}
+
+/// Validates and registers an adapter; a staged upload moves into the pool's `adapters/` folder
+/// once valid, and is removed when anything fails.
+fn add_adapter<B: Backend>(
+    ramole: &mut Ramole<B>,
+    name: &str,
+    path: &std::path::Path,
+    staged: bool,
+    samples: &[String],
+) -> Result<AdapterInfo, ServerError> {
+    let invalid = |message: String| ServerError::Invalid { param: None, message };
+    let result = (|| {
+        ramole_retriever::pool::validate_name(name).map_err(|e| invalid(e.to_string()))?;
+        if ramole.pool().get(name).is_some() {
+            return Err(ServerError::Conflict(format!("an adapter named `{name}` is already in the pool")));
+        }
+        if samples.is_empty() || samples.iter().any(|s| s.trim().is_empty()) {
+            return Err(ServerError::Invalid {
+                param: Some("samples".into()),
+                message: "an adapter needs at least one sample input, none of them empty".into(),
+            });
+        }
+        // Checked in full against the base before it moves anywhere.
+        ramole_mole::LoraAdapter::load(name, path, ramole.engine().config())
+            .map_err(|e| invalid(format!("adapter `{name}`: {e}")))?;
+        let dir = if staged {
+            let dest = ramole.pool().dir().join("adapters").join(name);
+            if dest.exists() {
+                return Err(ServerError::Conflict(format!("{} already exists", dest.display())));
+            }
+            std::fs::rename(path, &dest)
+                .map_err(|e| ServerError::Generation(format!("moving the upload to {}: {e}", dest.display())))?;
+            dest
+        } else {
+            path.to_path_buf()
+        };
+        if let Err(e) = ramole.add_lora(name, &dir, samples) {
+            if staged {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(invalid(format!("adapter `{name}`: {e}")));
+        }
+        Ok(AdapterInfo { name: name.into(), path: Some(dir), samples: samples.len() })
+    })();
+    if staged && path.exists() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    result
+}
+
+fn refresh_adapters<B: Backend>(ramole: &Ramole<B>, shared: &Shared) {
+    let pool = ramole.pool();
+    let servable = ramole.servable();
+    let list = pool
+        .entries()
+        .into_iter()
+        .filter(|e| servable.contains(&e.name.as_str()))
+        .map(|e| AdapterInfo { name: e.name.clone(), path: pool.adapter_dir(e), samples: e.n_samples })
+        .collect();
+    if let Ok(mut a) = shared.adapters.write() {
+        *a = list;
+    }
+}

@@ -1,0 +1,407 @@
+//! The server as an OpenAI client uses it, on the tiny Llama: completions, chat, streaming, `model` = an
+//! adapter, `"ramole"` routing and explicit mixtures, each answer equal to the engine's greedy tokens;
+//! adapters uploaded and deleted while serving; auth, back-pressure, limits and metrics.
+
+mod common;
+
+use common::{Running, request, setup};
+use ramole_batch::{Request, RequestInput, RunOptions, Sampling};
+use ramole_core::lora::Composition;
+use ramole_mole::RowRequest;
+use ramole_server::ServeConfig;
+use serde_json::json;
+
+fn config() -> ServeConfig {
+    ServeConfig { model_name: "tiny".into(), ..Default::default() }
+}
+
+/// What the engine alone answers (greedy, static batch of one): the reference for the server.
+fn expected(
+    model: &std::path::Path,
+    pool: &std::path::Path,
+    prompt: &str,
+    adapters: &[(&str, f32)],
+    composition: Composition,
+    n: usize,
+) -> String {
+    let ramole = common::ramole(model, pool);
+    let engine = ramole.engine();
+    let request = Request {
+        name: "x".into(),
+        input: RequestInput::Prompt(prompt.into()),
+        row: RowRequest { adapters: adapters.iter().map(|(a, w)| (a.to_string(), *w)).collect(), composition },
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+    };
+    let out = engine.run(&[request], RunOptions::default()).pop().expect("one").expect("runs");
+    let eos = &engine.config().eos_token_ids;
+    let ids: Vec<u32> = out.new_tokens.into_iter().filter(|t| !eos.contains(t)).collect();
+    engine.decode(&ids).expect("decode")
+}
+
+#[test]
+fn completions_chat_streams_and_routing_answer_as_the_engine_does() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+
+    let models = server.get("/v1/models").json();
+    let ids: Vec<&str> = models["data"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["tiny", "ramole", "a0", "a1", "a2", "a3"]);
+
+    let prompt = "Plural of mouse:";
+    // The base model, then one adapter: the engine's greedy answer, with the routing used.
+    let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": prompt, "max_tokens": 6}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], expected(&model, &pool, prompt, &[], Composition::Single, 6));
+    assert_eq!(body["routing"], json!([]));
+    assert_eq!(body["usage"]["prompt_tokens"], prompt.len(), "one token per byte");
+    let r = server.post("/v1/completions", &json!({"model": "a1", "prompt": prompt, "max_tokens": 6})).json();
+    assert_eq!(r["choices"][0]["text"], expected(&model, &pool, prompt, &[("a1", 1.0)], Composition::Single, 6));
+    assert_eq!(r["routing"], json!([{"lora": "a1", "score": null, "weight": 1.0}]));
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["usage"]["completion_tokens"], 6);
+
+    // RAMoLE routing: the top-2 by cosine, a uniform mixture; the prompt resembles a0's samples.
+    let r = server.post("/v1/completions", &json!({"model": "ramole", "prompt": prompt, "max_tokens": 5, "top_k": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = r.json();
+    let routing = r["routing"].as_array().expect("routing");
+    assert_eq!(routing.len(), 2);
+    assert_eq!(routing[0]["lora"], "a0", "{routing:?}");
+    assert!(routing.iter().all(|l| l["score"].as_f64().is_some() && l["weight"] == 0.5));
+    let names: Vec<&str> = routing.iter().filter_map(|l| l["lora"].as_str()).collect();
+    let mix = [(names[0], 0.5), (names[1], 0.5)];
+    assert_eq!(r["choices"][0]["text"], expected(&model, &pool, prompt, &mix, Composition::Mixture, 5));
+    let r = server
+        .post(
+            "/v1/completions",
+            &json!({"model": "ramole", "prompt": prompt, "max_tokens": 3, "strategy": "selection"}),
+        )
+        .json();
+    assert_eq!(r["routing"].as_array().map(Vec::len), Some(1));
+
+    // An explicit weighted mixture through the extension fields.
+    let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 5,
+                      "adapters": [{"name": "a0", "weight": 0.6}, {"name": "a1", "weight": 0.4}], "composition": "fusion"});
+    let r = server.post("/v1/completions", &body).json();
+    assert_eq!(
+        r["routing"],
+        json!([{"lora": "a0", "score": null, "weight": 0.6}, {"lora": "a1", "score": null, "weight": 0.4}])
+    );
+    let fused = expected(&model, &pool, prompt, &[("a0", 0.6), ("a1", 0.4)], Composition::Fusion, 5);
+    assert_eq!(r["choices"][0]["text"], fused);
+    let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 5,
+                      "adapters": [{"name": "a0", "weight": 0.6}, {"name": "a2", "weight": 0.4}]});
+    let r = server.post("/v1/completions", &body).json();
+    let mixed = expected(&model, &pool, prompt, &[("a0", 0.6), ("a2", 0.4)], Composition::Mixture, 5);
+    assert_eq!(r["choices"][0]["text"], mixed, "a mixture by default");
+    let body = json!({"model": "tiny", "prompt": prompt, "adapters": [{"name": "a0"}, {"name": "a2"}], "composition": "fusion"});
+    let r = server.post("/v1/completions", &body);
+    assert_eq!(r.status, 400, "fusion of adapters of different ranks: {}", r.text());
+    assert!(r.text().contains("fusion needs adapters of equal rank"), "{}", r.text());
+
+    // Chat: the ChatML prompt of the conversation; routing reads the last user message.
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 7 + 8?"}]);
+    let r = server
+        .post("/v1/chat/completions", &json!({"model": "ramole", "messages": messages, "max_tokens": 4, "top_k": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = r.json();
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(r["routing"][0]["lora"], "a1");
+    let chat_prompt = ramole_models::tokenizer::chatml_messages(&[("system", "Be brief."), ("user", "What is 7 + 8?")]);
+    let mix = [("a1", 1.0)];
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        expected(&model, &pool, &chat_prompt, &mix, Composition::Mixture, 4)
+    );
+
+    // Streaming: the routing in the first chunk, the same text as without streaming, usage, [DONE].
+    let plain = server.post("/v1/completions", &json!({"model": "a2", "prompt": prompt, "max_tokens": 8})).json();
+    let r = server.post(
+        "/v1/completions",
+        &json!({"model": "a2", "prompt": prompt, "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")));
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).expect("a JSON chunk")).collect();
+    assert_eq!(chunks[0]["routing"], json!([{"lora": "a2", "score": null, "weight": 1.0}]));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+    assert_eq!(chunks.last().expect("usage")["usage"]["completion_tokens"], 8);
+    let r = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "a2", "messages": [{"role": "user", "content": "hi"}],
+                                                        "max_tokens": 4, "stream": true}),
+    );
+    let events = r.events();
+    let first: serde_json::Value = serde_json::from_str(&events[0]).expect("chunk");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+
+    // A stop string ends the answer before it.
+    let full = plain["choices"][0]["text"].as_str().expect("text").to_string();
+    if let Some((at, c)) = full.char_indices().find(|&(i, c)| i > 0 && !c.is_whitespace() && !full[..i].contains(c)) {
+        let stop = c.to_string();
+        let r = server
+            .post("/v1/completions", &json!({"model": "a2", "prompt": prompt, "max_tokens": 8, "stop": stop}))
+            .json();
+        assert_eq!(r["choices"][0]["text"], full[..at], "stop {stop:?} in {full:?}");
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    }
+
+    // Bad requests: a typed error naming what is wrong; the server goes on.
+    for (body, status, needle) in [
+        (json!({"model": "nope", "prompt": "x"}), 404, "model `nope` does not exist"),
+        (json!({"model": "tiny"}), 400, "prompt"),
+        (json!({"model": "tiny", "prompt": "x", "n": 2}), 400, "answers per prompt"),
+        (json!({"model": "tiny", "prompt": "x", "temperature": 9}), 400, "temperature"),
+        (json!({"model": "tiny", "prompt": "x", "max_tokens": 100000}), 400, "exceeds the context"),
+        (json!({"model": "tiny", "prompt": "x", "adapters": [{"name": "zz"}]}), 404, "no adapter `zz`"),
+        (json!({"model": "tiny", "prompt": "x", "composition": "mixture"}), 400, "goes with `adapters`"),
+        (json!({"model": "ramole", "prompt": "x", "top_k": 0}), 400, "top_k"),
+        (json!({"model": "ramole", "prompt": "x", "strategy": "magic"}), 400, "strategy"),
+    ] {
+        let r = server.post("/v1/completions", &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let r = request(server.addr, "POST", "/v1/completions", Some(("application/json", b"{not json".to_vec())), &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"].as_str().is_some_and(|m| m.contains("request body")));
+    assert_eq!(server.post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 2})).status, 200);
+    server.stop();
+}
+
+#[test]
+fn adapters_come_and_go_while_serving_and_the_pool_on_disk_follows() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let samples = json!(["Spell it backwards: dog", "Spell it backwards: cat"]);
+
+    // A folder on the server.
+    let folder = tmp.path().join("outside").join("rev");
+    common::copy_adapter(&common::fixture().join("adapters/a3"), &folder);
+    let r = server.post("/v1/adapters", &json!({"name": "rev", "path": folder, "samples": samples}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r =
+        server.post("/v1/completions", &json!({"model": "rev", "prompt": "Spell it backwards: cow", "max_tokens": 3}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.post(
+        "/v1/completions",
+        &json!({"model": "ramole", "prompt": "Spell it backwards: cow", "max_tokens": 2, "top_k": 1}),
+    );
+    assert_eq!(r.json()["routing"][0]["lora"], "rev");
+
+    // Bad uploads: a 4xx naming the problem; the pool (served and on disk) unchanged.
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(pool.join("entries"))
+            .expect("entries")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = entries();
+    let broken = tmp.path().join("broken");
+    common::copy_adapter(&common::fixture().join("adapters/a0"), &broken);
+    std::fs::write(broken.join("adapter_model.safetensors"), b"not safetensors").expect("write");
+    for (body, status, needle) in [
+        (json!({"name": "bad", "path": broken, "samples": samples}), 400, "adapter `bad`"),
+        (json!({"name": "rev", "path": folder, "samples": samples}), 409, "already"),
+        (json!({"name": "empty", "path": folder, "samples": []}), 400, "sample"),
+        (json!({"name": "../x", "path": folder, "samples": samples}), 400, "name"),
+        (json!({"name": "gone", "path": tmp.path().join("nothing"), "samples": samples}), 400, "gone"),
+    ] {
+        let r = server.post("/v1/adapters", &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(needle), "{body}: {}", r.text());
+    }
+    assert_eq!(entries(), before);
+    assert_eq!(server.get("/v1/adapters").json()["data"].as_array().map(Vec::len), Some(5));
+
+    // A multipart upload of the files themselves: moved into the pool's adapters/ once valid.
+    let boundary = "XyZ123boundary";
+    let mut body = Vec::new();
+    let mut part = |name: &str, file: Option<&str>, bytes: &[u8]| {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(f) = file {
+            body.extend_from_slice(format!("; filename=\"{f}\"\r\nContent-Type: application/octet-stream").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    let a2 = common::fixture().join("adapters/a2");
+    part("name", None, b"uploaded");
+    part("samples", None, samples.to_string().as_bytes());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        part("file", Some(f), &std::fs::read(a2.join(f)).expect("read"));
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let kind = format!("multipart/form-data; boundary={boundary}");
+    let r = request(server.addr, "POST", "/v1/adapters", Some((&kind, body)), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(pool.join("adapters/uploaded/adapter_model.safetensors").is_file());
+    let leftovers = std::fs::read_dir(pool.join("adapters")).expect("dir").filter_map(Result::ok);
+    assert!(leftovers.into_iter().all(|e| !e.file_name().to_string_lossy().starts_with(".upload")), "staging removed");
+    let r = server.post("/v1/completions", &json!({"model": "uploaded", "prompt": "hi", "max_tokens": 3}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Delete: gone from the API and the pool; a second delete is a 404.
+    let r = request(server.addr, "DELETE", "/v1/adapters/rev", None, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.post("/v1/completions", &json!({"model": "rev", "prompt": "x", "max_tokens": 1})).status, 404);
+    assert_eq!(request(server.addr, "DELETE", "/v1/adapters/rev", None, &[]).status, 404);
+    server.stop();
+
+    // A restarted server serves the pool as it was left.
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let ids: Vec<String> = server.get("/v1/models").json()["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ids, ["tiny", "ramole", "a0", "a1", "a2", "a3", "uploaded"]);
+}
+
+#[test]
+fn auth_back_pressure_limits_disconnects_and_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let config =
+        ServeConfig { api_key: Some("sesame".into()), max_batch: 1, max_queue: 1, max_body_bytes: 4096, ..config() };
+    let server = Running::start(common::ramole(&model, &pool), config);
+    let auth = [("Authorization", "Bearer sesame")];
+    let post = |body: &serde_json::Value, headers: &[(&str, &str)]| {
+        request(
+            server.addr,
+            "POST",
+            "/v1/completions",
+            Some(("application/json", body.to_string().into_bytes())),
+            headers,
+        )
+    };
+    let small = json!({"model": "tiny", "prompt": "hello", "max_tokens": 2});
+    assert_eq!(post(&small, &[]).status, 401);
+    assert_eq!(post(&small, &[("Authorization", "Bearer wrong")]).status, 401);
+    assert_eq!(post(&small, &auth).status, 200);
+    assert_eq!(server.get("/health").status, 200, "health needs no key");
+    assert_eq!(server.get("/v1/models").status, 401);
+
+    // Over the body limit: 413.
+    let big = json!({"model": "tiny", "prompt": "x".repeat(8000)});
+    assert_eq!(post(&big, &auth).status, 413);
+
+    // 12 clients at once on 1 row + 1 queue place: some are told to come back (429 + Retry-After),
+    // the others are answered.
+    let long = json!({"model": "tiny", "prompt": "hello", "max_tokens": 40});
+    let addr = server.addr;
+    let handles: Vec<_> = (0..12)
+        .map(|_| {
+            let body = long.to_string().into_bytes();
+            std::thread::spawn(move || {
+                request(
+                    addr,
+                    "POST",
+                    "/v1/completions",
+                    Some(("application/json", body)),
+                    &[("Authorization", "Bearer sesame")],
+                )
+            })
+        })
+        .collect();
+    let responses: Vec<_> = handles.into_iter().map(|h| h.join().expect("client")).collect();
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<_> = responses.iter().filter(|r| r.status == 429).collect();
+    assert!(
+        ok >= 1 && !busy.is_empty() && ok + busy.len() == 12,
+        "{:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(busy.iter().all(|r| r.header("retry-after") == Some("1")));
+    let answers: Vec<_> =
+        responses.iter().filter(|r| r.status == 200).map(|r| r.json()["choices"][0]["text"].clone()).collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "greedy answers agree");
+
+    // A streaming client that leaves: its row leaves the batch.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let body = json!({"model": "tiny", "prompt": "hello", "max_tokens": 100, "stream": true}).to_string();
+        let head = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0);
+    }
+    let metrics = |name: &str| -> f64 {
+        let text = request(addr, "GET", "/metrics", None, &auth).text();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let t = std::time::Instant::now();
+    while (metrics("ramole_running_rows") != 0.0 || metrics("ramole_in_flight") != 0.0) && t.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metrics("ramole_running_rows"), 0.0);
+    assert_eq!(metrics("ramole_in_flight"), 0.0);
+    let text = request(addr, "GET", "/metrics", None, &auth).text();
+    for needle in [
+        "ramole_requests_total",
+        "ramole_errors_total{kind=\"rate_limit_error\"}",
+        "ramole_errors_total{kind=\"authentication_error\"}",
+        "ramole_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
+        "ramole_request_latency_seconds_count",
+        "ramole_adapter_cache_hits_total",
+        "ramole_queue_depth",
+        "ramole_tokens_per_second",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+    assert!(metrics("ramole_generated_tokens_total") >= 42.0);
+}
+
+#[test]
+fn requests_past_the_time_limit_get_408_and_adapters_load_on_demand_within_the_residency_limit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let mut ramole = common::ramole(&model, &pool);
+    ramole.set_max_resident(Some(2));
+    assert_eq!(ramole.residency().resident, 2);
+    let server = Running::start(ramole, ServeConfig { ..config() });
+    for name in ["a0", "a1", "a2", "a3", "a0", "a0"] {
+        let r = server.post("/v1/completions", &json!({"model": name, "prompt": "hi", "max_tokens": 2}));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+    }
+    let text = server.get("/metrics").text();
+    let value = |name: &str| -> u64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(value("ramole_adapters_resident"), 2, "{text}");
+    assert!(value("ramole_adapter_cache_misses_total") >= 3, "{text}");
+    assert!(value("ramole_adapter_cache_hits_total") >= 1, "{text}");
+    server.stop();
+
+    let config = ServeConfig { request_timeout: std::time::Duration::from_millis(1), ..config() };
+    let server = Running::start(common::ramole(&model, &pool), config);
+    let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": "hi", "max_tokens": 50}));
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.text().contains("limit"));
+}
