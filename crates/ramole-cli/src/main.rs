@@ -46,6 +46,8 @@ enum Command {
     Pool(cmd::pool::Args),
     /// The top-k LoRAs of the pool for each input.
     Retrieve(cmd::retrieve::Args),
+    /// OpenAI-compatible HTTP server: every request routed through the pool, continuous batching, adapters added while serving.
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {

@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, value_parser = super::args::usize_in(1, 1_000_000))]
     pub max_resident_adapters: Option<usize>,
     /// Bearer token that every request but `/health` must carry.
-    #[arg(long, env = "RAMOLE_API_KEY")]
+    #[arg(long)]
     pub api_key: Option<String>,
     /// Longest a request may take, queueing included, in seconds (1–86400).
     #[arg(long, default_value_t = 300, value_parser = super::args::usize_in(1, 86_400))]

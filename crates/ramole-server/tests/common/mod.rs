@@ -202,8 +202,7 @@ fn parse(raw: &[u8]) -> Response {
     if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16).unwrap_or(0);
             if size == 0 {
                 break;
