@@ -46,7 +46,7 @@ pub struct Args {
     /// `max_tokens` when a request does not say (1–32768).
     #[arg(long, default_value_t = 256, value_parser = super::args::usize_in(1, 32_768))]
     pub default_max_tokens: usize,
-    /// The base model's name in the API [default: the model file's or folder's name].
+    /// The base model's name in the API [default: SmolLM2-135M-Instruct, or the --model file's or folder's name].
     #[arg(long)]
     pub served_model_name: Option<String>,
 }
@@ -57,10 +57,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     route.validate()?;
     args.gate.check(route.strategy)?;
     let model = super::engine::model_path(args.pool.model.clone())?;
-    let model_name = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| model.file_stem().map_or_else(|| "base".into(), |s| s.to_string_lossy().into_owned()));
+    let model_name = match (&args.served_model_name, &args.pool.model) {
+        (Some(name), _) => name.clone(),
+        // The default model: its Hub name without the organisation.
+        (None, None) => super::engine::DEFAULT_MODEL_ID.rsplit('/').next().unwrap_or("base").to_string(),
+        (None, Some(_)) => model.file_stem().map_or_else(|| "base".into(), |s| s.to_string_lossy().into_owned()),
+    };
     let mut ramole = super::run::load(&args.pool, args.gate.gate.as_deref())?;
     ramole.set_max_resident(args.max_resident_adapters);
     let config = ServeConfig {
