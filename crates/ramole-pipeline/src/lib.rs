@@ -258,6 +258,11 @@ impl<B: Backend> Ramole<B> {
         &self.encoder
     }
 
+    /// Whether the LoRA `name` can be served (it is in the pool and its adapter loads).
+    pub fn is_servable(&self, name: &str) -> bool {
+        self.servable.contains(name)
+    }
+
     /// Names of the LoRAs that can be served, sorted.
     pub fn servable(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.servable.iter().map(String::as_str).collect();

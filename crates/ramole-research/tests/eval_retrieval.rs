@@ -127,6 +127,7 @@ fn zero_sizes_are_refused_by_the_library() {
 /// Four real tasks, five test inputs each, the real encoder: the pipeline runs end to end and the
 /// retriever finds the right LoRA for most inputs of these clearly different tasks.
 #[test]
+#[ignore = "needs the bigbench==1.0.0 sdist, which the package registry no longer serves here (pip finds only 0.0.1); .ci/run runs it when the registry has it"]
 fn eval_real_minilm_on_four_tasks() {
     let cache = ramole_assets::AssetCache::from_env().expect("cache");
     let archive = cache.bigbench_sdist().expect("bigbench");

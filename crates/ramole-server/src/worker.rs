@@ -288,7 +288,7 @@ fn admit<B: Backend>(
     };
     let names: Vec<&str> = routing.loras.iter().map(|l| l.lora.as_str()).collect();
     for name in &names {
-        if !ramole.servable().contains(name) {
+        if !ramole.is_servable(name) {
             return Err(ServerError::NotFound(format!("no adapter `{name}` in the pool")));
         }
     }
@@ -355,11 +355,10 @@ fn add_adapter<B: Backend>(
 
 fn refresh_adapters<B: Backend>(ramole: &Ramole<B>, shared: &Shared) {
     let pool = ramole.pool();
-    let servable = ramole.servable();
     let list = pool
         .entries()
         .into_iter()
-        .filter(|e| servable.contains(&e.name.as_str()))
+        .filter(|e| ramole.is_servable(&e.name))
         .map(|e| AdapterInfo { name: e.name.clone(), path: pool.adapter_dir(e), samples: e.n_samples })
         .collect();
     if let Ok(mut a) = shared.adapters.write() {
