@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
-use ramole_mole::{AdapterPool, BatchAdapters, Composition, RouterGate, RowRequest};
+use ramole_mole::{AdapterPool, BatchAdapters, Composition, ResolvedRow, RouterGate};
 use tokenizers::Tokenizer;
 
 use crate::sampling::Sampler;
@@ -72,10 +72,11 @@ pub struct Engine<B: Backend> {
     device: B::Device,
 }
 
-/// A request that passed validation, with its prompt's token ids.
+/// A request that passed validation, with its prompt's token ids and its adapters resolved.
 pub(crate) struct Prepared<'a> {
     request: &'a Request,
     pub(crate) ids: Vec<u32>,
+    pub(crate) row: ResolvedRow,
 }
 
 impl<B: Backend> Engine<B> {
@@ -181,7 +182,8 @@ impl<B: Backend> Engine<B> {
             )));
         }
         request.sampling.check().map_err(err)?;
-        BatchAdapters::resolve(&self.adapters, std::slice::from_ref(&request.row), &[&request.name])?;
+        let row = ResolvedRow::resolve(&self.adapters, &request.row, &request.name)?;
+        BatchAdapters::from_resolved(std::slice::from_ref(&row), &[&request.name])?;
         if request.row.composition == Composition::Gate {
             let gate = self
                 .gate
@@ -199,7 +201,7 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
-        Ok(Prepared { request, ids })
+        Ok(Prepared { request, ids, row })
     }
 
     /// Runs `requests` as ONE heterogeneous batch: each row with its own adapters, weights and
@@ -264,32 +266,20 @@ impl<B: Backend> Engine<B> {
         options: RunOptions,
         stats: &mut RunStats,
     ) -> Result<Vec<Result<RequestOutput, BatchError>>, BatchError> {
-        let device = &self.device;
         let clock = Instant::now();
         let n = rows.len();
         let vocab = self.config.vocab_size;
-        let row_requests: Vec<RowRequest> = rows.iter().map(|p| p.request.row.clone()).collect();
+        let resolved: Vec<ResolvedRow> = rows.iter().map(|p| p.row.clone()).collect();
         let names: Vec<&str> = rows.iter().map(|p| p.request.name.as_str()).collect();
-        let batch = BatchAdapters::resolve(&self.adapters, &row_requests, &names)?;
-        let mut lora: LlamaLora<B> = batch.llama_lora_gated(&self.config, self.gate.as_ref(), device)?;
+        let mut lora = self.lora_state(&resolved, &names)?;
         stats.rows = n;
         stats.lora_secs = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
 
-        // Prefill: left-pad every row to the longest prompt.
-        let t = rows.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let mut pads: Vec<usize> = rows.iter().map(|p| t - p.ids.len()).collect();
-        let mut tokens = Vec::with_capacity(n * t);
-        for (p, &pad) in rows.iter().zip(&pads) {
-            tokens.extend(std::iter::repeat_n(0i64, pad));
-            tokens.extend(p.ids.iter().map(|&x| i64::from(x)));
-        }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
-        let attn = AttentionInput::left_padded(&pads, 0, t, device);
+        let prompts: Vec<&[u32]> = rows.iter().map(|p| p.ids.as_slice()).collect();
         let longest = rows.iter().map(|p| p.request.max_new_tokens).max().unwrap_or(0);
-        let mut cache = KvCache::with_capacity(self.model.n_layers(), t + longest);
-        let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
-        let d = hidden.dims()[2];
+        let (hidden, mut cache, mut pads) = self.prefill(&prompts, longest, &lora);
+        let t = hidden.dims()[1];
 
         let mut outputs: Vec<RequestOutput> = rows
             .iter()
@@ -311,7 +301,7 @@ impl<B: Backend> Engine<B> {
             }
             last
         } else {
-            to_vec(self.model.logits(hidden.slice([0..n, t - 1..t, 0..d])))
+            self.last_logits(hidden)
         };
         // A row whose prompt logits are not usable numbers fails here, whether it decodes or not.
         let mut failed: Vec<Option<BatchError>> = (0..n).map(|_| None).collect();
@@ -369,16 +359,66 @@ impl<B: Backend> Engine<B> {
                 pads = keep.iter().map(|&k| pads[k]).collect();
                 active = keep.iter().map(|&k| active[k]).collect();
             }
-            let m = active.len();
-            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [m, 1]), device);
-            let attn = AttentionInput::left_padded(&pads, cache.len(), 1, device);
-            let hidden = self.model.forward(tokens, &attn, &mut cache, Some(&lora));
-            logits = to_vec(self.model.logits(hidden));
+            logits = self.decode_step(next, &pads, &mut cache, &lora);
             stats.decode_steps += 1;
-            stats.decode_tokens += m;
+            stats.decode_tokens += active.len();
         }
         stats.decode_secs = clock.elapsed().as_secs_f64();
         Ok(outputs.into_iter().zip(failed).map(|(out, failed)| failed.map_or(Ok(out), Err)).collect())
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// The per-layer, per-row LoRA state of a batch of resolved rows (`names[i]` names row `i` in
+    /// errors), with the engine's gate for `gate` rows.
+    pub(crate) fn lora_state(&self, rows: &[ResolvedRow], names: &[&str]) -> Result<LlamaLora<B>, BatchError> {
+        let batch = BatchAdapters::from_resolved(rows, names)?;
+        Ok(batch.llama_lora_gated(&self.config, self.gate.as_ref(), &self.device)?)
+    }
+
+    /// The prefill of `prompts`, left-padded to the longest: the hidden states `[rows, longest, d]`,
+    /// the KV cache (with room for `budget` more positions) and each row's padding.
+    pub(crate) fn prefill(
+        &self,
+        prompts: &[&[u32]],
+        budget: usize,
+        lora: &LlamaLora<B>,
+    ) -> (Tensor<B, 3>, KvCache<B>, Vec<usize>) {
+        let n = prompts.len();
+        let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| t - p.len()).collect();
+        let mut tokens = Vec::with_capacity(n * t);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            tokens.extend(std::iter::repeat_n(0i64, pad));
+            tokens.extend(p.iter().map(|&x| i64::from(x)));
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), &self.device);
+        let attn = AttentionInput::left_padded(&pads, 0, t, &self.device);
+        let mut cache = KvCache::with_capacity(self.model.n_layers(), t + budget);
+        let hidden = self.model.forward(tokens, &attn, &mut cache, Some(lora));
+        (hidden, cache, pads)
+    }
+
+    /// The logits of the last position of every row of `hidden` (`[rows, seq, d]`), `[rows × vocab]`.
+    pub(crate) fn last_logits(&self, hidden: Tensor<B, 3>) -> Vec<f32> {
+        let [n, t, d] = hidden.dims();
+        to_vec(self.model.logits(hidden.slice([0..n, t - 1..t, 0..d])))
+    }
+
+    /// One decoding step: row `i` of the cache is fed `next[i]` (with `pads[i]` padding slots before
+    /// its first token); the logits `[rows × vocab]`.
+    pub(crate) fn decode_step(
+        &self,
+        next: Vec<i64>,
+        pads: &[usize],
+        cache: &mut KvCache<B>,
+        lora: &LlamaLora<B>,
+    ) -> Vec<f32> {
+        let m = next.len();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [m, 1]), &self.device);
+        let attn = AttentionInput::left_padded(pads, cache.len(), 1, &self.device);
+        let hidden = self.model.forward(tokens, &attn, cache, Some(lora));
+        to_vec(self.model.logits(hidden))
     }
 }
 

@@ -15,11 +15,11 @@
 
 use std::collections::VecDeque;
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use ramole_models::llama::{AttentionInput, KvCache, LlamaLora};
-use ramole_mole::{BatchAdapters, ResolvedRow};
+use burn::tensor::backend::Backend;
+use ramole_models::llama::{KvCache, LlamaLora};
+use ramole_mole::ResolvedRow;
 
-use crate::engine::{logits_problem, numerical_message, to_vec};
+use crate::engine::{logits_problem, numerical_message};
 use crate::sampling::Sampler;
 use crate::{BatchError, Engine, Request};
 
@@ -51,8 +51,6 @@ pub enum Event {
         id: SequenceId,
         /// Why.
         reason: FinishReason,
-        /// Its prompt's token count.
-        prompt_tokens: usize,
         /// Every token it produced (an end-of-sequence token included when it produced one).
         new_tokens: Vec<u32>,
     },
@@ -92,12 +90,7 @@ impl Sequence {
     }
 
     fn finish_event(&mut self, reason: FinishReason) -> Event {
-        Event::Finished {
-            id: self.id,
-            reason,
-            prompt_tokens: self.prompt.len(),
-            new_tokens: std::mem::take(&mut self.new_tokens),
-        }
+        Event::Finished { id: self.id, reason, new_tokens: std::mem::take(&mut self.new_tokens) }
     }
 }
 
@@ -145,8 +138,8 @@ impl<B: Backend> Scheduler<B> {
     /// [`Engine::run`] does) and queues it; it joins the running batch at the next [`Self::step`]
     /// with a free row. Its adapters are held from now on.
     pub fn admit(&mut self, engine: &Engine<B>, request: Request) -> Result<SequenceId, BatchError> {
-        let prompt = engine.prepare(&request)?.ids;
-        let row = ResolvedRow::resolve(engine.adapters(), &request.row, &request.name)?;
+        let prepared = engine.prepare(&request)?;
+        let (prompt, row) = (prepared.ids, prepared.row);
         let id = self.next_id;
         self.next_id += 1;
         self.waiting.push_back(Sequence {
@@ -213,47 +206,23 @@ impl<B: Backend> Scheduler<B> {
 
     /// Prefills `newcomers` together, samples their first tokens and merges the survivors into the
     /// running batch.
-    fn join(&mut self, engine: &Engine<B>, mut newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
-        let device = engine.device();
-        let model = engine.model();
+    fn join(&mut self, engine: &Engine<B>, newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
         let vocab = engine.config().vocab_size;
         let n = newcomers.len();
-        let t = newcomers.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
-        let rows: Vec<ResolvedRow> = newcomers.iter().map(|s| s.row.clone()).collect();
-        let names: Vec<&str> = newcomers.iter().map(|s| s.name.as_str()).collect();
-        let lora = BatchAdapters::from_resolved(&rows, &names)
-            .map_err(BatchError::from)
-            .and_then(|b| Ok(b.llama_lora_gated(engine.config(), engine.gate(), device)?));
-        let lora = match lora {
+        let lora = match lora_of(engine, &newcomers) {
             Ok(lora) => lora,
-            Err(e) => {
-                let message = e.to_string();
-                for s in newcomers {
-                    let error = BatchError::Request { request: s.name, message: message.clone() };
-                    events.push(Event::Failed { id: s.id, error });
-                }
-                return;
-            }
+            Err(e) => return fail_all(newcomers, &e, events),
         };
-        let mut tokens = Vec::with_capacity(n * t);
-        for s in &mut newcomers {
-            s.pad = t - s.prompt.len();
-            tokens.extend(std::iter::repeat_n(0i64, s.pad));
-            tokens.extend(s.prompt.iter().map(|&x| i64::from(x)));
-        }
-        let pads: Vec<usize> = newcomers.iter().map(|s| s.pad).collect();
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), device);
-        let attn = AttentionInput::left_padded(&pads, 0, t, device);
+        let prompts: Vec<&[u32]> = newcomers.iter().map(|s| s.prompt.as_slice()).collect();
         let longest = newcomers.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
-        let mut cache = KvCache::with_capacity(model.n_layers(), t + longest);
-        let hidden = model.forward(tokens, &attn, &mut cache, Some(&lora));
-        let d = hidden.dims()[2];
-        let last = to_vec(model.logits(hidden.slice([0..n, t - 1..t, 0..d])));
+        let (hidden, mut cache, pads) = engine.prefill(&prompts, longest, &lora);
+        let last = engine.last_logits(hidden);
 
         let eos = &engine.config().eos_token_ids;
         let mut keep = Vec::with_capacity(n);
         let mut joining = Vec::with_capacity(n);
-        for (line, mut s) in newcomers.into_iter().enumerate() {
+        for (line, (mut s, pad)) in newcomers.into_iter().zip(pads).enumerate() {
+            s.pad = pad;
             let logits = &last[line * vocab..(line + 1) * vocab];
             if let Some(problem) = logits_problem(logits, vocab) {
                 let error =
@@ -287,22 +256,11 @@ impl<B: Backend> Scheduler<B> {
                 self.running.iter_mut().for_each(|s| s.pad += pad_running);
                 joining.iter_mut().for_each(|s| s.pad += pad_joining);
                 self.running.extend(joining);
-                // The LoRA state of the whole batch, rebuilt from the rows' held adapters.
-                let rows: Vec<ResolvedRow> = self.running.iter().map(|s| s.row.clone()).collect();
-                let names: Vec<&str> = self.running.iter().map(|s| s.name.as_str()).collect();
-                let lora = BatchAdapters::from_resolved(&rows, &names)
-                    .map_err(BatchError::from)
-                    .and_then(|b| Ok(b.llama_lora_gated(engine.config(), engine.gate(), device)?));
-                match lora {
+                // The LoRA state of the whole batch, rebuilt from the rows' held adapters. Every row
+                // resolved on its own before: a failure here is the batch's.
+                match lora_of(engine, &self.running) {
                     Ok(lora) => self.state = Some(BatchState { cache: state.cache, lora }),
-                    Err(e) => {
-                        // Every row resolved on its own before: a failure here is the batch's.
-                        let message = e.to_string();
-                        for s in self.running.drain(..) {
-                            let error = BatchError::Request { request: s.name, message: message.clone() };
-                            events.push(Event::Failed { id: s.id, error });
-                        }
-                    }
+                    Err(e) => fail_all(std::mem::take(&mut self.running), &e, events),
                 }
             }
             _ => {
@@ -316,15 +274,11 @@ impl<B: Backend> Scheduler<B> {
     /// Every running row feeds its last token and samples the next one, in one forward pass.
     fn decode(&mut self, engine: &Engine<B>, events: &mut Vec<Event>) {
         let Some(state) = self.state.as_mut() else { return };
-        let device = engine.device();
         let vocab = engine.config().vocab_size;
         let m = self.running.len();
         let next: Vec<i64> = self.running.iter().map(|s| s.new_tokens.last().map_or(0, |&t| i64::from(t))).collect();
         let pads: Vec<usize> = self.running.iter().map(|s| s.pad).collect();
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [m, 1]), device);
-        let attn = AttentionInput::left_padded(&pads, state.cache.len(), 1, device);
-        let hidden = engine.model().forward(tokens, &attn, &mut state.cache, Some(&state.lora));
-        let logits = to_vec(engine.model().logits(hidden));
+        let logits = engine.decode_step(next, &pads, &mut state.cache, &state.lora);
 
         let eos = &engine.config().eos_token_ids;
         let mut keep = Vec::with_capacity(m);
@@ -370,4 +324,20 @@ impl<B: Backend> Scheduler<B> {
             }
         }
     }
+}
+
+/// Every sequence of `sequences` fails with `error`'s message.
+fn fail_all(sequences: Vec<Sequence>, error: &BatchError, events: &mut Vec<Event>) {
+    let message = error.to_string();
+    for s in sequences {
+        events
+            .push(Event::Failed { id: s.id, error: BatchError::Request { request: s.name, message: message.clone() } });
+    }
+}
+
+/// The per-row LoRA state of `sequences`, from the adapters they hold.
+fn lora_of<B: Backend>(engine: &Engine<B>, sequences: &[Sequence]) -> Result<LlamaLora<B>, BatchError> {
+    let rows: Vec<ResolvedRow> = sequences.iter().map(|s| s.row.clone()).collect();
+    let names: Vec<&str> = sequences.iter().map(|s| s.name.as_str()).collect();
+    engine.lora_state(&rows, &names)
 }
