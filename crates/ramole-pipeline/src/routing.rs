@@ -183,6 +183,20 @@ impl Routing {
         }
     }
 
+    /// Adapters and weights chosen by the client rather than retrieved (scores `None`), combined by
+    /// `composition`: the strategy that [`Self::row_request`] turns back into that composition.
+    pub fn explicit(adapters: Vec<(String, f32)>, composition: Composition) -> Self {
+        let (strategy, arrow) = match composition {
+            Composition::Single => (Strategy::Selection, None),
+            Composition::Mixture => (Strategy::Mixture, None),
+            Composition::Fusion => (Strategy::Fusion, None),
+            Composition::Arrow(p) => (Strategy::Arrow, Some(p)),
+            Composition::Gate => (Strategy::Gate, None),
+        };
+        let loras = adapters.into_iter().map(|(lora, weight)| RoutedLora { lora, score: None, weight }).collect();
+        Self { strategy, loras, arrow }
+    }
+
     /// The batch row this routing asks for.
     pub fn row_request(&self) -> RowRequest {
         let composition = match self.strategy {

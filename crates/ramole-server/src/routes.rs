@@ -52,11 +52,16 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(key.as_str()) {
-            state.shared.metrics.error(ServerError::Unauthorized.kind());
-            return ServerError::Unauthorized.into_response();
+            return failed(&state, ServerError::Unauthorized);
         }
     }
     next.run(request).await
+}
+
+/// The response of a failed request, counted by kind in `/metrics`.
+fn failed(state: &Inner, error: ServerError) -> Response {
+    state.shared.metrics.error(error.kind());
+    error.into_response()
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -105,10 +110,7 @@ async fn add_adapter(State(state): State<AppState>, request: Request) -> Respons
     let result = add_adapter_inner(&state, request).await;
     match result {
         Ok(info) => (StatusCode::CREATED, axum::Json(info)).into_response(),
-        Err(e) => {
-            state.shared.metrics.error(e.kind());
-            e.into_response()
-        }
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -206,10 +208,7 @@ async fn receive_upload(
 async fn remove_adapter(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match ask(&state, |reply| Command::RemoveAdapter { name: name.clone(), reply }).await.and_then(|r| r) {
         Ok(()) => axum::Json(json!({"id": name, "object": "adapter", "deleted": true})).into_response(),
-        Err(e) => {
-            state.shared.metrics.error(e.kind());
-            e.into_response()
-        }
+        Err(e) => failed(&state, e),
     }
 }
 
@@ -243,10 +242,7 @@ async fn respond(state: AppState, prepared: Result<(Common, String, String), Ser
         Ok((common, prompt, query)) => generate(state.clone(), common, prompt, query, api).await,
         Err(e) => Err(e),
     };
-    result.unwrap_or_else(|e| {
-        state.shared.metrics.error(e.kind());
-        e.into_response()
-    })
+    result.unwrap_or_else(|e| failed(&state, e))
 }
 
 /// Which adapters `common` asks for.
@@ -371,13 +367,27 @@ async fn generate(
     if n > limit {
         return Err(ServerError::Overloaded(limit));
     }
-    let prompt_tokens = state.tokenizer.encode(prompt.as_str(), false).map_or(0, |e| e.len());
+    // Tokenized once, here: the engine takes the ids as they are.
+    let ids = state
+        .tokenizer
+        .encode(prompt.as_str(), false)
+        .map_err(|e| ServerError::Invalid { param: None, message: format!("the prompt cannot be tokenized: {e}") })?
+        .get_ids()
+        .to_vec();
+    let prompt_tokens = ids.len();
     // Unless the request says, as many as the context leaves, up to the server's default.
     let max_tokens =
         max_tokens.unwrap_or_else(|| state.config.default_max_tokens.min(state.context.saturating_sub(prompt_tokens)));
     let arrived = Instant::now();
-    let job =
-        Job { prompt, query, target, max_tokens, sampling, deadline: arrived + state.config.request_timeout, arrived };
+    let job = Job {
+        prompt: ids,
+        query,
+        target,
+        max_tokens,
+        sampling,
+        deadline: arrived + state.config.request_timeout,
+        arrived,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     state.commands.send(Command::Generate { job, reply: tx }).map_err(|_| ServerError::Unavailable)?;
     let routing = match rx.recv().await {
@@ -505,14 +515,14 @@ fn stream_response(
             if s.done {
                 return None;
             }
-            step(&mut s).await;
+            next_events(&mut s).await;
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// Reads the engine's next reply and queues the events it makes.
-async fn step(s: &mut Streaming) {
+async fn next_events(s: &mut Streaming) {
     if let Some(routing) = s.routing.take() {
         let mut first = s.meta.chunk(Some(""), None, true);
         first["routing"] = routing_json(&routing);

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::Backend;
 use ramole_batch::{Event, FinishReason, Request, RequestInput, Sampling, Scheduler, SequenceId};
 use ramole_core::lora::Composition;
-use ramole_pipeline::{Ramole, RouteConfig, RoutedLora, Routing, Strategy};
+use ramole_pipeline::{PipelineError, Ramole, RouteConfig, RoutedLora, Routing, Strategy};
+use ramole_retriever::RetrieverError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Metrics, ServerError};
@@ -39,8 +40,8 @@ pub enum Target {
 /// A generation request, ready for the engine.
 #[derive(Debug)]
 pub struct Job {
-    /// The model's input (the ChatML prompt for chat).
-    pub prompt: String,
+    /// The model's input as token ids (of the ChatML prompt for chat).
+    pub prompt: Vec<u32>,
     /// What the retriever reads (the prompt, or the last user message).
     pub query: String,
     /// Which adapters.
@@ -270,21 +271,7 @@ fn admit<B: Backend>(
             .map_err(|e| invalid(e.to_string()))?
             .pop()
             .ok_or_else(|| invalid("the retriever returned no routing".into()))?,
-        Target::Explicit { adapters, composition } => {
-            let strategy = match composition {
-                Composition::Single => Strategy::Selection,
-                Composition::Mixture => Strategy::Mixture,
-                Composition::Fusion => Strategy::Fusion,
-                Composition::Arrow(_) => Strategy::Arrow,
-                Composition::Gate => Strategy::Gate,
-            };
-            let arrow = match composition {
-                Composition::Arrow(p) => Some(p),
-                _ => None,
-            };
-            let loras = adapters.into_iter().map(|(lora, weight)| RoutedLora { lora, score: None, weight }).collect();
-            Routing { strategy, loras, arrow }
-        }
+        Target::Explicit { adapters, composition } => Routing::explicit(adapters, composition),
     };
     let names: Vec<&str> = routing.loras.iter().map(|l| l.lora.as_str()).collect();
     for name in &names {
@@ -295,7 +282,7 @@ fn admit<B: Backend>(
     ramole.make_resident(&names).map_err(|e| ServerError::Generation(e.to_string()))?;
     let request = Request {
         name: format!("request {n}"),
-        input: RequestInput::Prompt(job.prompt),
+        input: RequestInput::Ids(job.prompt),
         row: routing.row_request(),
         max_new_tokens: job.max_tokens,
         sampling: job.sampling,
@@ -315,20 +302,15 @@ fn add_adapter<B: Backend>(
 ) -> Result<AdapterInfo, ServerError> {
     let invalid = |message: String| ServerError::Invalid { param: None, message };
     let result = (|| {
-        ramole_retriever::pool::validate_name(name).map_err(|e| invalid(e.to_string()))?;
-        if ramole.pool().get(name).is_some() {
-            return Err(ServerError::Conflict(format!("an adapter named `{name}` is already in the pool")));
-        }
         if samples.is_empty() || samples.iter().any(|s| s.trim().is_empty()) {
             return Err(ServerError::Invalid {
                 param: Some("samples".into()),
                 message: "an adapter needs at least one sample input, none of them empty".into(),
             });
         }
-        // Checked in full against the base before it moves anywhere.
-        ramole_mole::LoraAdapter::load(name, path, ramole.engine().config())
-            .map_err(|e| invalid(format!("adapter `{name}`: {e}")))?;
         let dir = if staged {
+            // The name becomes a folder name: checked before it is joined to a path.
+            ramole_retriever::pool::validate_name(name).map_err(|e| invalid(e.to_string()))?;
             let dest = ramole.pool().dir().join("adapters").join(name);
             if dest.exists() {
                 return Err(ServerError::Conflict(format!("{} already exists", dest.display())));
@@ -339,11 +321,15 @@ fn add_adapter<B: Backend>(
         } else {
             path.to_path_buf()
         };
+        // Checks the adapter in full against the base before the pool or the engine changes.
         if let Err(e) = ramole.add_lora(name, &dir, samples) {
             if staged {
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            return Err(invalid(format!("adapter `{name}`: {e}")));
+            return Err(match e {
+                PipelineError::Retriever(RetrieverError::DuplicateName { .. }) => ServerError::Conflict(e.to_string()),
+                e => invalid(format!("adapter `{name}`: {e}")),
+            });
         }
         Ok(AdapterInfo { name: name.into(), path: Some(dir), samples: samples.len() })
     })();
