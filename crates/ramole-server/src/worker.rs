@@ -200,6 +200,9 @@ pub fn run<B: Backend>(
                 }
             }
         }
+        // Admissions and adapter changes load and unload adapters: counted before any reply to them.
+        let r = ramole.residency();
+        shared.metrics.adapters(r.hits, r.misses, r.resident);
         // Requests past their deadline or whose client left leave the batch.
         let now = Instant::now();
         let gone: Vec<SequenceId> =
@@ -250,8 +253,6 @@ pub fn run<B: Backend>(
             }
         }
         shared.metrics.step(scheduler.waiting(), scheduler.running(), tokens, clock.elapsed().as_secs_f64());
-        let r = ramole.residency();
-        shared.metrics.adapters(r.hits, r.misses, r.resident);
     }
 }
 
