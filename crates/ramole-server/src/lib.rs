@@ -114,6 +114,8 @@ impl Server {
         std::fs::create_dir_all(pool_dir.join("adapters"))
             .map_err(|e| ServerError::Setup(format!("{}: {e}", pool_dir.join("adapters").display())))?;
         let shared = Arc::new(worker::Shared { adapters: RwLock::new(Vec::new()), metrics: Metrics::default() });
+        // Published before the first request can arrive.
+        worker::refresh_adapters(&ramole, &shared);
         let (tx, rx) = std::sync::mpsc::channel();
         let (max_batch, timeout) = (config.max_batch, config.request_timeout);
         let worker_shared = shared.clone();

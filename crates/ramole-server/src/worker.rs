@@ -145,7 +145,6 @@ pub fn run<B: Backend>(
     let mut scheduler = Scheduler::<B>::new(max_batch);
     let mut live: HashMap<SequenceId, Live> = HashMap::new();
     let mut next_name = 0u64;
-    refresh_adapters(&ramole, &shared);
     let mut open = true;
     while open || !scheduler.is_idle() {
         // Commands: wait for one when idle, else take what has arrived and go on stepping.
@@ -178,10 +177,7 @@ pub fn run<B: Backend>(
                             let _ = reply.send(admitted);
                             live.insert(id, Live { reply, deadline, arrived, first_token: false });
                         }
-                        Err(e) => {
-                            shared.metrics.error(e.kind());
-                            let _ = reply.send(Reply::Error(e));
-                        }
+                        Err(e) => fail(&shared, &reply, e),
                     }
                 }
                 Command::AddAdapter { name, path, staged, samples, reply } => {
@@ -190,11 +186,12 @@ pub fn run<B: Backend>(
                     let _ = reply.send(result);
                 }
                 Command::RemoveAdapter { name, reply } => {
-                    let result = if ramole.pool().get(&name).is_none() {
-                        Err(ServerError::NotFound(format!("no adapter `{name}` in the pool")))
-                    } else {
-                        ramole.remove_lora(&name).map_err(|e| ServerError::Generation(e.to_string()))
-                    };
+                    let result = ramole.remove_lora(&name).map_err(|e| match e {
+                        PipelineError::Retriever(RetrieverError::UnknownName { .. }) => {
+                            ServerError::NotFound(format!("no adapter `{name}` in the pool"))
+                        }
+                        e => ServerError::Generation(e.to_string()),
+                    });
                     refresh_adapters(&ramole, &shared);
                     let _ = reply.send(result);
                 }
@@ -212,8 +209,7 @@ pub fn run<B: Backend>(
             if let Some(l) = live.remove(&id)
                 && !l.reply.is_closed()
             {
-                shared.metrics.error("timeout_error");
-                let _ = l.reply.send(Reply::Error(ServerError::Timeout(timeout)));
+                fail(&shared, &l.reply, ServerError::Timeout(timeout));
             }
         }
         if scheduler.is_idle() {
@@ -232,10 +228,8 @@ pub fn run<B: Backend>(
                             l.first_token = true;
                             shared.metrics.first_token(l.arrived.elapsed().as_secs_f64());
                         }
-                        if l.reply.send(Reply::Token(token)).is_err() {
-                            // The client left: the row leaves the batch at the next step.
-                            l.deadline = now;
-                        }
+                        // A client that left closed its channel: the row leaves before the next step.
+                        let _ = l.reply.send(Reply::Token(token));
                     }
                 }
                 Event::Finished { id, reason, .. } => {
@@ -246,14 +240,19 @@ pub fn run<B: Backend>(
                 }
                 Event::Failed { id, error } => {
                     if let Some(l) = live.remove(&id) {
-                        shared.metrics.error("generation_error");
-                        let _ = l.reply.send(Reply::Error(ServerError::Generation(error.to_string())));
+                        fail(&shared, &l.reply, ServerError::Generation(error.to_string()));
                     }
                 }
             }
         }
         shared.metrics.step(scheduler.waiting(), scheduler.running(), tokens, clock.elapsed().as_secs_f64());
     }
+}
+
+/// Sends a request its error, counted by kind in `/metrics`.
+fn fail(shared: &Shared, reply: &mpsc::UnboundedSender<Reply>, error: ServerError) {
+    shared.metrics.error(error.kind());
+    let _ = reply.send(Reply::Error(error));
 }
 
 /// Routes a job, loads its adapters if they are not resident, and queues it.
@@ -340,7 +339,8 @@ fn add_adapter<B: Backend>(
     result
 }
 
-fn refresh_adapters<B: Backend>(ramole: &Ramole<B>, shared: &Shared) {
+/// Publishes the registered adapters to the HTTP side (the server does it once before it serves).
+pub(crate) fn refresh_adapters<B: Backend>(ramole: &Ramole<B>, shared: &Shared) {
     let pool = ramole.pool();
     let list = pool
         .entries()
