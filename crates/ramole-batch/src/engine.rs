@@ -79,6 +79,46 @@ pub(crate) struct Prepared<'a> {
     pub(crate) row: ResolvedRow,
 }
 
+/// A prefill in progress: a group of rows' prompts, left-padded to the longest, fed to the model a
+/// number of columns at a time ([`Engine::prefill_columns`]) into the group's KV cache.
+#[derive(Debug)]
+pub(crate) struct Prefill<B: Backend> {
+    /// The padded prompts, `[rows, len]` row-major.
+    tokens: Vec<i64>,
+    rows: usize,
+    len: usize,
+    /// Each row's padding before its first token.
+    pub(crate) pads: Vec<usize>,
+    /// Keys and values of the columns fed so far.
+    pub(crate) cache: KvCache<B>,
+}
+
+impl<B: Backend> Prefill<B> {
+    /// Columns fed so far.
+    pub(crate) fn done(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether every column has been fed.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.done() >= self.len
+    }
+
+    /// Rows in the group.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Keeps only the rows `keep` (in that order).
+    pub(crate) fn keep_rows(&mut self, keep: &[usize]) {
+        let len = self.len;
+        self.tokens = keep.iter().flat_map(|&k| self.tokens[k * len..(k + 1) * len].iter().copied()).collect();
+        self.pads = keep.iter().map(|&k| self.pads[k]).collect();
+        self.rows = keep.len();
+        self.cache.select_rows(keep);
+    }
+}
+
 impl<B: Backend> Engine<B> {
     /// Loads a model from a GGUF file (weights dequantised to f32, tokenizer rebuilt from the metadata)
     /// or an HF folder (`config.json`, `model.safetensors` in f32/f16/bf16, optional `tokenizer.json`).
@@ -278,7 +318,9 @@ impl<B: Backend> Engine<B> {
 
         let prompts: Vec<&[u32]> = rows.iter().map(|p| p.ids.as_slice()).collect();
         let longest = rows.iter().map(|p| p.request.max_new_tokens).max().unwrap_or(0);
-        let (hidden, mut cache, mut pads) = self.prefill(&prompts, longest, &lora);
+        let mut prefill = self.begin_prefill(&prompts, longest);
+        let hidden = self.prefill_columns(&mut prefill, usize::MAX, &lora);
+        let Prefill { mut cache, mut pads, .. } = prefill;
         let t = hidden.dims()[1];
 
         let mut outputs: Vec<RequestOutput> = rows
@@ -376,27 +418,41 @@ impl<B: Backend> Engine<B> {
         Ok(batch.llama_lora_gated(&self.config, self.gate.as_ref(), &self.device)?)
     }
 
-    /// The prefill of `prompts`, left-padded to the longest: the hidden states `[rows, longest, d]`,
-    /// the KV cache (with room for `budget` more positions) and each row's padding.
-    pub(crate) fn prefill(
-        &self,
-        prompts: &[&[u32]],
-        budget: usize,
-        lora: &LlamaLora<B>,
-    ) -> (Tensor<B, 3>, KvCache<B>, Vec<usize>) {
-        let n = prompts.len();
-        let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let pads: Vec<usize> = prompts.iter().map(|p| t - p.len()).collect();
-        let mut tokens = Vec::with_capacity(n * t);
+    /// A prefill of `prompts`, left-padded to the longest, whose KV cache has room for `budget` more
+    /// positions after them; [`Self::prefill_columns`] feeds it to the model.
+    pub(crate) fn begin_prefill(&self, prompts: &[&[u32]], budget: usize) -> Prefill<B> {
+        let rows = prompts.len();
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
+        let mut tokens = Vec::with_capacity(rows * len);
         for (p, &pad) in prompts.iter().zip(&pads) {
             tokens.extend(std::iter::repeat_n(0i64, pad));
             tokens.extend(p.iter().map(|&x| i64::from(x)));
         }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, t]), &self.device);
-        let attn = AttentionInput::left_padded(&pads, 0, t, &self.device);
-        let mut cache = KvCache::with_capacity(self.model.n_layers(), t + budget);
-        let hidden = self.model.forward(tokens, &attn, &mut cache, Some(lora));
-        (hidden, cache, pads)
+        let cache = KvCache::with_capacity(self.model.n_layers(), len + budget);
+        Prefill { tokens, rows, len, pads, cache }
+    }
+
+    /// Feeds the next `columns` columns of `prefill`'s padded prompts (at most those left) to the
+    /// model, writing their keys and values into its cache; their hidden states `[rows, columns, d]`.
+    /// Fed in one call or in several, the cache and the last hidden states are the same.
+    pub(crate) fn prefill_columns(
+        &self,
+        prefill: &mut Prefill<B>,
+        columns: usize,
+        lora: &LlamaLora<B>,
+    ) -> Tensor<B, 3> {
+        let past = prefill.done();
+        // At least one column: callers feed a prefill until it is complete, not after.
+        let seq = columns.max(1).min(prefill.len - past);
+        let n = prefill.rows;
+        let mut tokens = Vec::with_capacity(n * seq);
+        for row in prefill.tokens.chunks(prefill.len.max(1)) {
+            tokens.extend_from_slice(&row[past..past + seq]);
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, seq]), &self.device);
+        let attn = AttentionInput::left_padded(&prefill.pads, past, seq, &self.device);
+        self.model.forward(tokens, &attn, &mut prefill.cache, Some(lora))
     }
 
     /// The logits of the last position of every row of `hidden` (`[rows, seq, d]`), `[rows × vocab]`.

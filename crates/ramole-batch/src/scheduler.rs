@@ -4,14 +4,19 @@
 //! A [`Scheduler`] owns the running batch: its [`Sequence`]s (each owning its request state: prompt,
 //! sampler, tokens so far, padding, and its adapters, held so that an adapter removed from the engine
 //! while the row runs stays with it), the batch's KV cache and its per-row LoRA state, row `i` of both
-//! belonging to `running[i]`. [`Scheduler::step`] first prefills the requests waiting for a place (in
-//! one forward pass of their own, then merged into the running batch: the shorter side is left-padded
-//! and masked), then advances every running row by one token in ONE forward pass, whatever adapters and
-//! composition each row has. Rows leave as they finish (end of sequence, budget, a numerical failure,
-//! or [`Scheduler::cancel`]); padding that no remaining row needs is trimmed from the cache.
+//! belonging to `running[i]`. [`Scheduler::step`] first moves the prefill of the requests waiting for a
+//! place forward by one chunk (a pass of their own, at most [`Scheduler::prefill_chunk`] prompt tokens,
+//! so that a long prompt is prefilled over several steps and never stalls the decoding rows for long);
+//! a group whose prompts are done samples its first tokens and merges into the running batch (the
+//! shorter side is left-padded and masked). Then every running row produces its next token in ONE
+//! forward pass, whatever adapters and composition each row has. Rows leave as they finish (end of
+//! sequence, budget, a numerical failure, or [`Scheduler::cancel`]); padding that no remaining row
+//! needs is trimmed from the cache.
 //!
-//! Greedy outputs equal [`crate::Engine::run`]'s on the same requests whatever the arrival order: every
-//! row is masked to its own tokens and RoPE positions count from its own first token.
+//! Greedy outputs equal [`crate::Engine::run`]'s on the same requests whatever the arrival order and
+//! the chunk size: every row is masked to its own tokens and RoPE positions count from its own first
+//! token. [`Batching::Static`] admits requests only into an empty batch (which then drains), the
+//! baseline that continuous batching is measured against.
 
 use std::collections::VecDeque;
 
@@ -19,7 +24,7 @@ use burn::tensor::backend::Backend;
 use ramole_models::llama::{KvCache, LlamaLora};
 use ramole_mole::ResolvedRow;
 
-use crate::engine::{logits_problem, numerical_message};
+use crate::engine::{Prefill, logits_problem, numerical_message};
 use crate::sampling::Sampler;
 use crate::{BatchError, Engine, Request};
 
@@ -94,6 +99,29 @@ impl Sequence {
     }
 }
 
+/// When waiting requests may join the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batching {
+    /// At any step, as rows free up (continuous batching).
+    #[default]
+    Continuous,
+    /// Only when the batch is empty: a batch runs until its last row finishes (static batching, the
+    /// baseline of `ramole bench-serve`).
+    Static,
+}
+
+/// Prompt tokens prefilled per step by default (padding included).
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// A group of admitted sequences whose prompts are being prefilled, with their own cache and LoRA
+/// state: row `i` of both belongs to `sequences[i]`.
+#[derive(Debug)]
+struct Prefilling<B: Backend> {
+    sequences: Vec<Sequence>,
+    prefill: Prefill<B>,
+    lora: LlamaLora<B>,
+}
+
 /// The running batch's tensors: row `i` of each belongs to `Scheduler::running[i]`.
 #[derive(Debug)]
 struct BatchState<B: Backend> {
@@ -109,7 +137,10 @@ struct BatchState<B: Backend> {
 pub struct Scheduler<B: Backend> {
     max_rows: usize,
     ignore_eos: bool,
+    batching: Batching,
+    prefill_chunk: usize,
     waiting: VecDeque<Sequence>,
+    prefilling: Option<Prefilling<B>>,
     running: Vec<Sequence>,
     state: Option<BatchState<B>>,
     next_id: SequenceId,
@@ -121,7 +152,10 @@ impl<B: Backend> Scheduler<B> {
         Self {
             max_rows: max_rows.max(1),
             ignore_eos: false,
+            batching: Batching::Continuous,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             waiting: VecDeque::new(),
+            prefilling: None,
             running: Vec::new(),
             state: None,
             next_id: 0,
@@ -131,6 +165,20 @@ impl<B: Backend> Scheduler<B> {
     /// Keep generating after end-of-sequence tokens (benchmarks: every row runs to its budget).
     pub fn ignore_eos(mut self, ignore: bool) -> Self {
         self.ignore_eos = ignore;
+        self
+    }
+
+    /// When waiting requests join (continuous by default).
+    pub fn batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// Most prompt tokens (padding included) prefilled per step, at least one column of the group's
+    /// padded prompts: a longer prefill is split over several steps, each followed by a decoding step of
+    /// the running rows ([`DEFAULT_PREFILL_CHUNK`] by default; 0 counts as 1).
+    pub fn prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = tokens.max(1);
         self
     }
 
@@ -155,11 +203,24 @@ impl<B: Backend> Scheduler<B> {
         Ok(id)
     }
 
-    /// Removes a sequence, waiting or running (its row leaves the batch at once); false when there is
-    /// no such sequence (it finished or failed already).
+    /// Removes a sequence, waiting, being prefilled or running (its row leaves the batch at once);
+    /// false when there is no such sequence (it finished or failed already).
     pub fn cancel(&mut self, id: SequenceId) -> bool {
         if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
             self.waiting.remove(i);
+            return true;
+        }
+        if let Some(group) = self.prefilling.as_mut()
+            && let Some(i) = group.sequences.iter().position(|s| s.id == id)
+        {
+            if group.sequences.len() == 1 {
+                self.prefilling = None;
+            } else {
+                let keep: Vec<usize> = (0..group.sequences.len()).filter(|&k| k != i).collect();
+                group.sequences.remove(i);
+                group.prefill.keep_rows(&keep);
+                group.lora = group.lora.select_rows(&keep);
+            }
             return true;
         }
         let Some(i) = self.running.iter().position(|s| s.id == id) else { return false };
@@ -173,30 +234,46 @@ impl<B: Backend> Scheduler<B> {
         self.waiting.len()
     }
 
-    /// Sequences in the running batch.
+    /// Sequences holding a row: decoding, or with their prompt being prefilled.
     pub fn running(&self) -> usize {
-        self.running.len()
+        self.running.len() + self.prefilling.as_ref().map_or(0, |g| g.sequences.len())
     }
 
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.running.is_empty()
+        self.waiting.is_empty() && self.running() == 0
     }
 
     /// Names of the adapters the queued and running sequences hold (with repeats).
     pub fn adapters_in_use(&self) -> impl Iterator<Item = &str> {
-        self.waiting.iter().chain(&self.running).flat_map(|s| s.row.names())
+        let prefilling = self.prefilling.iter().flat_map(|g| &g.sequences);
+        self.waiting.iter().chain(prefilling).chain(&self.running).flat_map(|s| s.row.names())
     }
 
-    /// One step: the waiting sequences that fit are prefilled and join the batch (each produces its
-    /// first token), then every running row produces its next token in one forward pass. Returns the
-    /// tokens, finished and failed sequences of this step.
+    /// One step: the prefill of the sequences waiting for a row moves forward by one chunk (those that
+    /// fit start one when none is in progress; a group whose prompts are done produces its first
+    /// tokens and joins the batch), then every running row produces its next token in one forward
+    /// pass. Returns the tokens, finished and failed sequences of this step.
     pub fn step(&mut self, engine: &Engine<B>) -> Vec<Event> {
         let mut events = Vec::new();
-        let room = self.max_rows.saturating_sub(self.running.len());
-        if room > 0 && !self.waiting.is_empty() {
+        let admits = match self.batching {
+            Batching::Continuous => true,
+            Batching::Static => self.running.is_empty(),
+        };
+        let room = self.max_rows.saturating_sub(self.running());
+        if admits && self.prefilling.is_none() && room > 0 && !self.waiting.is_empty() {
             let newcomers: Vec<Sequence> = self.waiting.drain(..room.min(self.waiting.len())).collect();
-            self.join(engine, newcomers, &mut events);
+            self.begin(engine, newcomers, &mut events);
+        }
+        if let Some(mut group) = self.prefilling.take() {
+            let columns = (self.prefill_chunk / group.prefill.rows().max(1)).max(1);
+            let hidden = engine.prefill_columns(&mut group.prefill, columns, &group.lora);
+            if group.prefill.is_complete() {
+                let last = engine.last_logits(hidden);
+                self.join(engine, group, &last, &mut events);
+            } else {
+                self.prefilling = Some(group);
+            }
         }
         if !self.running.is_empty() {
             self.decode(engine, &mut events);
@@ -204,20 +281,25 @@ impl<B: Backend> Scheduler<B> {
         events
     }
 
-    /// Prefills `newcomers` together, samples their first tokens and merges the survivors into the
-    /// running batch.
-    fn join(&mut self, engine: &Engine<B>, newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
-        let vocab = engine.config().vocab_size;
-        let n = newcomers.len();
+    /// Starts the prefill of `newcomers` as one group.
+    fn begin(&mut self, engine: &Engine<B>, newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
         let lora = match lora_of(engine, &newcomers) {
             Ok(lora) => lora,
             Err(e) => return fail_all(newcomers, &e, events),
         };
         let prompts: Vec<&[u32]> = newcomers.iter().map(|s| s.prompt.as_slice()).collect();
         let longest = newcomers.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
-        let (hidden, mut cache, pads) = engine.prefill(&prompts, longest, &lora);
-        let last = engine.last_logits(hidden);
+        let prefill = engine.begin_prefill(&prompts, longest);
+        self.prefilling = Some(Prefilling { sequences: newcomers, prefill, lora });
+    }
 
+    /// A prefilled group (`last`: the logits of each row's last prompt position) samples its first
+    /// tokens; the survivors merge into the running batch.
+    fn join(&mut self, engine: &Engine<B>, group: Prefilling<B>, last: &[f32], events: &mut Vec<Event>) {
+        let vocab = engine.config().vocab_size;
+        let Prefilling { sequences: newcomers, prefill, lora } = group;
+        let Prefill { mut cache, pads, .. } = prefill;
+        let n = newcomers.len();
         let eos = &engine.config().eos_token_ids;
         let mut keep = Vec::with_capacity(n);
         let mut joining = Vec::with_capacity(n);

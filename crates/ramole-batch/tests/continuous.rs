@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::token_ids;
-use ramole_batch::{Engine, Event, FinishReason, Request, RequestFile, RunOptions, Scheduler, SequenceId};
+use ramole_batch::{
+    Batching, Engine, Event, FinishReason, Request, RequestFile, RequestInput, RunOptions, Scheduler, SequenceId,
+};
 use ramole_core::backend::{Selected, device};
 use safetensors::SafeTensors;
 
@@ -36,7 +38,16 @@ fn serve(
     max_rows: usize,
     arrivals: &[Vec<usize>],
 ) -> (HashMap<String, Vec<u32>>, usize) {
-    let mut scheduler = Scheduler::new(max_rows);
+    serve_with(engine, requests, Scheduler::new(max_rows), arrivals)
+}
+
+/// [`serve`] through a given scheduler.
+fn serve_with(
+    engine: &Engine<Selected>,
+    requests: &[Request],
+    mut scheduler: Scheduler<Selected>,
+    arrivals: &[Vec<usize>],
+) -> (HashMap<String, Vec<u32>>, usize) {
     let mut names: HashMap<SequenceId, String> = HashMap::new();
     let mut streamed: HashMap<SequenceId, Vec<u32>> = HashMap::new();
     let mut done = HashMap::new();
@@ -205,4 +216,107 @@ fn a_row_with_no_budget_finishes_at_once_and_bad_requests_are_refused_at_admissi
     long.max_new_tokens = usize::MAX;
     assert!(scheduler.admit(&engine, long).is_err(), "over the context");
     assert!(scheduler.is_idle());
+}
+
+#[test]
+fn chunked_prefill_and_static_batching_give_the_static_batch_tokens() {
+    let engine = engine();
+    let requests = requests();
+    let expected = static_batch(&engine, &requests);
+    let n = requests.len();
+    let arrivals: Vec<Vec<usize>> = vec![vec![5, 1], vec![], vec![7, 0], vec![3], vec![], vec![], vec![2, 6, 4]];
+    // Chunks of 1 token (one column per step), of fewer tokens than the group has rows, and of a few
+    // columns; continuous and static.
+    for chunk in [1, 3, 10] {
+        for batching in [Batching::Continuous, Batching::Static] {
+            let scheduler = Scheduler::new(4).prefill_chunk(chunk).batching(batching);
+            let (got, most) = serve_with(&engine, &requests, scheduler, &arrivals);
+            assert!(most <= 4);
+            assert_eq!(got.len(), n);
+            for r in &requests {
+                assert_eq!(got[&r.name], expected[&r.name], "{} (chunk {chunk}, {batching:?})", r.name);
+            }
+        }
+    }
+}
+
+/// A request whose prompt is `len` token ids, with a budget of `budget`.
+fn long_request(len: usize, budget: usize) -> Request {
+    let mut r = requests().swap_remove(1);
+    r.name = format!("long{len}");
+    r.input = RequestInput::Ids((0..len).map(|i| 3 + (i * 37 % 500) as u32).collect());
+    r.max_new_tokens = budget;
+    r
+}
+
+#[test]
+fn running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks() {
+    let engine = engine();
+    let short = requests().swap_remove(4);
+    let long = long_request(60, 5);
+    let options = RunOptions { ignore_eos: true, ..RunOptions::default() };
+    let alone = engine.run(std::slice::from_ref(&long), options).pop().expect("one").expect("runs").new_tokens;
+    let mut scheduler = Scheduler::new(4).prefill_chunk(8).ignore_eos(true);
+    let a = scheduler.admit(&engine, Request { max_new_tokens: 40, ..short }).expect("admitted");
+    // Its own prompt (13 tokens) takes two chunks: it decodes once it has produced a token.
+    let mut steps = 0;
+    while !scheduler.step(&engine).iter().any(|e| matches!(e, Event::Token { id, .. } if *id == a)) {
+        steps += 1;
+        assert!(steps < 5, "the short row joins");
+    }
+    let b = scheduler.admit(&engine, long.clone()).expect("admitted");
+    // 60 prompt tokens in chunks of 8: 8 steps; the running row produces a token in each of them.
+    let mut b_tokens = Vec::new();
+    let mut b_first = None;
+    for step in 0..12 {
+        let events = scheduler.step(&engine);
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Token { id, .. } if *id == a)),
+            "step {step}: the running row produced no token ({events:?})"
+        );
+        for e in events {
+            match e {
+                Event::Token { id, token } if id == b => {
+                    b_first.get_or_insert(step);
+                    b_tokens.push(token);
+                }
+                Event::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(b_first, Some(7), "the long prompt's first token comes with its last chunk");
+    assert_eq!(scheduler.running(), 1, "the long row finished, the other runs");
+    assert_eq!(b_tokens, alone, "the chunked prefill gives the same tokens");
+}
+
+#[test]
+fn a_row_cancelled_during_its_prefill_leaves_its_group() {
+    let engine = engine();
+    let (x, y) = (long_request(30, 6), long_request(21, 4));
+    let expected = static_batch(&engine, std::slice::from_ref(&y));
+    let mut scheduler = Scheduler::new(4).prefill_chunk(10);
+    let ids = [x, y.clone()].map(|r| scheduler.admit(&engine, r).expect("admitted"));
+    scheduler.step(&engine);
+    assert_eq!(scheduler.running(), 2, "both are being prefilled");
+    assert!(scheduler.cancel(ids[0]));
+    assert_eq!(scheduler.running(), 1);
+    let mut tokens = Vec::new();
+    while !scheduler.is_idle() {
+        for e in scheduler.step(&engine) {
+            match e {
+                Event::Finished { id, new_tokens, .. } => {
+                    assert_eq!(id, ids[1]);
+                    tokens = new_tokens;
+                }
+                Event::Failed { error, .. } => panic!("{error}"),
+                Event::Token { .. } => {}
+            }
+        }
+    }
+    assert_eq!(tokens, expected[&y.name]);
+    // Cancelling the last row of a group being prefilled empties it.
+    let id = scheduler.admit(&engine, y).expect("admitted");
+    scheduler.step(&engine);
+    assert!(scheduler.cancel(id) && scheduler.is_idle());
 }

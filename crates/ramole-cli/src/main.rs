@@ -26,6 +26,8 @@ enum Command {
     Batch(cmd::batch::Args),
     /// Decode throughput of a batch without and with per-row adapters (figures, not a test).
     BenchDecode(cmd::bench_decode::Args),
+    /// The server under load over loopback: throughput, latency and time to first token, continuous vs static batching (figures, not a test).
+    BenchServe(cmd::bench_serve::Args),
     /// LoRA training throughput, ours beside PEFT's on the same data and configuration (figures, not a test).
     BenchTrain(cmd::bench_train::Args),
     /// The BIG-bench task suite (`ramole tasks build`).
@@ -58,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Batch(a) => cmd::batch::run(a),
         Command::BenchDecode(a) => cmd::bench_decode::run(a),
+        Command::BenchServe(a) => cmd::bench_serve::run(a),
         Command::BenchTrain(a) => cmd::bench_train::run(a),
         Command::Tasks(a) => cmd::tasks::run(a),
         Command::EvalRetrieval(a) => cmd::eval_retrieval::run(a),

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod bench;
 mod error;
 mod metrics;
 mod routes;
@@ -15,11 +16,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
+pub use ramole_batch::Batching;
+use ramole_batch::DEFAULT_PREFILL_CHUNK;
 use ramole_pipeline::{Ramole, RouteConfig};
 use tokenizers::Tokenizer;
 
 pub use error::ServerError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, ProcessMemory, process_memory};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -28,6 +31,12 @@ pub struct ServeConfig {
     pub model_name: String,
     /// Most rows in the running batch.
     pub max_batch: usize,
+    /// Most prompt tokens prefilled per engine step: a longer prompt is prefilled over several steps,
+    /// the running rows decoding between them.
+    pub prefill_chunk: usize,
+    /// When requests join the running batch: continuous (any step), or static (only an empty batch;
+    /// the baseline that `ramole bench-serve` compares with).
+    pub batching: Batching,
     /// Most requests waiting for a row; beyond `max_batch + max_queue` accepted requests, 429.
     pub max_queue: usize,
     /// A bearer token every `/v1/*` and `/metrics` request must carry, if set.
@@ -47,6 +56,8 @@ impl Default for ServeConfig {
         Self {
             model_name: "base".into(),
             max_batch: 32,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            batching: Batching::Continuous,
             max_queue: 256,
             api_key: None,
             request_timeout: Duration::from_secs(300),
@@ -117,11 +128,16 @@ impl Server {
         // Published before the first request can arrive.
         worker::refresh_adapters(&ramole, &shared);
         let (tx, rx) = std::sync::mpsc::channel();
-        let (max_batch, timeout) = (config.max_batch, config.request_timeout);
+        let limits = worker::Limits {
+            max_batch: config.max_batch,
+            prefill_chunk: config.prefill_chunk,
+            batching: config.batching,
+            timeout: config.request_timeout,
+        };
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("ramole-engine".into())
-            .spawn(move || worker::run(ramole, rx, worker_shared, max_batch, timeout))
+            .spawn(move || worker::run(ramole, rx, worker_shared, limits))
             .map_err(|e| ServerError::Setup(format!("starting the engine thread: {e}")))?;
         let inner = Arc::new(Inner {
             commands: tx,

@@ -40,6 +40,27 @@ impl Histogram {
     }
 }
 
+/// The process's memory, as Linux reports it (`/proc/self/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Resident set size now, bytes.
+    pub resident: u64,
+    /// The highest resident set size so far, bytes.
+    pub peak: u64,
+}
+
+/// The process's resident memory now and at its peak; `None` where `/proc/self/status` does not say
+/// (not Linux).
+pub fn process_memory() -> Option<ProcessMemory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(ProcessMemory { resident: field("VmRSS:")?, peak: field("VmHWM:")? })
+}
+
 /// The server's counters and gauges, shared by the HTTP handlers and the engine's thread.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -156,6 +177,14 @@ impl Metrics {
         }
         if let Ok(h) = self.latency.lock() {
             h.render(&mut out, "ramole_request_latency_seconds", "Arrival to last token.");
+        }
+        if let Some(memory) = process_memory() {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+                 # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+                memory.resident
+            );
         }
         out
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use ramole_batch::{Event, FinishReason, Request, RequestInput, Sampling, Scheduler, SequenceId};
+use ramole_batch::{Batching, Event, FinishReason, Request, RequestInput, Sampling, Scheduler, SequenceId};
 use ramole_core::lora::Composition;
 use ramole_pipeline::{PipelineError, Ramole, RouteConfig, RoutedLora, Routing, Strategy};
 use ramole_retriever::RetrieverError;
@@ -134,15 +134,24 @@ struct Live {
     first_token: bool,
 }
 
+/// How the engine's scheduler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most rows in the running batch.
+    pub max_batch: usize,
+    /// Most prompt tokens prefilled per step.
+    pub prefill_chunk: usize,
+    /// When requests join the batch.
+    pub batching: Batching,
+    /// Longest a request may take (what a timed-out request is told).
+    pub timeout: Duration,
+}
+
 /// The engine's loop: runs until every command sender is gone and nothing is left to run.
-pub fn run<B: Backend>(
-    mut ramole: Ramole<B>,
-    commands: Receiver<Command>,
-    shared: Arc<Shared>,
-    max_batch: usize,
-    timeout: Duration,
-) {
-    let mut scheduler = Scheduler::<B>::new(max_batch);
+pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, shared: Arc<Shared>, limits: Limits) {
+    let timeout = limits.timeout;
+    let mut scheduler =
+        Scheduler::<B>::new(limits.max_batch).prefill_chunk(limits.prefill_chunk).batching(limits.batching);
     let mut live: HashMap<SequenceId, Live> = HashMap::new();
     let mut next_name = 0u64;
     let mut open = true;

@@ -1,6 +1,7 @@
 //! A load test, loopback only and bounded in count and time: 64 concurrent clients with mixed adapters
-//! (every answer equal to the engine's static-batch greedy answer: none lost, none wrong), adapters
-//! uploaded and deleted while it runs, then an overload that gets 429s.
+//! (every answer equal to the engine's static-batch greedy answer: none lost, none wrong; prompts
+//! prefilled in chunks between decoding steps), adapters uploaded and deleted while it runs, memory
+//! bounded, then an overload that gets 429s.
 
 mod common;
 
@@ -52,9 +53,23 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
         .collect();
     drop(reference);
 
-    let config = ServeConfig { model_name: "tiny".into(), max_batch: 8, max_queue: CLIENTS, ..Default::default() };
+    // Prompts of ~30 tokens in groups of up to 8 rows, 4 columns per step: each group's prefill spans
+    // several steps, the running rows decoding between them.
+    let config = ServeConfig {
+        model_name: "tiny".into(),
+        max_batch: 8,
+        max_queue: CLIENTS,
+        prefill_chunk: 32,
+        ..Default::default()
+    };
     let server = Running::start(common::ramole(&model, &pool), config);
     let addr = server.addr;
+    let resident = || -> f64 {
+        let text = server.get("/metrics").text();
+        let line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).expect("memory metric");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
+    };
+    let before = resident();
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -96,6 +111,10 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
     }
     assert!(started.elapsed() < Duration::from_secs(300), "bounded in time");
     assert_eq!(statuses.get(&200), Some(&CLIENTS));
+    // Bounded memory: what the load added (8 rows of cache, 64 queued requests, 64 client threads in
+    // this process) is far below this; a leak per request or token would not be.
+    let grown = (resident() - before) / f64::from(1 << 20);
+    assert!(grown < 256.0, "the process grew by {grown:.0} MiB under load");
     server.stop();
 
     // Overload: 1 row and 2 queue places for 24 clients at once: 429s, and the rest answered.
@@ -114,4 +133,40 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
     let busy = statuses.iter().filter(|&&s| s == 429).count();
     assert!(busy > 0 && statuses.iter().all(|&s| s == 200 || s == 429), "{statuses:?}");
     assert!(statuses.iter().filter(|&&s| s == 200).count() >= 3, "{statuses:?}");
+}
+
+#[test]
+fn the_bench_load_generator_measures_every_request_under_both_batchings() {
+    use ramole_server::bench::{Background, Load, LoadRequest, run_load};
+    use ramole_server::{Batching, Server};
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let requests: Vec<LoadRequest> = (0..6)
+        .map(|i| LoadRequest {
+            model: ["tiny", "a0", "a1"][i % 3].to_string(),
+            prompt: format!("Request {i}: plural of mouse is"),
+            max_tokens: 3 + i,
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for batching in [Batching::Continuous, Batching::Static] {
+        let config = ServeConfig { model_name: "tiny".into(), max_batch: 4, batching, ..Default::default() };
+        let server =
+            Background::start(Server::new(common::ramole(&model, &pool), config).expect("server")).expect("serving");
+        let load = Load { clients: 6, requests_per_client: 2, requests: requests.clone(), api_key: None };
+        let report = run_load(server.addr(), &load);
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.samples.len(), 12);
+        for s in &report.samples {
+            assert!(s.completion_tokens >= 1 && s.completion_tokens <= 8, "{s:?}");
+            assert!(s.ttft.is_none_or(|t| t <= s.latency), "{s:?}");
+        }
+        assert!(report.tokens_per_sec() > 0.0 && report.latency(0.99) >= report.latency(0.5));
+        let mut counts: Vec<u64> = report.samples.iter().map(|s| s.completion_tokens).collect();
+        counts.sort_unstable();
+        tokens.push(counts);
+        server.stop().expect("stops");
+    }
+    assert_eq!(tokens[0], tokens[1], "the same greedy answers, whichever batching");
 }

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod batch;
 pub mod bench_decode;
+pub mod bench_serve;
 pub mod bench_train;
 pub mod embed;
 pub mod engine;

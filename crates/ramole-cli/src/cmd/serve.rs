@@ -28,6 +28,10 @@ pub struct Args {
     /// Most rows in the running batch (1–1024).
     #[arg(long, default_value_t = 32, value_parser = super::args::usize_in(1, 1024))]
     pub max_batch: usize,
+    /// Most prompt tokens prefilled per step (1–65536): a longer prompt is prefilled over several
+    /// steps, the running rows decoding between them.
+    #[arg(long, default_value_t = ramole_batch::DEFAULT_PREFILL_CHUNK, value_parser = super::args::usize_in(1, 65_536))]
+    pub prefill_chunk: usize,
     /// Most requests waiting for a row; more get 429 (0–100000).
     #[arg(long, default_value_t = 256, value_parser = super::args::usize_in(0, 100_000))]
     pub max_queue: usize,
@@ -68,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = ServeConfig {
         model_name: model_name.clone(),
         max_batch: args.max_batch,
+        prefill_chunk: args.prefill_chunk,
+        batching: ramole_server::Batching::Continuous,
         max_queue: args.max_queue,
         api_key: args.api_key.clone(),
         request_timeout: Duration::from_secs(args.request_timeout as u64),
