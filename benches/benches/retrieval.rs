@@ -1,5 +1,6 @@
 //! Retrieval benchmarks: exact cosine top-10 over 1k / 10k / 100k LoRAs (384-dim, random unit
-//! vectors; one query and a batch of 32), and sentence-embedding throughput of the real
+//! vectors; one query, through the index's search (two passes from 4096 LoRAs) and through the plain
+//! f32 scan, and a batch of 32), and sentence-embedding throughput of the real
 //! all-MiniLM-L6-v2 at batch 1 and 32 (skipped, with a message, when the asset is not cached).
 //!
 //! `cargo bench -p ramole-benches --bench retrieval`
@@ -41,6 +42,14 @@ fn top_k(c: &mut Criterion) {
             b.iter(|| {
                 q = (q + 1) % queries.len(); // a different query each time
                 black_box(index.top_k(&queries[q], 10))
+            })
+        });
+        // The plain f32 scan of every row, the reference the two-pass search above equals.
+        let mut q = 0;
+        group.bench_with_input(BenchmarkId::new("1_query_f32_scan", n), &index, |b, index| {
+            b.iter(|| {
+                q = (q + 1) % queries.len();
+                black_box(index.search_exhaustive(std::slice::from_ref(&queries[q]), 10))
             })
         });
         group.throughput(Throughput::Elements(32));

@@ -109,6 +109,12 @@ impl<B: Backend> Prefill<B> {
         self.rows
     }
 
+    /// Prompt tokens (padding excluded) among the `count` columns from `start`.
+    pub(crate) fn real_tokens(&self, start: usize, count: usize) -> usize {
+        let end = start + count;
+        self.pads.iter().map(|&pad| end.saturating_sub(start.max(pad))).sum()
+    }
+
     /// Keeps only the rows `keep` (in that order).
     pub(crate) fn keep_rows(&mut self, keep: &[usize]) {
         let len = self.len;

@@ -12,4 +12,4 @@ pub use engine::{Engine, RequestOutput, RunOptions, RunStats};
 pub use error::BatchError;
 pub use request::{Request, RequestFile, RequestInput};
 pub use sampling::Sampling;
-pub use scheduler::{Batching, DEFAULT_PREFILL_CHUNK, Event, FinishReason, Scheduler, SequenceId};
+pub use scheduler::{Batching, DEFAULT_PREFILL_CHUNK, Event, FinishReason, Scheduler, SchedulerStats, SequenceId};

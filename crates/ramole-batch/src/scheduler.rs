@@ -4,11 +4,12 @@
 //! A [`Scheduler`] owns the running batch: its [`Sequence`]s (each owning its request state: prompt,
 //! sampler, tokens so far, padding, and its adapters, held so that an adapter removed from the engine
 //! while the row runs stays with it), the batch's KV cache and its per-row LoRA state, row `i` of both
-//! belonging to `running[i]`. [`Scheduler::step`] first moves the prefill of the requests waiting for a
-//! place forward by one chunk (a pass of their own, at most [`Scheduler::prefill_chunk`] prompt tokens,
-//! so that a long prompt is prefilled over several steps and never stalls the decoding rows for long);
-//! a group whose prompts are done samples its first tokens and merges into the running batch (the
-//! shorter side is left-padded and masked). Then every running row produces its next token in ONE
+//! belonging to `running[i]`. [`Scheduler::step`] first starts the prefill of the requests waiting for
+//! a place (in groups of similar prompt lengths, each left-padded to its longest prompt) and moves the
+//! prefills forward by at most [`Scheduler::prefill_chunk`] tokens, in passes of their own, so that a
+//! long prompt is prefilled over several steps and never stalls the decoding rows for long; a group
+//! whose prompts are done samples its first tokens and merges into the running batch (the shorter side
+//! is left-padded and masked). Then every running row produces its next token in ONE
 //! forward pass, whatever adapters and composition each row has. Rows leave as they finish (end of
 //! sequence, budget, a numerical failure, or [`Scheduler::cancel`]); padding that no remaining row
 //! needs is trimmed from the cache.
@@ -19,6 +20,7 @@
 //! baseline that continuous batching is measured against.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use ramole_models::llama::{KvCache, LlamaLora};
@@ -113,6 +115,25 @@ pub enum Batching {
 /// Prompt tokens prefilled per step by default (padding included).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
+/// Where a scheduler's time went, since it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SchedulerStats {
+    /// Prefill forward passes (chunks).
+    pub prefill_passes: u64,
+    /// Prompt tokens prefilled (padding excluded).
+    pub prefill_tokens: u64,
+    /// Seconds in prefill passes (the first tokens' logits included).
+    pub prefill_secs: f64,
+    /// Decoding steps.
+    pub decode_steps: u64,
+    /// Tokens produced by decoding steps, all rows together.
+    pub decode_tokens: u64,
+    /// Seconds in decoding steps.
+    pub decode_secs: f64,
+    /// Seconds building per-row LoRA states (a group's, and the batch's when a group joins it).
+    pub lora_secs: f64,
+}
+
 /// A group of admitted sequences whose prompts are being prefilled, with their own cache and LoRA
 /// state: row `i` of both belongs to `sequences[i]`.
 #[derive(Debug)]
@@ -140,10 +161,12 @@ pub struct Scheduler<B: Backend> {
     batching: Batching,
     prefill_chunk: usize,
     waiting: VecDeque<Sequence>,
-    prefilling: Option<Prefilling<B>>,
+    /// Groups being prefilled, oldest first.
+    prefilling: VecDeque<Prefilling<B>>,
     running: Vec<Sequence>,
     state: Option<BatchState<B>>,
     next_id: SequenceId,
+    stats: SchedulerStats,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -155,10 +178,11 @@ impl<B: Backend> Scheduler<B> {
             batching: Batching::Continuous,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             waiting: VecDeque::new(),
-            prefilling: None,
+            prefilling: VecDeque::new(),
             running: Vec::new(),
             state: None,
             next_id: 0,
+            stats: SchedulerStats::default(),
         }
     }
 
@@ -174,9 +198,9 @@ impl<B: Backend> Scheduler<B> {
         self
     }
 
-    /// Most prompt tokens (padding included) prefilled per step, at least one column of the group's
-    /// padded prompts: a longer prefill is split over several steps, each followed by a decoding step of
-    /// the running rows ([`DEFAULT_PREFILL_CHUNK`] by default; 0 counts as 1).
+    /// Most prompt tokens (padding included) prefilled per step, at least one column of the oldest
+    /// group's padded prompts: a longer prefill is split over several steps, each followed by a
+    /// decoding step of the running rows ([`DEFAULT_PREFILL_CHUNK`] by default; 0 counts as 1).
     pub fn prefill_chunk(mut self, tokens: usize) -> Self {
         self.prefill_chunk = tokens.max(1);
         self
@@ -210,11 +234,15 @@ impl<B: Backend> Scheduler<B> {
             self.waiting.remove(i);
             return true;
         }
-        if let Some(group) = self.prefilling.as_mut()
-            && let Some(i) = group.sequences.iter().position(|s| s.id == id)
+        if let Some((g, i)) = self
+            .prefilling
+            .iter()
+            .enumerate()
+            .find_map(|(g, group)| group.sequences.iter().position(|s| s.id == id).map(|i| (g, i)))
         {
+            let group = &mut self.prefilling[g];
             if group.sequences.len() == 1 {
-                self.prefilling = None;
+                self.prefilling.remove(g);
             } else {
                 let keep: Vec<usize> = (0..group.sequences.len()).filter(|&k| k != i).collect();
                 group.sequences.remove(i);
@@ -229,6 +257,11 @@ impl<B: Backend> Scheduler<B> {
         true
     }
 
+    /// Where the time went so far.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
     /// Sequences queued for a row.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -236,7 +269,7 @@ impl<B: Backend> Scheduler<B> {
 
     /// Sequences holding a row: decoding, or with their prompt being prefilled.
     pub fn running(&self) -> usize {
-        self.running.len() + self.prefilling.as_ref().map_or(0, |g| g.sequences.len())
+        self.running.len() + self.prefilling.iter().map(|g| g.sequences.len()).sum::<usize>()
     }
 
     /// Whether nothing is queued or running.
@@ -246,51 +279,77 @@ impl<B: Backend> Scheduler<B> {
 
     /// Names of the adapters the queued and running sequences hold (with repeats).
     pub fn adapters_in_use(&self) -> impl Iterator<Item = &str> {
-        let prefilling = self.prefilling.iter().flat_map(|g| &g.sequences);
+        let prefilling = self.prefilling.iter().flat_map(|g| g.sequences.iter());
         self.waiting.iter().chain(prefilling).chain(&self.running).flat_map(|s| s.row.names())
     }
 
-    /// One step: the prefill of the sequences waiting for a row moves forward by one chunk (those that
-    /// fit start one when none is in progress; a group whose prompts are done produces its first
-    /// tokens and joins the batch), then every running row produces its next token in one forward
-    /// pass. Returns the tokens, finished and failed sequences of this step.
+    /// One step: the sequences waiting for a row that fit start their prefill (in groups of similar
+    /// prompt lengths, so that little of a pass is padding); prefill passes then feed at most
+    /// [`Self::prefill_chunk`] tokens of the groups, oldest first (a group whose prompts are done
+    /// produces its first tokens and joins the batch); then every running row produces its next
+    /// token in one forward pass. Returns the tokens, finished and failed sequences of this step.
     pub fn step(&mut self, engine: &Engine<B>) -> Vec<Event> {
         let mut events = Vec::new();
         let admits = match self.batching {
             Batching::Continuous => true,
-            Batching::Static => self.running.is_empty(),
+            Batching::Static => self.running() == 0,
         };
         let room = self.max_rows.saturating_sub(self.running());
-        if admits && self.prefilling.is_none() && room > 0 && !self.waiting.is_empty() {
+        if admits && room > 0 && !self.waiting.is_empty() {
             let newcomers: Vec<Sequence> = self.waiting.drain(..room.min(self.waiting.len())).collect();
-            self.begin(engine, newcomers, &mut events);
+            for group in by_length(newcomers) {
+                self.begin(engine, group, &mut events);
+            }
         }
-        if let Some(mut group) = self.prefilling.take() {
-            let columns = (self.prefill_chunk / group.prefill.rows().max(1)).max(1);
+        // At least one pass per step, so that every prefill moves forward.
+        let mut budget = self.prefill_chunk;
+        while let Some(mut group) = self.prefilling.pop_front() {
+            let clock = Instant::now();
+            let rows = group.prefill.rows().max(1);
+            let columns = (budget / rows).max(1);
+            let before = group.prefill.done();
             let hidden = engine.prefill_columns(&mut group.prefill, columns, &group.lora);
+            let fed = group.prefill.done() - before;
+            budget = budget.saturating_sub(fed * rows);
+            self.stats.prefill_passes += 1;
+            self.stats.prefill_tokens += group.prefill.real_tokens(before, fed) as u64;
             if group.prefill.is_complete() {
                 let last = engine.last_logits(hidden);
+                self.stats.prefill_secs += clock.elapsed().as_secs_f64();
                 self.join(engine, group, &last, &mut events);
             } else {
-                self.prefilling = Some(group);
+                self.stats.prefill_secs += clock.elapsed().as_secs_f64();
+                self.prefilling.push_front(group);
+                break;
+            }
+            if budget == 0 {
+                break;
             }
         }
         if !self.running.is_empty() {
+            let clock = Instant::now();
+            let rows = self.running.len();
             self.decode(engine, &mut events);
+            self.stats.decode_steps += 1;
+            self.stats.decode_tokens += rows as u64;
+            self.stats.decode_secs += clock.elapsed().as_secs_f64();
         }
         events
     }
 
     /// Starts the prefill of `newcomers` as one group.
     fn begin(&mut self, engine: &Engine<B>, newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
-        let lora = match lora_of(engine, &newcomers) {
+        let clock = Instant::now();
+        let lora = lora_of(engine, &newcomers);
+        self.stats.lora_secs += clock.elapsed().as_secs_f64();
+        let lora = match lora {
             Ok(lora) => lora,
             Err(e) => return fail_all(newcomers, &e, events),
         };
         let prompts: Vec<&[u32]> = newcomers.iter().map(|s| s.prompt.as_slice()).collect();
         let longest = newcomers.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
         let prefill = engine.begin_prefill(&prompts, longest);
-        self.prefilling = Some(Prefilling { sequences: newcomers, prefill, lora });
+        self.prefilling.push_back(Prefilling { sequences: newcomers, prefill, lora });
     }
 
     /// A prefilled group (`last`: the logits of each row's last prompt position) samples its first
@@ -340,7 +399,10 @@ impl<B: Backend> Scheduler<B> {
                 self.running.extend(joining);
                 // The LoRA state of the whole batch, rebuilt from the rows' held adapters. Every row
                 // resolved on its own before: a failure here is the batch's.
-                match lora_of(engine, &self.running) {
+                let clock = Instant::now();
+                let lora = lora_of(engine, &self.running);
+                self.stats.lora_secs += clock.elapsed().as_secs_f64();
+                match lora {
                     Ok(lora) => self.state = Some(BatchState { cache: state.cache, lora }),
                     Err(e) => fail_all(std::mem::take(&mut self.running), &e, events),
                 }
@@ -406,6 +468,35 @@ impl<B: Backend> Scheduler<B> {
             }
         }
     }
+}
+
+/// Padded positions a prefill group may have for each prompt token: above it, a longer prompt starts a
+/// group of its own.
+const MAX_PADDED_PER_TOKEN: f64 = 1.25;
+
+/// `sequences` in groups of similar prompt lengths (shortest first), each padded to its longest prompt
+/// with at most [`MAX_PADDED_PER_TOKEN`] positions per prompt token.
+fn by_length(mut sequences: Vec<Sequence>) -> Vec<Vec<Sequence>> {
+    sequences.sort_by_key(|s| s.prompt.len());
+    let mut groups: Vec<Vec<Sequence>> = Vec::new();
+    let mut real = 0usize;
+    for s in sequences {
+        let len = s.prompt.len();
+        let fits = groups.last().is_some_and(|g| {
+            let padded = (g.len() + 1) * len; // sorted: this prompt is the group's longest
+            padded as f64 <= MAX_PADDED_PER_TOKEN * (real + len) as f64
+        });
+        if fits {
+            real += len;
+            if let Some(g) = groups.last_mut() {
+                g.push(s);
+            }
+        } else {
+            real = len;
+            groups.push(vec![s]);
+        }
+    }
+    groups
 }
 
 /// Every sequence of `sequences` fails with `error`'s message.

@@ -6,6 +6,7 @@ pub mod default_encoder;
 pub mod encoder;
 mod error;
 pub mod index;
+mod int8;
 pub mod pool;
 
 pub use adapter::EncoderAdapter;

@@ -223,6 +223,30 @@ pub fn run_load(addr: SocketAddr, load: &Load) -> LoadReport {
     report
 }
 
+/// The server's `/metrics` text.
+pub fn fetch_metrics(addr: SocketAddr, api_key: Option<&str>) -> Result<String, LoadError> {
+    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n").as_bytes())?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| LoadError::Stream("no response head".into()))?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if status != 200 {
+        return Err(LoadError::Status { status, body: body.to_string() });
+    }
+    // A chunked body: the metrics' lines are ASCII, chunk-size lines never look like a metric.
+    Ok(body.to_string())
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Sends one streamed greedy completion and reads its stream to the end.
 pub fn stream_completion(addr: SocketAddr, request: &LoadRequest, api_key: Option<&str>) -> Result<Sample, LoadError> {
     let body = serde_json::json!({

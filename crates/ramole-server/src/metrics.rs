@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ramole_batch::SchedulerStats;
+
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 13] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -75,6 +77,7 @@ pub struct Metrics {
     adapter_misses: AtomicU64,
     adapters_resident: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    engine: Mutex<SchedulerStats>,
     ttft: Mutex<Histogram>,
     latency: Mutex<Histogram>,
 }
@@ -109,6 +112,13 @@ impl Metrics {
             self.tokens_per_sec.store(smoothed.to_bits(), Ordering::Relaxed);
         } else if running == 0 {
             self.tokens_per_sec.store(0f64.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Where the engine's time went so far.
+    pub fn engine(&self, stats: SchedulerStats) {
+        if let Ok(mut e) = self.engine.lock() {
+            *e = stats;
         }
     }
 
@@ -165,6 +175,22 @@ impl Metrics {
             get(&self.adapter_misses).to_string(),
         );
         metric("ramole_adapters_resident", "gauge", "Adapters loaded now.", get(&self.adapters_resident).to_string());
+        let engine = self.engine.lock().map(|e| *e).unwrap_or_default();
+        for (name, help, value) in [
+            ("ramole_prefill_passes_total", "Prefill forward passes (chunks).", engine.prefill_passes.to_string()),
+            ("ramole_prefill_tokens_total", "Prompt tokens prefilled.", engine.prefill_tokens.to_string()),
+            ("ramole_prefill_seconds_total", "Seconds in prefill passes.", format!("{:.6}", engine.prefill_secs)),
+            ("ramole_decode_steps_total", "Decoding steps (one forward pass each).", engine.decode_steps.to_string()),
+            ("ramole_decode_rows_total", "Rows of all decoding steps.", engine.decode_tokens.to_string()),
+            ("ramole_decode_seconds_total", "Seconds in decoding steps.", format!("{:.6}", engine.decode_secs)),
+            (
+                "ramole_lora_state_seconds_total",
+                "Seconds building per-row LoRA states.",
+                format!("{:.6}", engine.lora_secs),
+            ),
+        ] {
+            metric(name, "counter", help, value);
+        }
         let _ =
             writeln!(out, "# HELP ramole_errors_total Failed requests by kind.\n# TYPE ramole_errors_total counter");
         if let Ok(errors) = self.errors.lock() {

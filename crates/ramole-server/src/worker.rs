@@ -255,6 +255,7 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
             }
         }
         shared.metrics.step(scheduler.waiting(), scheduler.running(), tokens, clock.elapsed().as_secs_f64());
+        shared.metrics.engine(scheduler.stats());
     }
 }
 

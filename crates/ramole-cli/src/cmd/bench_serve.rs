@@ -9,7 +9,7 @@ use ramole_models::llama::LinearKind;
 use ramole_mole::synthetic::SyntheticAdapter;
 use ramole_pipeline::Ramole;
 use ramole_retriever::LoraPool;
-use ramole_server::bench::{Background, Load, LoadReport, LoadRequest, run_load};
+use ramole_server::bench::{Background, Load, LoadReport, LoadRequest, fetch_metrics, metric, run_load};
 use ramole_server::{Batching, ServeConfig, Server, process_memory};
 
 /// Arguments of `ramole bench-serve`.
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32], value_parser = super::args::usize_in(1, 1024))]
     pub clients: Vec<usize>,
     /// Requests each client sends, one after the other (1 to 100).
-    #[arg(long, default_value_t = 2, value_parser = super::args::usize_in(1, 100))]
+    #[arg(long, default_value_t = 4, value_parser = super::args::usize_in(1, 100))]
     pub requests_per_client: usize,
     /// The longest `max_tokens` of a request; requests ask for ¼, ½, ¾ or all of it (4 to 1024).
     #[arg(long, default_value_t = 48, value_parser = super::args::usize_in(4, 1024))]
@@ -122,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "RSS MiB"
     );
     let mut table: Vec<(Batching, usize, f64)> = Vec::new();
+    let mut engine_rows: Vec<(Batching, usize, Vec<f64>)> = Vec::new();
     for &batching in modes {
         let config = ServeConfig {
             model_name: "base".into(),
@@ -142,8 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 requests: requests.clone(),
                 api_key: None,
             };
+            let before = engine_time(&fetch_metrics(server.addr(), None)?);
             let report = run_load(server.addr(), &load);
             check(&report)?;
+            let after = engine_time(&fetch_metrics(server.addr(), None)?);
+            let spent: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             let rss = process_memory().map_or_else(|| "-".into(), |m| format!("{:.0}", m.peak as f64 / 1048576.0));
             let q = |v: Option<f64>| v.map_or_else(|| "-".into(), |s| format!("{s:.2}"));
             println!(
@@ -161,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 rss
             );
             table.push((batching, clients, report.tokens_per_sec()));
+            engine_rows.push((batching, clients, spent));
         }
         server.stop()?;
     }
@@ -173,7 +178,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     println!("RSS MiB: the process's peak resident memory so far (server, model, clients), from /proc/self/status");
+    println!("\nwhere the engine's time went (from /metrics):");
+    println!(
+        "{:<10} {:>7} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>8}",
+        "batching", "clients", "prefills", "prompt tok", "prefill s", "steps", "rows/step", "decode s", "lora s"
+    );
+    for (batching, clients, t) in &engine_rows {
+        let [passes, tokens, prefill, steps, rows, decode, lora] = [0, 1, 2, 3, 4, 5, 6].map(|i| t[i]);
+        println!(
+            "{:<10} {:>7} {:>9} {:>10} {:>10.1} {:>9} {:>10.1} {:>10.1} {:>8.2}",
+            mode_name(*batching),
+            clients,
+            passes,
+            tokens,
+            prefill,
+            steps,
+            if steps > 0.0 { rows / steps } else { 0.0 },
+            decode,
+            lora
+        );
+    }
     Ok(())
+}
+
+/// The engine's cumulative counters: prefill passes, prompt tokens, prefill seconds, decoding steps,
+/// decoded rows, decoding seconds, LoRA-state seconds.
+fn engine_time(metrics: &str) -> Vec<f64> {
+    [
+        "ramole_prefill_passes_total",
+        "ramole_prefill_tokens_total",
+        "ramole_prefill_seconds_total",
+        "ramole_decode_steps_total",
+        "ramole_decode_rows_total",
+        "ramole_decode_seconds_total",
+        "ramole_lora_state_seconds_total",
+    ]
+    .iter()
+    .map(|name| metric(metrics, name).unwrap_or(0.0))
+    .collect()
 }
 
 fn mode_name(b: Batching) -> &'static str {

@@ -12,6 +12,7 @@ use ramole_batch::Engine;
 use ramole_core::backend::{Selected, device};
 use ramole_pipeline::Ramole;
 use ramole_retriever::{LoraPool, SentenceEncoder};
+use ramole_server::bench::Background;
 use ramole_server::{ServeConfig, Server};
 
 /// `tests/data/fixtures/tiny-llama` of the repository.
@@ -72,43 +73,19 @@ pub fn ramole(model: &Path, pool_dir: &Path) -> Ramole<Selected> {
 /// A running server on a free loopback port; stops when dropped.
 pub struct Running {
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<Background>,
 }
 
 impl Running {
     pub fn start(ramole: Ramole<Selected>, config: ServeConfig) -> Self {
-        let server = Server::new(ramole, config).expect("server");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                tx.send(listener.local_addr().expect("addr")).expect("send");
-                server
-                    .serve(listener, async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server starts");
-        Self { addr, stop: Some(stop), thread: Some(thread) }
+        let server = Background::start(Server::new(ramole, config).expect("server")).expect("the server starts");
+        Self { addr: server.addr(), server: Some(server) }
     }
 
     /// Stops the server and waits for it (graceful shutdown).
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the server thread ends cleanly");
+        if let Some(server) = self.server.take() {
+            server.stop().expect("the server thread ends cleanly");
         }
     }
 
@@ -118,12 +95,6 @@ impl Running {
 
     pub fn post(&self, path: &str, body: &serde_json::Value) -> Response {
         request(self.addr, "POST", path, Some(("application/json", body.to_string().into_bytes())), &[])
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 
