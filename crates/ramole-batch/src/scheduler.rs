@@ -115,7 +115,9 @@ pub enum Batching {
 /// Prompt tokens prefilled per step by default (padding included).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
-/// Where a scheduler's time went, since it was made.
+/// Where a scheduler's time went, since it was made: wall-clock time of the calls, which on the CPU
+/// backends is the work itself (on a GPU backend, work queued by a prefill chunk that does not end its
+/// group may be counted in the decoding step that follows it).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SchedulerStats {
     /// Prefill forward passes (chunks).
@@ -126,8 +128,8 @@ pub struct SchedulerStats {
     pub prefill_secs: f64,
     /// Decoding steps.
     pub decode_steps: u64,
-    /// Tokens produced by decoding steps, all rows together.
-    pub decode_tokens: u64,
+    /// Rows of all decoding steps together (each produced a token unless it failed).
+    pub decode_rows: u64,
     /// Seconds in decoding steps.
     pub decode_secs: f64,
     /// Seconds building per-row LoRA states (a group's, and the batch's when a group joins it).
@@ -301,11 +303,18 @@ impl<B: Backend> Scheduler<B> {
                 self.begin(engine, group, &mut events);
             }
         }
-        // At least one pass per step, so that every prefill moves forward.
+        // At least one pass per step, so that every prefill moves forward; later groups only while the
+        // budget holds a column of theirs.
         let mut budget = self.prefill_chunk;
+        let mut first = true;
         while let Some(mut group) = self.prefilling.pop_front() {
-            let clock = Instant::now();
             let rows = group.prefill.rows().max(1);
+            if !first && budget < rows {
+                self.prefilling.push_front(group);
+                break;
+            }
+            first = false;
+            let clock = Instant::now();
             let columns = (budget / rows).max(1);
             let before = group.prefill.done();
             let hidden = engine.prefill_columns(&mut group.prefill, columns, &group.lora);
@@ -331,7 +340,7 @@ impl<B: Backend> Scheduler<B> {
             let rows = self.running.len();
             self.decode(engine, &mut events);
             self.stats.decode_steps += 1;
-            self.stats.decode_tokens += rows as u64;
+            self.stats.decode_rows += rows as u64;
             self.stats.decode_secs += clock.elapsed().as_secs_f64();
         }
         events
@@ -390,6 +399,12 @@ impl<B: Backend> Scheduler<B> {
         }
         if keep.len() < n {
             cache.select_rows(&keep);
+        }
+        // Padding that every joining row has (its longest prompt left the group) is not kept.
+        let trim = joining.iter().map(|s| s.pad).min().unwrap_or(0);
+        if trim > 0 {
+            cache.trim_front(trim);
+            joining.iter_mut().for_each(|s| s.pad -= trim);
         }
         match self.state.take() {
             Some(mut state) if !self.running.is_empty() => {

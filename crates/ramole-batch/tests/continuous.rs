@@ -320,3 +320,29 @@ fn a_row_cancelled_during_its_prefill_leaves_its_group() {
     scheduler.step(&engine);
     assert!(scheduler.cancel(id) && scheduler.is_idle());
 }
+
+#[test]
+fn static_batching_admits_only_into_an_empty_batch() {
+    let engine = engine();
+    let requests = requests();
+    let mut scheduler = Scheduler::new(8).batching(Batching::Static);
+    for r in &requests[..2] {
+        scheduler.admit(&engine, r.clone()).expect("admitted");
+    }
+    scheduler.step(&engine);
+    let late = scheduler.admit(&engine, requests[4].clone()).expect("admitted");
+    let mut late_started = false;
+    while !scheduler.is_idle() {
+        let busy = scheduler.running() > 0;
+        let events = scheduler.step(&engine);
+        let late_token = events.iter().any(|e| matches!(e, Event::Token { id, .. } if *id == late));
+        if late_token && !late_started {
+            late_started = true;
+            assert!(!busy, "the late request started while the first batch still ran");
+        }
+        if !late_started {
+            assert_eq!(scheduler.waiting(), 1, "the late request waits for the batch to drain");
+        }
+    }
+    assert!(late_started);
+}

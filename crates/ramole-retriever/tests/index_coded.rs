@@ -58,7 +58,7 @@ proptest! {
         n_queries in 1usize..4,
         dim in prop::sample::select(vec![31usize, 384]),
     ) {
-        let n = CODED_MIN_ROWS + 500;
+        let n = CODED_MIN_ROWS + 1000;
         let mut index = pool(n, dim, clusters, noise, seed);
         let mut next = lcg(seed ^ 0xABCD);
         // Queries: random, and a stored vector itself (the best match exists and ties with its copies).
@@ -69,13 +69,14 @@ proptest! {
         for i in (0..n).step_by(7) {
             index.remove(&format!("lora-{i:05}")).expect("remove");
         }
+        prop_assert!(index.len() >= CODED_MIN_ROWS, "still searched in two passes");
         queries[0] = index.vector("lora-00043").expect("stored").to_vec();
         assert_same(&index, &queries, k);
     }
 }
 
 #[test]
-fn k_beyond_the_pool_and_one_query_of_many_agree() {
+fn k_beyond_the_pool_and_clusters_of_identical_vectors_agree() {
     let index = pool(CODED_MIN_ROWS, 16, 3, 0.0, 1);
     let queries = vec![vec![1.0; 16]];
     assert_same(&index, &queries, CODED_MIN_ROWS + 10);

@@ -236,8 +236,22 @@ pub fn fetch_metrics(addr: SocketAddr, api_key: Option<&str>) -> Result<String, 
     if status != 200 {
         return Err(LoadError::Status { status, body: body.to_string() });
     }
-    // A chunked body: the metrics' lines are ASCII, chunk-size lines never look like a metric.
-    Ok(body.to_string())
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Ok(body.to_string()); // the server sends its length
+    }
+    let mut text = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16)
+            .map_err(|_| LoadError::Stream(format!("not a chunk size: {size:?}")))?;
+        if size == 0 {
+            break;
+        }
+        let chunk = after.get(..size).ok_or_else(|| LoadError::Stream("a chunk cut short".into()))?;
+        text.push_str(chunk);
+        rest = after.get(size..).unwrap_or("").trim_start_matches("\r\n");
+    }
+    Ok(text)
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.

@@ -181,7 +181,7 @@ impl Metrics {
             ("ramole_prefill_tokens_total", "Prompt tokens prefilled.", engine.prefill_tokens.to_string()),
             ("ramole_prefill_seconds_total", "Seconds in prefill passes.", format!("{:.6}", engine.prefill_secs)),
             ("ramole_decode_steps_total", "Decoding steps (one forward pass each).", engine.decode_steps.to_string()),
-            ("ramole_decode_rows_total", "Rows of all decoding steps.", engine.decode_tokens.to_string()),
+            ("ramole_decode_rows_total", "Rows of all decoding steps.", engine.decode_rows.to_string()),
             ("ramole_decode_seconds_total", "Seconds in decoding steps.", format!("{:.6}", engine.decode_secs)),
             (
                 "ramole_lora_state_seconds_total",

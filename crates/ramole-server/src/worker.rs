@@ -227,6 +227,8 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
         }
         let clock = Instant::now();
         let events = scheduler.step(ramole.engine());
+        // Published before any reply of this step: a client reading /metrics after its answer sees it.
+        shared.metrics.engine(scheduler.stats());
         let mut tokens = 0;
         for event in events {
             match event {
@@ -255,7 +257,6 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
             }
         }
         shared.metrics.step(scheduler.waiting(), scheduler.running(), tokens, clock.elapsed().as_secs_f64());
-        shared.metrics.engine(scheduler.stats());
     }
 }
 

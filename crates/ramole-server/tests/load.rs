@@ -16,8 +16,12 @@ use serde_json::json;
 
 const CLIENTS: usize = 64;
 
+/// The tests of this file run one at a time: the memory check reads the whole process's size.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, pool) = setup(tmp.path());
     let models = ["tiny", "a0", "a1", "a2", "a3"];
@@ -69,6 +73,9 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
         let line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).expect("memory metric");
         line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
     };
+    // Measured from after a first request: what the first forward pass allocates is not growth.
+    let r = server.post("/v1/completions", &json!({"model": "a0", "prompt": prompt(0), "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
     let before = resident();
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
@@ -137,6 +144,7 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
 
 #[test]
 fn the_bench_load_generator_measures_every_request_under_both_batchings() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     use ramole_server::bench::{Background, Load, LoadRequest, run_load};
     use ramole_server::{Batching, Server};
 

@@ -58,7 +58,7 @@ pub enum Modes {
     Static,
 }
 
-/// Prompts of different lengths (a few to ~90 tokens), so that prefills differ too.
+/// Prompts of different lengths (6 to 73 tokens with SmolLM2's tokenizer), so that prefills differ too.
 const PROMPTS: [&str; 8] = [
     "The capital of France is",
     "Write a short poem about the sea.",
@@ -143,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 requests: requests.clone(),
                 api_key: None,
             };
+            reset_peak_memory();
             let before = engine_time(&fetch_metrics(server.addr(), None)?);
             let report = run_load(server.addr(), &load);
             check(&report)?;
@@ -177,7 +178,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{clients} client(s): continuous / static throughput = {:.2}", c / s);
         }
     }
-    println!("RSS MiB: the process's peak resident memory so far (server, model, clients), from /proc/self/status");
+    println!(
+        "RSS MiB: the process's peak resident memory during the round (server, model, clients), from /proc/self/status"
+    );
     println!("\nwhere the engine's time went (from /metrics):");
     println!(
         "{:<10} {:>7} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>8}",
@@ -216,6 +219,12 @@ fn engine_time(metrics: &str) -> Vec<f64> {
     .iter()
     .map(|name| metric(metrics, name).unwrap_or(0.0))
     .collect()
+}
+
+/// Restarts the peak of the process's resident memory (Linux: `/proc/self/clear_refs`), so that each
+/// round reports its own; elsewhere the peak is the process's so far.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn mode_name(b: Batching) -> &'static str {
