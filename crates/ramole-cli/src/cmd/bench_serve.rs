@@ -58,7 +58,7 @@ pub enum Modes {
     Static,
 }
 
-/// Prompts of different lengths (6 to 73 tokens with SmolLM2's tokenizer), so that prefills differ too.
+/// Prompts of different lengths (5 to 68 tokens with SmolLM2's tokenizer), so that prefills differ too.
 const PROMPTS: [&str; 8] = [
     "The capital of France is",
     "Write a short poem about the sea.",
