@@ -395,11 +395,12 @@ impl AssetCache {
             .stdin(Stdio::null());
         let python_err = |source| AssetError::Python { program: self.python.clone(), source };
         let (status, stderr) = if self.quiet {
-            let out = cmd.output().map_err(python_err)?;
+            let out = retry_busy(|| cmd.output()).map_err(python_err)?;
             (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
         } else {
             // pip's progress goes to the terminal; its stdout must not mix with ours.
-            let status = cmd.stdout(Stdio::from(io::stderr())).status().map_err(python_err)?;
+            cmd.stdout(Stdio::from(io::stderr()));
+            let status = retry_busy(|| cmd.status()).map_err(python_err)?;
             (status, "see pip's output above".to_string())
         };
         if !status.success() {
@@ -596,3 +597,20 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 #[cfg(all(test, unix))]
 mod tests;
+
+/// Runs `start` again (up to 20 times, 25 ms apart) while it fails with "text file busy" (ETXTBSY): the
+/// program's file was just written and a process forked meanwhile (by another thread) still holds it
+/// open for writing until that process execs.
+fn retry_busy<T>(mut start: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(e) if cfg!(target_os = "linux") && e.raw_os_error() == Some(ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}

@@ -146,7 +146,7 @@ impl DecodeBench {
 /// Runs one scenario and returns its stats; every row must succeed and generate `new_tokens`
 /// tokens (end-of-sequence tokens are not special here: the batch always runs to the end).
 pub fn run_scenario<B: Backend>(engine: &Engine<B>, scenario: &Scenario) -> Result<RunStats, BatchError> {
-    let options = RunOptions { prompt_logits: false, ignore_eos: true };
+    let options = RunOptions { prompt_logits: false, ignore_eos: true, ..RunOptions::default() };
     let (results, stats) = engine.run_with_stats(&scenario.requests, options);
     for r in results {
         r?;

@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub prompt_logits: bool,
     /// Keep generating after an end-of-sequence token (benchmarks: every row runs to its budget).
     pub ignore_eos: bool,
+    /// Positions per prefill pass when prompt logits are not asked for ([`PREFILL_COLUMNS`] when
+    /// `None`; 0 counts as 1).
+    pub prefill_columns: Option<usize>,
 }
 
 /// Where the time of one [`Engine::run_with_stats`] went.
@@ -78,6 +81,10 @@ pub(crate) struct Prepared<'a> {
     pub(crate) ids: Vec<u32>,
     pub(crate) row: ResolvedRow,
 }
+
+/// Positions per prefill pass of [`Engine::run`] when prompt logits are not asked for: longer prompts
+/// take several passes (the same cache and last hidden states; attention memory linear in the prompt).
+pub const PREFILL_COLUMNS: usize = 512;
 
 /// A prefill in progress: a group of rows' prompts, left-padded to the longest, fed to the model a
 /// number of columns at a time ([`Engine::prefill_columns`]) into the group's KV cache.
@@ -325,7 +332,14 @@ impl<B: Backend> Engine<B> {
         let prompts: Vec<&[u32]> = rows.iter().map(|p| p.ids.as_slice()).collect();
         let longest = rows.iter().map(|p| p.request.max_new_tokens).max().unwrap_or(0);
         let mut prefill = self.begin_prefill(&prompts, longest);
-        let hidden = self.prefill_columns(&mut prefill, usize::MAX, &lora);
+        // Long prompts are prefilled PREFILL_COLUMNS positions at a time, so that attention never holds
+        // more than `[PREFILL_COLUMNS, T]` scores per head; every position's logits need one pass.
+        let columns =
+            if options.prompt_logits { usize::MAX } else { options.prefill_columns.unwrap_or(PREFILL_COLUMNS) };
+        let mut hidden = self.prefill_columns(&mut prefill, columns, &lora);
+        while !prefill.is_complete() {
+            hidden = self.prefill_columns(&mut prefill, columns, &lora);
+        }
         let Prefill { mut cache, mut pads, .. } = prefill;
         let t = hidden.dims()[1];
 

@@ -8,7 +8,7 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 
-pub use engine::{Engine, RequestOutput, RunOptions, RunStats};
+pub use engine::{Engine, PREFILL_COLUMNS, RequestOutput, RunOptions, RunStats};
 pub use error::BatchError;
 pub use request::{Request, RequestFile, RequestInput};
 pub use sampling::Sampling;

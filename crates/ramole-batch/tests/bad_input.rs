@@ -378,11 +378,11 @@ fn rows_whose_logits_diverge_fail_alone() {
     engine.adapters_mut().add("late", &late).expect("finite weights load");
     let mut mixed = good.clone();
     mixed.insert(1, request("late", RequestInput::Ids(prompt.to_vec()), &[("late", 1.0)], 6));
-    let results = engine.run(&mixed, RunOptions { prompt_logits: true, ignore_eos: true });
+    let results = engine.run(&mixed, RunOptions { prompt_logits: true, ignore_eos: true, ..RunOptions::default() });
     let err = results[1].as_ref().expect_err("diverges while decoding");
     assert!(matches!(err, BatchError::Numerical { request, .. } if request == "late"), "{err}");
     assert!(err.to_string().contains("after decoding step"), "{err}");
-    let again = engine.run(&good, RunOptions { prompt_logits: true, ignore_eos: true });
+    let again = engine.run(&good, RunOptions { prompt_logits: true, ignore_eos: true, ..RunOptions::default() });
     for (a, b) in again.iter().zip(results.iter().filter(|r| r.as_ref().is_ok_and(|o| o.name != "late"))) {
         let (a, b) = (a.as_ref().expect("runs"), b.as_ref().expect("runs"));
         assert_eq!(a.new_tokens, b.new_tokens, "{}", a.name);

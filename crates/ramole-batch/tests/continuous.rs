@@ -346,3 +346,19 @@ fn static_batching_admits_only_into_an_empty_batch() {
     }
     assert!(late_started);
 }
+
+#[test]
+fn engine_run_prefills_in_chunks_with_the_same_tokens() {
+    let engine = engine();
+    let mut requests = requests();
+    requests.push(long_request(60, 6));
+    let one_pass = RunOptions { prefill_columns: Some(usize::MAX), ..RunOptions::default() };
+    let expected = engine.run(&requests, one_pass);
+    for columns in [1, 3, 16] {
+        let chunked = engine.run(&requests, RunOptions { prefill_columns: Some(columns), ..RunOptions::default() });
+        for (a, b) in chunked.iter().zip(&expected) {
+            let (a, b) = (a.as_ref().expect("runs"), b.as_ref().expect("runs"));
+            assert_eq!(a.new_tokens, b.new_tokens, "{} ({columns} columns per pass)", a.name);
+        }
+    }
+}
