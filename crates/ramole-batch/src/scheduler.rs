@@ -145,6 +145,16 @@ struct Prefilling<B: Backend> {
     lora: LlamaLora<B>,
 }
 
+impl<B: Backend> Prefilling<B> {
+    /// Takes sequence `i` (one of several) out of the group: its row of the cache and LoRA state too.
+    fn remove(&mut self, i: usize) {
+        let keep: Vec<usize> = (0..self.sequences.len()).filter(|&k| k != i).collect();
+        self.sequences.remove(i);
+        self.prefill.keep_rows(&keep);
+        self.lora = self.lora.select_rows(&keep);
+    }
+}
+
 /// The running batch's tensors: row `i` of each belongs to `Scheduler::running[i]`.
 #[derive(Debug)]
 struct BatchState<B: Backend> {
@@ -246,10 +256,7 @@ impl<B: Backend> Scheduler<B> {
             if group.sequences.len() == 1 {
                 self.prefilling.remove(g);
             } else {
-                let keep: Vec<usize> = (0..group.sequences.len()).filter(|&k| k != i).collect();
-                group.sequences.remove(i);
-                group.prefill.keep_rows(&keep);
-                group.lora = group.lora.select_rows(&keep);
+                group.remove(i);
             }
             return true;
         }
@@ -320,16 +327,16 @@ impl<B: Backend> Scheduler<B> {
             let hidden = engine.prefill_columns(&mut group.prefill, columns, &group.lora);
             let fed = group.prefill.done() - before;
             budget = budget.saturating_sub(fed * rows);
+            let last = group.prefill.is_complete().then(|| engine.last_logits(hidden));
             self.stats.prefill_passes += 1;
             self.stats.prefill_tokens += group.prefill.real_tokens(before, fed) as u64;
-            if group.prefill.is_complete() {
-                let last = engine.last_logits(hidden);
-                self.stats.prefill_secs += clock.elapsed().as_secs_f64();
-                self.join(engine, group, &last, &mut events);
-            } else {
-                self.stats.prefill_secs += clock.elapsed().as_secs_f64();
-                self.prefilling.push_front(group);
-                break;
+            self.stats.prefill_secs += clock.elapsed().as_secs_f64();
+            match last {
+                Some(last) => self.join(engine, group, &last, &mut events),
+                None => {
+                    self.prefilling.push_front(group);
+                    break;
+                }
             }
             if budget == 0 {
                 break;
@@ -348,10 +355,7 @@ impl<B: Backend> Scheduler<B> {
 
     /// Starts the prefill of `newcomers` as one group.
     fn begin(&mut self, engine: &Engine<B>, newcomers: Vec<Sequence>, events: &mut Vec<Event>) {
-        let clock = Instant::now();
-        let lora = lora_of(engine, &newcomers);
-        self.stats.lora_secs += clock.elapsed().as_secs_f64();
-        let lora = match lora {
+        let lora = match lora_of(engine, &newcomers, &mut self.stats) {
             Ok(lora) => lora,
             Err(e) => return fail_all(newcomers, &e, events),
         };
@@ -414,10 +418,7 @@ impl<B: Backend> Scheduler<B> {
                 self.running.extend(joining);
                 // The LoRA state of the whole batch, rebuilt from the rows' held adapters. Every row
                 // resolved on its own before: a failure here is the batch's.
-                let clock = Instant::now();
-                let lora = lora_of(engine, &self.running);
-                self.stats.lora_secs += clock.elapsed().as_secs_f64();
-                match lora {
+                match lora_of(engine, &self.running, &mut self.stats) {
                     Ok(lora) => self.state = Some(BatchState { cache: state.cache, lora }),
                     Err(e) => fail_all(std::mem::take(&mut self.running), &e, events),
                 }
@@ -523,9 +524,17 @@ fn fail_all(sequences: Vec<Sequence>, error: &BatchError, events: &mut Vec<Event
     }
 }
 
-/// The per-row LoRA state of `sequences`, from the adapters they hold.
-fn lora_of<B: Backend>(engine: &Engine<B>, sequences: &[Sequence]) -> Result<LlamaLora<B>, BatchError> {
+/// The per-row LoRA state of `sequences`, from the adapters they hold; the time it took is counted in
+/// `stats`.
+fn lora_of<B: Backend>(
+    engine: &Engine<B>,
+    sequences: &[Sequence],
+    stats: &mut SchedulerStats,
+) -> Result<LlamaLora<B>, BatchError> {
+    let clock = Instant::now();
     let rows: Vec<ResolvedRow> = sequences.iter().map(|s| s.row.clone()).collect();
     let names: Vec<&str> = sequences.iter().map(|s| s.name.as_str()).collect();
-    engine.lora_state(&rows, &names)
+    let lora = engine.lora_state(&rows, &names);
+    stats.lora_secs += clock.elapsed().as_secs_f64();
+    lora
 }

@@ -225,33 +225,87 @@ pub fn run_load(addr: SocketAddr, load: &Load) -> LoadReport {
 
 /// The server's `/metrics` text.
 pub fn fetch_metrics(addr: SocketAddr, api_key: Option<&str>) -> Result<String, LoadError> {
-    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n").as_bytes())?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| LoadError::Stream("no response head".into()))?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    if status != 200 {
-        return Err(LoadError::Status { status, body: body.to_string() });
+    let mut response = Response::send(addr, "GET", "/metrics", api_key, None)?;
+    if response.status != 200 {
+        return Err(response.error());
     }
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Ok(body.to_string()); // the server sends its length
+    if !response.chunked {
+        let mut text = String::new();
+        response.reader.read_to_string(&mut text)?;
+        return Ok(text);
     }
-    let mut text = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16)
-            .map_err(|_| LoadError::Stream(format!("not a chunk size: {size:?}")))?;
-        if size == 0 {
-            break;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.next_chunk()? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A response being read: its status, whether its body is chunked, and the rest of the stream.
+struct Response {
+    status: u16,
+    chunked: bool,
+    reader: BufReader<TcpStream>,
+}
+
+impl Response {
+    /// Sends one HTTP/1.1 request (`Connection: close`) and reads the response's head.
+    fn send(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        api_key: Option<&str>,
+        json: Option<&str>,
+    ) -> Result<Self, LoadError> {
+        let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+        let body = json
+            .map_or_else(String::new, |b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}{body}\r\n");
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(json.unwrap_or("").as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| LoadError::Stream(format!("not an HTTP status line: {line:?}")))?;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
         }
-        let chunk = after.get(..size).ok_or_else(|| LoadError::Stream("a chunk cut short".into()))?;
-        text.push_str(chunk);
-        rest = after.get(size..).unwrap_or("").trim_start_matches("\r\n");
+        Ok(Self { status, chunked, reader })
     }
-    Ok(text)
+
+    /// The next chunk of a chunked body (`None` after the last).
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, LoadError> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim(), 16)
+            .map_err(|_| LoadError::Stream(format!("not a chunk size: {line:?}")))?;
+        if size == 0 {
+            return Ok(None);
+        }
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk)?;
+        chunk.truncate(size);
+        Ok(Some(chunk))
+    }
+
+    /// The response as an error, with what is left of its body.
+    fn error(mut self) -> LoadError {
+        let mut rest = String::new();
+        let _ = self.reader.read_to_string(&mut rest);
+        LoadError::Status { status: self.status, body: rest }
+    }
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.
@@ -268,55 +322,16 @@ pub fn stream_completion(addr: SocketAddr, request: &LoadRequest, api_key: Optio
         "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
     })
     .to_string();
-    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let head = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
     let sent = Instant::now();
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| LoadError::Stream(format!("not an HTTP status line: {line:?}")))?;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
-    }
-    if status != 200 || !chunked {
-        let mut rest = String::new();
-        let _ = reader.read_to_string(&mut rest);
-        return Err(LoadError::Status { status, body: rest });
+    let mut response = Response::send(addr, "POST", "/v1/completions", api_key, Some(&body))?;
+    if response.status != 200 || !response.chunked {
+        return Err(response.error());
     }
 
     let mut ttft = None;
     let mut completion_tokens = None;
     let mut pending: Vec<u8> = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim(), 16)
-            .map_err(|_| LoadError::Stream(format!("not a chunk size: {line:?}")))?;
-        if size == 0 {
-            break;
-        }
-        let mut chunk = vec![0; size + 2];
-        reader.read_exact(&mut chunk)?;
-        chunk.truncate(size);
+    while let Some(chunk) = response.next_chunk()? {
         pending.extend_from_slice(&chunk);
         // Complete events end with a blank line.
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {

@@ -79,7 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = super::engine::model_path(args.model.clone())?;
     let tmp = tempfile::tempdir().context("a temporary folder for the pool")?;
     let pool_dir = tmp.path().join("pool");
-    write_pool(&args, &model, &pool_dir)?;
+    // The first round serves the pipeline that wrote the pool; later rounds load it again.
+    let mut written = Some(write_pool(&args, &model, &pool_dir)?);
     let names: Vec<String> = (0..args.adapters).map(adapter_name).collect();
     // Request i: adapter i mod n, prompt i mod 8, ¼ to all of --max-tokens.
     let count = names.len().max(PROMPTS.len()) * 4;
@@ -132,7 +133,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_queue: 4096,
             ..ServeConfig::default()
         };
-        let server = Background::start(Server::new(load_ramole(&args, &model, &pool_dir)?, config)?)?;
+        let ramole = match written.take() {
+            Some(ramole) => ramole,
+            None => load_ramole(&args, &model, &pool_dir)?,
+        };
+        let server = Background::start(Server::new(ramole, config)?)?;
         // One request first: the first forward pass allocates what the others reuse.
         let warm = Load { clients: 1, requests_per_client: 1, requests: requests[..1].to_vec(), api_key: None };
         check(&run_load(server.addr(), &warm))?;
@@ -246,8 +251,9 @@ fn adapter_name(i: usize) -> String {
     format!("bench_{i:02}")
 }
 
-/// Writes `--adapters` synthetic adapters into a new pool in `dir`, each with one sample.
-fn write_pool(args: &Args, model: &Path, dir: &Path) -> anyhow::Result<()> {
+/// Writes `--adapters` synthetic adapters into a new pool in `dir`, each with one sample, and returns
+/// the pipeline over it (the model and encoder that wrote it, loaded once).
+fn write_pool(args: &Args, model: &Path, dir: &Path) -> anyhow::Result<Ramole<Selected>> {
     let engine = super::engine::load(model, None)?;
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let (mut pool, _) = LoraPool::create(dir).with_context(|| format!("creating a pool in {}", dir.display()))?;
@@ -265,15 +271,24 @@ fn write_pool(args: &Args, model: &Path, dir: &Path) -> anyhow::Result<()> {
         pool.add(&name, Some(&path), &[format!("benchmark task {i}")], &encoder)
             .with_context(|| format!("adding {name} to the pool"))?;
     }
-    Ok(())
+    servable(engine, encoder, pool)
 }
 
-/// The pipeline over the benchmark's pool.
+/// The pipeline over the benchmark's pool, loaded again (a server consumes the one it serves).
 fn load_ramole(args: &Args, model: &Path, pool_dir: &Path) -> anyhow::Result<Ramole<Selected>> {
     let engine = super::engine::load(model, None)?;
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let (pool, skipped) = LoraPool::open(pool_dir).with_context(|| format!("opening {}", pool_dir.display()))?;
     anyhow::ensure!(skipped.is_empty(), "pool entries skipped: {skipped:?}");
+    servable(engine, encoder, pool)
+}
+
+/// The pipeline, every adapter of the pool served.
+fn servable(
+    engine: ramole_batch::Engine<Selected>,
+    encoder: ramole_retriever::SentenceEncoder<Selected>,
+    pool: LoraPool,
+) -> anyhow::Result<Ramole<Selected>> {
     let (ramole, unservable) = Ramole::new(engine, encoder, pool)?;
     anyhow::ensure!(unservable.is_empty(), "adapters not servable: {unservable:?}");
     Ok(ramole)
