@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_models::linear::WeightFormat;
 use ramole_models::llama::{AttentionInput, KvCache, LlamaConfig, LlamaForCausalLM, LlamaLora};
 use ramole_mole::{AdapterPool, BatchAdapters, Composition, ResolvedRow, RouterGate};
 use tokenizers::Tokenizer;
@@ -133,10 +134,17 @@ impl<B: Backend> Prefill<B> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// Loads a model from a GGUF file (weights dequantised to f32, tokenizer rebuilt from the metadata)
-    /// or an HF folder (`config.json`, `model.safetensors` in f32/f16/bf16, optional `tokenizer.json`).
+    /// Loads a model from a GGUF file (block-quantized matrices kept quantized on CPU backends,
+    /// [`WeightFormat::Auto`]; tokenizer rebuilt from the metadata) or an HF folder (`config.json`,
+    /// `model.safetensors` in f32/f16/bf16, optional `tokenizer.json`).
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, BatchError> {
-        let lm = ramole_models::CausalLm::load(path, device)?;
+        Self::load_with(path, device, WeightFormat::Auto)
+    }
+
+    /// [`Engine::load`] with the weights held as `format` says ([`WeightFormat::Dense`]: everything
+    /// dequantised to f32, the exact reference).
+    pub fn load_with(path: impl AsRef<Path>, device: &B::Device, format: WeightFormat) -> Result<Self, BatchError> {
+        let lm = ramole_models::CausalLm::load_with(path, device, format)?;
         Ok(Self::new(lm.model, lm.config, lm.tokenizer, device))
     }
 

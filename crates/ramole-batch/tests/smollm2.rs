@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use common::{f32s, token_ids};
 use ramole_assets::AssetCache;
 use ramole_batch::{Engine, Request, RequestFile, RequestInput, RunOptions, Sampling};
-use ramole_core::backend::{Selected, device};
+use ramole_core::backend::{Selected, SelectedAutodiff, device};
+use ramole_models::linear::WeightFormat;
 use ramole_models::tokenizer::chatml_prompt;
 use ramole_mole::RowRequest;
 use safetensors::SafeTensors;
@@ -17,14 +18,42 @@ fn fixture() -> PathBuf {
     common::fixture("smollm2")
 }
 
-fn engine() -> Engine<Selected> {
-    let gguf = AssetCache::from_env().expect("cache").quiet(true).smollm2_gguf().expect("SmolLM2 GGUF fetched");
-    Engine::<Selected>::load(gguf, &device()).expect("SmolLM2 loads")
+fn gguf() -> PathBuf {
+    AssetCache::from_env().expect("cache").quiet(true).smollm2_gguf().expect("SmolLM2 GGUF fetched")
 }
 
+fn engine() -> Engine<Selected> {
+    Engine::<Selected>::load(gguf(), &device()).expect("SmolLM2 loads")
+}
+
+/// transformers computes on the dequantised weights. Dense, we compute the same products; kept
+/// quantized (Q4_1 linears, the Q8_0 embedding and tied LM head), the kernel multiplies the same
+/// dequantised values in another order: both must stay within 5e-3 of transformers' logits and give
+/// its greedy tokens.
 #[test]
 fn smollm2_matches_transformers_and_answers_paris() {
-    let engine = engine();
+    for format in [WeightFormat::Dense, WeightFormat::Quantized] {
+        let engine = Engine::<Selected>::load_with(gguf(), &device(), format).expect("SmolLM2 loads");
+        let quantized = engine.model().lm_head.is_quantized();
+        assert_eq!(quantized, format == WeightFormat::Quantized, "{format:?}");
+        assert_eq!(engine.model().model.layers[0].self_attn.q_proj.is_quantized(), quantized);
+        matches_transformers(&engine, &format!("{format:?}"));
+    }
+    // The default on this CPU backend keeps the weights quantized.
+    assert!(engine().model().lm_head.is_quantized());
+}
+
+/// Quantized weights are outside the autodiff graph: loading them for training is refused.
+#[test]
+fn quantized_weights_are_refused_for_training() {
+    let err = ramole_models::CausalLm::<SelectedAutodiff>::load_with(gguf(), &device(), WeightFormat::Quantized)
+        .expect_err("quantized on autodiff");
+    assert!(err.to_string().contains("dense"), "{err}");
+    let lm = ramole_models::CausalLm::<SelectedAutodiff>::load(gguf(), &device()).expect("auto loads dense");
+    assert!(!lm.model.lm_head.is_quantized());
+}
+
+fn matches_transformers(engine: &Engine<Selected>, what: &str) {
     let reference = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
     let reference = SafeTensors::deserialize(&reference).expect("reference file");
     let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
@@ -49,9 +78,9 @@ fn smollm2_matches_transformers_and_answers_paris() {
         let got = out.prompt_logits.as_ref().expect("logits");
         let got = &got[got.len() - 4 * vocab..];
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= 5e-3, "{}: max |logit diff| {worst} > 5e-3", out.name);
+        assert!(worst <= 5e-3, "{what} {}: max |logit diff| {worst} > 5e-3", out.name);
         let greedy = token_ids(&reference.tensor(&format!("greedy.{}", out.name)).expect("greedy"));
-        assert_eq!(out.new_tokens, greedy, "{}: greedy tokens", out.name);
+        assert_eq!(out.new_tokens, greedy, "{what} {}: greedy tokens", out.name);
         checked += 1;
     }
     assert_eq!(checked, 2);
@@ -66,7 +95,7 @@ fn smollm2_matches_transformers_and_answers_paris() {
     };
     let out = engine.run(&[request], RunOptions::default()).remove(0).expect("runs");
     let text = engine.decode(&out.new_tokens).expect("decode");
-    assert!(text.contains("Paris"), "answer: {text:?}");
+    assert!(text.contains("Paris"), "{what} answer: {text:?}");
 }
 
 /// The gate shipped with the zoo (`zoo/gate`, `ramole train-gate`) loads on SmolLM2 and weighs a row's

@@ -47,3 +47,20 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
 pub fn device() -> burn::tensor::Device<Selected> {
     Default::default()
 }
+
+/// Whether `B` is one of this build's CPU backends (`candle`, `flex`) without autodiff: where weights
+/// kept quantized on the host ([`crate::quant`]) are multiplied without a copy across devices.
+pub fn runs_on_host<B: burn::tensor::backend::Backend>() -> bool {
+    #[allow(unused_imports)]
+    use std::any::TypeId;
+    #[cfg(feature = "candle")]
+    #[allow(deprecated)]
+    if TypeId::of::<B>() == TypeId::of::<burn::backend::Candle<f32, i64>>() {
+        return true;
+    }
+    #[cfg(feature = "flex")]
+    if TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>() {
+        return true;
+    }
+    false
+}

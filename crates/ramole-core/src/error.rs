@@ -12,6 +12,12 @@ pub enum CoreError {
         /// The shape that was found.
         got: String,
     },
+    /// Values that are not finite where only finite ones make sense (a weight's scale).
+    #[error("{what} holds a value that is not finite")]
+    NonFinite {
+        /// What holds it.
+        what: String,
+    },
     /// A row's adapter composition that cannot be computed.
     #[error("invalid composition: {0}")]
     Composition(String),

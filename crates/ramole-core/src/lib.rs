@@ -6,5 +6,6 @@ mod error;
 pub mod fs;
 pub mod kv;
 pub mod lora;
+pub mod quant;
 
 pub use error::CoreError;

@@ -17,6 +17,8 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
+use ramole_core::CoreError;
+use ramole_core::quant::{QMatrix, QuantFormat};
 
 use crate::ModelError;
 use crate::llama::LlamaConfig;
@@ -807,25 +809,36 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// RoPE) wants `(j, i)`. `None` if `out` is not a multiple of `2 · n_heads`.
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
     let [out, cols] = t.shape[..] else { return None };
-    if n_heads == 0 || !out.is_multiple_of(n_heads.checked_mul(2)?) || out.checked_mul(cols)? != t.data.len() {
+    if out.checked_mul(cols)? != t.data.len() {
         return None;
     }
     if t.data.is_empty() {
-        return Some(t.clone()); // nothing to move (and `out` may be huge when `cols` is 0)
+        // Nothing to move (and `out` may be huge when `cols` is 0).
+        return (n_heads > 0 && out.is_multiple_of(n_heads.checked_mul(2)?)).then(|| t.clone());
+    }
+    let order = unpermute_order(out, n_heads)?;
+    let data = order.iter().flat_map(|&src| t.data[src * cols..(src + 1) * cols].iter().copied()).collect();
+    HostTensor::new(t.shape.clone(), data)
+}
+
+/// The source row of every row of an un-permuted q or k weight with `out` rows and `n_heads` heads
+/// ([`unpermute_rows`]); `None` if `out` is not a multiple of `2 · n_heads`.
+pub fn unpermute_order(out: usize, n_heads: usize) -> Option<Vec<usize>> {
+    if n_heads == 0 || !out.is_multiple_of(n_heads.checked_mul(2)?) {
+        return None;
     }
     let head_dim = out / n_heads;
     let half = head_dim / 2;
-    let mut data = vec![0f32; t.data.len()];
+    let mut order = vec![0; out];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = h * head_dim + i * 2 + j; // [n_heads, half, 2]
-                let dst = h * head_dim + j * half + i; // [n_heads, 2, half]
-                data[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+                // The file's row (i, j) of [half, 2] is Hugging Face's row (j, i) of [2, half].
+                order[h * head_dim + j * half + i] = h * head_dim + i * 2 + j;
             }
         }
     }
-    HostTensor::new(t.shape.clone(), data)
+    Some(order)
 }
 
 /// The weights of a llama.cpp Llama GGUF, served under Hugging Face names in PyTorch layout, q and k
@@ -946,6 +959,32 @@ impl WeightSource for GgufWeights {
 
     fn names(&self) -> Vec<String> {
         self.file.tensors().iter().map(|t| hf_name(&t.name).unwrap_or_else(|| t.name.clone())).collect()
+    }
+
+    fn get_quantized(&self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+        let gguf = gguf_name(name).unwrap_or_else(|| name.to_string());
+        let Some(info) = self.file.tensor(&gguf) else { return Ok(None) };
+        let format = match info.dtype {
+            GgmlType::Q4_0 => QuantFormat::Q4_0,
+            GgmlType::Q4_1 => QuantFormat::Q4_1,
+            GgmlType::Q8_0 => QuantFormat::Q8_0,
+            _ => return Ok(None),
+        };
+        let [rows, cols] = info.shape[..] else { return Ok(None) };
+        let raw = self.file.read_raw(info)?;
+        let q = QMatrix::from_ggml(format, rows, cols, &raw, &format!("`{gguf}`")).map_err(|e| match e {
+            CoreError::NonFinite { .. } => ModelError::NonFinite { path: self.path().into(), tensor: gguf.clone() },
+            other => ModelError::format(self.path(), other.to_string()),
+        })?;
+        match self.permuted_heads(&gguf)? {
+            None => Ok(Some(q)),
+            Some(heads) => unpermute_order(rows, heads).map(|order| Some(q.permute_rows(&order))).ok_or_else(|| {
+                ModelError::format(
+                    self.file.path(),
+                    format!("tensor `{gguf}`: {rows} rows cannot be split into {heads} heads of even size"),
+                )
+            }),
+        }
     }
 }
 

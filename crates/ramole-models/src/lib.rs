@@ -5,6 +5,7 @@ pub mod bert;
 pub mod causal_lm;
 mod error;
 pub mod gguf;
+pub mod linear;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;

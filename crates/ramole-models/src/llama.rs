@@ -2,6 +2,7 @@
 //! and grouped-query heads, RMSNorm, SwiGLU MLP), final RMSNorm, LM head (or the tied embedding).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -329,12 +330,13 @@ impl<'de> serde::Deserialize<'de> for LinearKind {
 // The model.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_core::kv::KvBuffer;
 use ramole_core::lora::{RowLora, select_rows};
 
+use crate::linear::{LinearWeight, QuantizedWeight, TokenEmbedding, WeightFormat};
 use crate::weights::WeightSource;
 
 /// The per-row LoRA state of a batch for a Llama model: for each layer and each [`LinearKind`] slot,
@@ -371,24 +373,15 @@ impl<B: Backend> LlamaLora<B> {
     }
 }
 
-/// `x · W` for `x` `[batch, seq, d_in]` and a `Linear` whose weight is `[d_in, d_out]`, as one 2-D
-/// matmul over all tokens (so the weight is read once, not once per row).
-fn linear3<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    let w = lin.weight.val();
-    let d_out = w.dims()[1];
-    x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
-}
-
 /// A linear layer of block `layer` with the batch's per-row LoRA, if any.
 fn project<B: Backend>(
-    lin: &Linear<B>,
+    lin: &LinearWeight<B>,
     x: Tensor<B, 3>,
     lora: Option<&LlamaLora<B>>,
     layer: usize,
     kind: LinearKind,
 ) -> Tensor<B, 3> {
-    let y = linear3(lin, x.clone());
+    let y = lin.forward(x.clone());
     match lora.and_then(|l| l.get(layer, kind)) {
         Some(rows) => y + rows.forward(x),
         None => y,
@@ -399,13 +392,13 @@ fn project<B: Backend>(
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
     /// Query projection, weight `[d, heads·head_dim]`.
-    pub q_proj: Linear<B>,
+    pub q_proj: LinearWeight<B>,
     /// Key projection, weight `[d, kv_heads·head_dim]`.
-    pub k_proj: Linear<B>,
+    pub k_proj: LinearWeight<B>,
     /// Value projection, weight `[d, kv_heads·head_dim]`.
-    pub v_proj: Linear<B>,
+    pub v_proj: LinearWeight<B>,
     /// Output projection, weight `[heads·head_dim, d]`.
-    pub o_proj: Linear<B>,
+    pub o_proj: LinearWeight<B>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -415,11 +408,11 @@ pub struct LlamaAttention<B: Backend> {
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
     /// Gate projection.
-    pub gate_proj: Linear<B>,
+    pub gate_proj: LinearWeight<B>,
     /// Up projection.
-    pub up_proj: Linear<B>,
+    pub up_proj: LinearWeight<B>,
     /// Down projection.
-    pub down_proj: Linear<B>,
+    pub down_proj: LinearWeight<B>,
 }
 
 /// One transformer block.
@@ -439,7 +432,7 @@ pub struct LlamaDecoderLayer<B: Backend> {
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
     /// Token embedding `[vocab, d]`.
-    pub embed_tokens: Embedding<B>,
+    pub embed_tokens: TokenEmbedding<B>,
     /// The blocks.
     pub layers: Vec<LlamaDecoderLayer<B>>,
     /// Final RMSNorm.
@@ -452,9 +445,9 @@ pub struct LlamaForCausalLM<B: Backend> {
     /// The decoder.
     pub model: LlamaModel<B>,
     /// LM head, weight `[d, vocab]`. For a model with tied embeddings (`tie_word_embeddings`) it is
-    /// a contiguous transposed copy of the token embedding made at load time: a transposed view
-    /// would be copied on every call by some backends.
-    pub lm_head: Linear<B>,
+    /// the token embedding's matrix when that is kept quantized, else a contiguous transposed copy of
+    /// it made at load time: a transposed view would be copied on every call by some backends.
+    pub lm_head: LinearWeight<B>,
     tied: bool,
     /// RoPE tables `cos(p·fᵢ)`, `sin(p·fᵢ)` for every position `p` below `max_positions`, `[positions,
     /// head_dim / 2]`, with `fᵢ = 1 / θ^(2i/head_dim)` and the angle computed in f32 as transformers does.
@@ -711,18 +704,61 @@ fn rope_tables<B: Backend>(config: &LlamaConfig, device: &B::Device) -> (Tensor<
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
-    /// Loads a model from named weights (HF names, PyTorch layout) and its configuration.
+    /// Loads a model from named weights (HF names, PyTorch layout) and its configuration, the weights
+    /// held as [`WeightFormat::Auto`] says for `B`.
     pub fn load(config: &LlamaConfig, weights: &dyn WeightSource, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_with(config, weights, device, WeightFormat::Auto)
+    }
+
+    /// Loads a model, its weights held as `format` says. Kept quantized, a weight's values are
+    /// checked when its blocks are read (finite scales); dequantised, every value is.
+    ///
+    /// Fails with [`ModelError::Config`] for [`WeightFormat::Quantized`] on an autodiff backend: the
+    /// host kernel is outside the autodiff graph, so gradients would not reach the layers below it.
+    pub fn load_with(
+        config: &LlamaConfig,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+        format: WeightFormat,
+    ) -> Result<Self, ModelError> {
         config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
-        let linear = |name: String, shape: [usize; 2]| -> Result<Linear<B>, ModelError> {
+        if format == WeightFormat::Quantized && B::ad_enabled(device) {
+            return Err(ModelError::config(
+                weights.path(),
+                "weights kept quantized cannot be trained through: load them dense (WeightFormat::Dense)",
+            ));
+        }
+        let quantized = format.keeps_quantized::<B>();
+        let linear = |name: String, shape: [usize; 2]| -> Result<LinearWeight<B>, ModelError> {
+            if quantized && let Some(q) = weights.load_quantized(&name, shape)? {
+                return Ok(LinearWeight::Quantized(QuantizedWeight(Arc::new(q))));
+            }
             let w = weights.load(&name, &shape)?.transposed(); // [in, out]
-            Ok(Linear { weight: Param::from_tensor(w.into_tensor(device)), bias: None })
+            Ok(LinearWeight::Dense(Param::from_tensor(w.into_tensor(device))))
         };
         let norm = |name: String| -> Result<RmsNorm<B>, ModelError> {
             let g = weights.load(&name, &[config.hidden_size])?;
             Ok(RmsNorm { gamma: Param::from_tensor(g.into_tensor(device)), epsilon: config.rms_norm_eps })
         };
-        let embed = weights.load("model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+        let embed_shape = [config.vocab_size, config.hidden_size];
+        let embed_name = "model.embed_tokens.weight";
+        let tied = config.tie_word_embeddings;
+        let quantized_embed = match quantized {
+            true => weights.load_quantized(embed_name, embed_shape)?,
+            false => None,
+        };
+        // The embedding, and the LM head when it is the embedding.
+        let (embed, tied_head) = match quantized_embed {
+            Some(q) => {
+                let q = QuantizedWeight(Arc::new(q));
+                (TokenEmbedding::Quantized(q.clone()), tied.then_some(LinearWeight::Quantized(q)))
+            }
+            None => {
+                let t = weights.load(embed_name, &embed_shape)?;
+                let head = tied.then(|| LinearWeight::Dense(Param::from_tensor(t.transposed().into_tensor(device))));
+                (TokenEmbedding::Dense(Embedding { weight: Param::from_tensor(t.into_tensor(device)) }), head)
+            }
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let lin = |kind: LinearKind| {
@@ -747,20 +783,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 post_attention_layernorm: norm(format!("model.layers.{i}.post_attention_layernorm.weight"))?,
             });
         }
-        let lm_head = if config.tie_word_embeddings {
-            Linear { weight: Param::from_tensor(embed.transposed().into_tensor(device)), bias: None }
-        } else {
-            linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?
+        let lm_head = match tied_head {
+            Some(head) => head,
+            None => linear("lm_head.weight".into(), [config.vocab_size, config.hidden_size])?,
         };
         let (rope_cos, rope_sin) = rope_tables(config, device);
         Ok(Self {
-            model: LlamaModel {
-                embed_tokens: Embedding { weight: Param::from_tensor(embed.into_tensor(device)) },
-                layers,
-                norm: norm("model.norm.weight".into())?,
-            },
+            model: LlamaModel { embed_tokens: embed, layers, norm: norm("model.norm.weight".into())? },
             lm_head,
-            tied: config.tie_word_embeddings,
+            tied,
             rope_cos,
             rope_sin,
             max_positions: config.max_position_embeddings,
@@ -774,7 +805,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.model.embed_tokens.weight.dims()[0]
+        self.model.embed_tokens.dims()[0]
     }
 
     /// Longest sequence the model takes.
@@ -816,7 +847,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// - `hidden`: `[batch, seq, d]`
     /// - output: `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear3(&self.lm_head, hidden)
+        self.lm_head.forward(hidden)
     }
 
     /// Whether the LM head is the (transposed) token embedding.

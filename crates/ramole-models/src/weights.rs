@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use ramole_core::quant::QMatrix;
 use safetensors::Dtype;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -93,6 +94,28 @@ pub trait WeightSource {
 
     /// The names of all tensors.
     fn names(&self) -> Vec<String>;
+
+    /// The 2-D tensor `name` kept in its block format, when the source stores it in one that
+    /// [`QMatrix`] multiplies (GGUF's Q4_0, Q4_1, Q8_0), in PyTorch layout `[out, in]`; `None` when the
+    /// source stores it otherwise or has no such tensor (then [`WeightSource::get`] has it in f32).
+    fn get_quantized(&self, name: &str) -> Result<Option<QMatrix>, ModelError> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// [`WeightSource::get_quantized`], checked to have `shape`; `None` as there.
+    fn load_quantized(&self, name: &str, shape: [usize; 2]) -> Result<Option<QMatrix>, ModelError> {
+        let Some(q) = self.get_quantized(name)? else { return Ok(None) };
+        if [q.rows(), q.cols()] != shape {
+            return Err(ModelError::TensorShape {
+                path: self.path().into(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                got: vec![q.rows(), q.cols()],
+            });
+        }
+        Ok(Some(q))
+    }
 
     /// The tensor `name`, which must exist, have `shape` and hold only finite values.
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {

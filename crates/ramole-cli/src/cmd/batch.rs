@@ -12,6 +12,10 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
+    /// CPU backends (dense on a GPU), `quantized` always, `dense` dequantises everything to f32 (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: super::engine::Weights,
     /// Folder of PEFT adapters, one per sub-folder, named by the folder.
     #[arg(long)]
     pub adapters: Option<PathBuf>,
@@ -39,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let file = RequestFile::from_file(&args.requests)?;
     let model = super::engine::model_path(args.model.clone())?;
     super::output::check("--out", &args.out, &[&model])?;
-    let mut engine = super::engine::load(&model, args.adapters.as_deref())?;
+    let mut engine = super::engine::load(&model, args.adapters.as_deref(), args.model_weights)?;
     if let Some(dir) = &args.gate {
         let gate = ramole_mole::RouterGate::load(dir, engine.config(), &ramole_core::backend::device())
             .map_err(|e| anyhow::anyhow!("loading the gate in {}: {e}", dir.display()))?;

@@ -11,6 +11,10 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
+    /// CPU backends (dense on a GPU), `quantized` always, `dense` dequantises everything to f32 (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: super::engine::Weights,
     /// Rows in the batch (1 to 256).
     #[arg(long, default_value_t = 16, value_parser = super::args::usize_in(1, 256))]
     pub batch: usize,
@@ -85,7 +89,7 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.check()?;
     let model = super::engine::model_path(args.model)?;
-    let mut engine = super::engine::load(&model, None)?;
+    let mut engine = super::engine::load(&model, None, args.model_weights)?;
     let bench = DecodeBench {
         batch: args.batch,
         adapters: args.adapters,

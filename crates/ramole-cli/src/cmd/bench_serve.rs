@@ -18,6 +18,10 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
+    /// CPU backends (dense on a GPU), `quantized` always, `dense` dequantises everything to f32 (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: super::engine::Weights,
     /// The retriever's encoder that embeds the adapters' samples [default: the trained retriever].
     #[arg(long)]
     pub encoder: Option<PathBuf>,
@@ -254,7 +258,7 @@ fn adapter_name(i: usize) -> String {
 /// Writes `--adapters` synthetic adapters into a new pool in `dir`, each with one sample, and returns
 /// the pipeline over it (the model and encoder that wrote it, loaded once).
 fn write_pool(args: &Args, model: &Path, dir: &Path) -> anyhow::Result<Ramole<Selected>> {
-    let engine = super::engine::load(model, None)?;
+    let engine = super::engine::load(model, None, args.model_weights)?;
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let (mut pool, _) = LoraPool::create(dir).with_context(|| format!("creating a pool in {}", dir.display()))?;
     for i in 0..args.adapters {
@@ -276,7 +280,7 @@ fn write_pool(args: &Args, model: &Path, dir: &Path) -> anyhow::Result<Ramole<Se
 
 /// The pipeline over the benchmark's pool, loaded again (a server consumes the one it serves).
 fn load_ramole(args: &Args, model: &Path, pool_dir: &Path) -> anyhow::Result<Ramole<Selected>> {
-    let engine = super::engine::load(model, None)?;
+    let engine = super::engine::load(model, None, args.model_weights)?;
     let (_, encoder) = super::engine::load_encoder::<Selected>(args.encoder.as_deref())?;
     let (pool, skipped) = LoraPool::open(pool_dir).with_context(|| format!("opening {}", pool_dir.display()))?;
     anyhow::ensure!(skipped.is_empty(), "pool entries skipped: {skipped:?}");

@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use ramole_assets::AssetCache;
 use ramole_batch::Engine;
 use ramole_core::backend::{Selected, device};
+use ramole_models::linear::WeightFormat;
 use ramole_retriever::{EncoderAdapter, SentenceEncoder};
 
 /// The model to load: the given path, or SmolLM2-135M-Instruct from the asset cache.
@@ -73,14 +74,36 @@ pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf
     }
 }
 
+/// How the base model's weights are held (`--weights`; `ramole_models::linear::WeightFormat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weights {
+    /// Quantized on the CPU backends, dense on a GPU.
+    #[default]
+    Auto,
+    /// A GGUF file's Q4_0/Q4_1/Q8_0 matrices kept quantized.
+    Quantized,
+    /// Everything dequantised to f32.
+    Dense,
+}
+
+impl From<Weights> for WeightFormat {
+    fn from(w: Weights) -> Self {
+        match w {
+            Weights::Auto => WeightFormat::Auto,
+            Weights::Quantized => WeightFormat::Quantized,
+            Weights::Dense => WeightFormat::Dense,
+        }
+    }
+}
+
 /// Loads the model (with a spinner) and the adapters of `adapters` (each sub-folder is one, named by
 /// the folder; a folder holding `adapter_config.json` is one adapter, named by the folder). Adapters
 /// that fail to load are reported and left out (a request naming one is told why); a folder with no
 /// adapter at all is an error.
-pub fn load(model: &Path, adapters: Option<&Path>) -> anyhow::Result<Engine<Selected>> {
+pub fn load(model: &Path, adapters: Option<&Path>, weights: Weights) -> anyhow::Result<Engine<Selected>> {
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let loaded = Engine::<Selected>::load(model, &device());
+    let loaded = Engine::<Selected>::load_with(model, &device(), weights.into());
     spinner.finish_and_clear();
     let mut engine = loaded.with_context(|| format!("loading model {}", model.display()))?;
     if let Some(dir) = adapters {

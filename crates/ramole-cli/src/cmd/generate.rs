@@ -14,6 +14,10 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
+    /// CPU backends (dense on a GPU), `quantized` always, `dense` dequantises everything to f32 (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: super::engine::Weights,
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
@@ -106,8 +110,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.route {
         // The retriever sees the user's text; the model sees the (possibly templated) prompt.
-        let pool =
-            super::run::PoolArgs { pool: args.pool.clone(), model: args.model.clone(), encoder: args.encoder.clone() };
+        let pool = super::run::PoolArgs {
+            pool: args.pool.clone(),
+            model: args.model.clone(),
+            model_weights: args.model_weights,
+            encoder: args.encoder.clone(),
+        };
         let gate = super::run::GateArgs { gate: args.gate.clone() };
         let route = super::run::RouteArgs {
             strategy: args.strategy,
@@ -145,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let model = super::engine::model_path(args.model)?;
-    let engine = super::engine::load(&model, args.adapters.as_deref())?;
+    let engine = super::engine::load(&model, args.adapters.as_deref(), args.model_weights)?;
     let adapters = args.use_adapters.iter().map(|s| parse_use(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let composition = match (adapters.len(), args.composition) {
         (0 | 1, _) => Composition::Single,

@@ -18,6 +18,10 @@ pub struct PoolArgs {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
+    /// CPU backends (dense on a GPU), `quantized` always, `dense` dequantises everything to f32 (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: super::engine::Weights,
     /// The retriever's sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA);
     /// `base`: the untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter
     /// from `ramole train-retriever`].
@@ -163,7 +167,7 @@ pub fn load(args: &PoolArgs, gate: Option<&std::path::Path>) -> anyhow::Result<R
         eprintln!("warning: {s}");
     }
     let model = super::engine::model_path(args.model.clone())?;
-    let mut engine = super::engine::load(&model, None)?;
+    let mut engine = super::engine::load(&model, None, args.model_weights)?;
     if let Some(dir) = gate {
         let gate = ramole_mole::RouterGate::load(dir, engine.config(), &ramole_core::backend::device())
             .with_context(|| format!("loading the gate in {}", dir.display()))?;

@@ -1,0 +1,172 @@
+//! Layers whose weights are either f32 tensors on the device or kept quantized on the host
+//! ([`ramole_core::quant::QMatrix`]): the linear layers and the token embedding of a Llama loaded from
+//! a GGUF file.
+//!
+//! Kept quantized, SmolLM2-135M's Q4_1/Q8_0 file is 0.10 GB in memory instead of 0.65 GB in f32 (the
+//! tied embedding is one matrix for the lookup and the LM head), and a decoding step reads that much.
+//! Products over them run on the host ([`QMatrix::matmul`]: dot products per weight row for a few
+//! rows of activations, dequantised panels and a blocked gemm for many), the activations read back
+//! from the backend and the result written to it: free on the CPU backends, a copy across devices on
+//! a GPU, where [`WeightFormat::Auto`] keeps the weights dense.
+
+use std::fmt;
+use std::sync::Arc;
+
+use burn::empty;
+use burn::module::{Module, Param};
+use burn::nn::Embedding;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::quant::QMatrix;
+
+/// How a model's weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WeightFormat {
+    /// Every weight in f32 on the device (dequantised at load): the exact reference, training (autodiff
+    /// needs the weights as tensors) and GPU backends.
+    Dense,
+    /// Matrices stored in a block format the host kernel multiplies (GGUF Q4_0, Q4_1, Q8_0) are kept in
+    /// it; every other weight is f32 on the device. Each product over them reads the activations back
+    /// to the host, so this is for CPU backends.
+    Quantized,
+    /// [`WeightFormat::Quantized`] on the host CPU backends of this build without autodiff
+    /// ([`ramole_core::backend::runs_on_host`]), [`WeightFormat::Dense`] otherwise.
+    #[default]
+    Auto,
+}
+
+impl WeightFormat {
+    /// Whether matrices in a block format stay quantized on backend `B`.
+    pub fn keeps_quantized<B: Backend>(self) -> bool {
+        match self {
+            Self::Dense => false,
+            Self::Quantized => true,
+            Self::Auto => ramole_core::backend::runs_on_host::<B>(),
+        }
+    }
+}
+
+/// A weight matrix kept quantized on the host: a module with nothing to train or save.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeight(pub Arc<QMatrix>);
+
+impl fmt::Display for QuantizedWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}, {}]", self.0.format(), self.0.rows(), self.0.cols())
+    }
+}
+
+empty!(QuantizedWeight);
+
+/// The weight of a linear layer without bias.
+#[derive(Module, Debug)]
+pub enum LinearWeight<B: Backend> {
+    /// f32 `[d_in, d_out]` on the device.
+    Dense(Param<Tensor<B, 2>>),
+    /// `[d_out, d_in]` (PyTorch's layout) in blocks, on the host.
+    Quantized(QuantizedWeight),
+}
+
+impl<B: Backend> LinearWeight<B> {
+    /// `x · W`, as one 2-D product over all tokens (so the weight is read once, not once per row).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_in]`
+    /// - output: `[batch, seq, d_out]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        match self {
+            Self::Dense(w) => {
+                let w = w.val();
+                let d_out = w.dims()[1];
+                x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
+            }
+            Self::Quantized(QuantizedWeight(q)) => {
+                debug_assert_eq!(d, q.cols(), "input width");
+                let device = x.device();
+                let y = q.matmul(&host_f32(x), b * t);
+                Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
+            }
+        }
+    }
+
+    /// `[d_in, d_out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(w) => w.dims(),
+            Self::Quantized(QuantizedWeight(q)) => [q.cols(), q.rows()],
+        }
+    }
+
+    /// The f32 weight, when dense.
+    pub fn dense(&self) -> Option<&Param<Tensor<B, 2>>> {
+        match self {
+            Self::Dense(w) => Some(w),
+            Self::Quantized(_) => None,
+        }
+    }
+
+    /// Whether the weight is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quantized(_))
+    }
+}
+
+/// A token embedding.
+#[derive(Module, Debug)]
+pub enum TokenEmbedding<B: Backend> {
+    /// f32 `[vocab, d]` on the device.
+    Dense(Embedding<B>),
+    /// `[vocab, d]` in blocks, on the host: the looked-up rows are dequantised.
+    Quantized(QuantizedWeight),
+}
+
+impl<B: Backend> TokenEmbedding<B> {
+    /// The embedding of every token.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`
+    /// - output: `[batch, seq, d]`
+    ///
+    /// # Panics
+    /// If a token is not below the vocabulary size (the engine checks requests before they get here).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        match self {
+            Self::Dense(e) => e.forward(tokens),
+            Self::Quantized(QuantizedWeight(q)) => {
+                let [b, t] = tokens.dims();
+                let device = tokens.device();
+                let ids = tokens.into_data().convert::<i64>().into_vec::<i64>().expect("converted to i64");
+                let d = q.cols();
+                let mut out = vec![0f32; ids.len() * d];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(d.max(1))) {
+                    let id = usize::try_from(id).ok().filter(|&i| i < q.rows());
+                    let id = id.unwrap_or_else(|| panic!("token id outside the vocabulary of {} tokens", q.rows()));
+                    q.dequantize_row(id, row);
+                }
+                Tensor::from_data(TensorData::new(out, [b, t, d]), &device)
+            }
+        }
+    }
+
+    /// `[vocab, d]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(e) => e.weight.dims(),
+            Self::Quantized(QuantizedWeight(q)) => [q.rows(), q.cols()],
+        }
+    }
+
+    /// The f32 table, when dense.
+    pub fn dense(&self) -> Option<&Param<Tensor<B, 2>>> {
+        match self {
+            Self::Dense(e) => Some(&e.weight),
+            Self::Quantized(_) => None,
+        }
+    }
+}
+
+/// The values of an activation tensor on the host, as f32.
+fn host_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+    x.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32")
+}
