@@ -7,10 +7,10 @@
 //! kernel never forms the f32 weights: per block it converts the quantized values to f32, takes
 //! `d · Σ q·x` with fused multiply-adds, and adds the block's offset (`m` of Q4_1, `−8·d` of Q4_0) times
 //! the block's sum of `x`, computed once per call; four rows of `x` share each pass over the weights.
-//! For more rows (prefill), panels of weight rows are dequantised into a buffer and multiplied by the
-//! blocked f32 gemm that candle's CPU matmul uses. Output rows are split over rayon's threads. AVX2 and
-//! FMA are detected at run time (a build for the baseline target still uses them); other CPUs take a
-//! plain path: each weight row dequantised, then f32 dot products.
+//! Output rows are split over rayon's threads. AVX2 and FMA are detected at run time (a build for the
+//! baseline target still uses them), AVX-512F too (the same kernel on vectors of 16); other CPUs take a
+//! plain path: each weight row dequantised, then f32 dot products. Products over many rows (prefill)
+//! are better served by dequantising and a blocked gemm ([`QMatrix::matmul`]).
 //!
 //! Activations are not quantized (llama.cpp rounds them to 8 bits; tried here, it was no faster on
 //! this kernel and moved SmolLM2's greedy text), so the quantized model computes what the dequantised
@@ -30,14 +30,6 @@ pub const BLOCK: usize = 32;
 /// Products of fewer multiply-adds than this run on the calling thread: splitting them over threads
 /// costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
-
-/// Products over at most this many rows of `x` take dot products per weight row; more rows go
-/// through dequantised panels and a gemm (`benches/quant.rs` measured the crossing).
-const DOT_ROWS_MAX: usize = 32;
-
-/// Values of a dequantised panel of weight rows (4 MiB of f32): SmolLM2's matrices in one panel, its
-/// LM head in 28.
-const PANEL_VALUES: usize = 1 << 20;
 
 /// A block format of GGML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,6 +198,11 @@ impl QMatrix {
 
     /// `y = x · Wᵀ`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
     ///
+    /// Made for a few rows of `x` (decoding): it reads the weights once, and its cost grows with `m`
+    /// as a dot product's does. For many rows (prefill), dequantising the matrix and calling a
+    /// blocked gemm is faster (`benches/quant.rs`: from about 32 rows on SmolLM2's shapes), which is
+    /// what `ramole_models::linear::LinearWeight` does.
+    ///
     /// # Panics
     /// If `x` is not `m · cols` long.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -217,39 +214,25 @@ impl QMatrix {
             return vec![0.0; m * self.rows];
         }
         let kernel = Kernel::detect();
-        // Output transposed, [rows, m]: each task writes whole weight rows.
-        let mut yt = vec![0f32; self.rows * m];
         let cols = self.cols;
-        // A few rows: each weight row dequantised, then dot products (the weights are read once,
-        // which is what decoding is bound by). More: panels of weight rows dequantised into a buffer
-        // that stays in cache, multiplied by a blocked f32 gemm.
-        if m > DOT_ROWS_MAX {
-            // Panels of weight rows dequantised into a buffer, each multiplied by a blocked f32 gemm
-            // (which packs `x` once per panel: panels are large).
-            let per_panel = (PANEL_VALUES / cols).max(1);
-            let mut panel = Vec::new();
-            for (t, out) in yt.chunks_mut(per_panel * m).enumerate() {
-                panel_product(self, kernel, t * per_panel, x, m, &mut panel, out);
+        // The dot products of each weight row with every row of `x`, so the weights are read once
+        // (decoding is bound by reading them). Output transposed, [rows, m]: each task writes whole
+        // weight rows.
+        let mut yt = vec![0f32; self.rows * m];
+        let per_task = (65_536 / cols).clamp(1, 256);
+        let acts = Activations::new(x);
+        let task = |first: usize, out: &mut [f32], w: &mut Vec<f32>| {
+            w.resize(cols, 0.0);
+            for (i, y) in out.chunks_exact_mut(m).enumerate() {
+                kernel.row_dots(self, first + i, &acts, w, y);
             }
+        };
+        if self.rows * cols * m < PARALLEL_MIN_WORK {
+            task(0, &mut yt, &mut Vec::new());
         } else {
-            // A few rows: each weight row dequantised, then its dot products with the rows of `x`,
-            // so the weights are read once (decoding is bound by reading them).
-            let per_task = (65_536 / cols).clamp(1, 256);
-            // Σ of each block of 32 values of every row of x, for the blocks' offsets (m, −8·d).
-            let acts = Activations::new(x);
-            let task = |first: usize, out: &mut [f32], w: &mut Vec<f32>| {
-                w.resize(cols, 0.0);
-                for (i, y) in out.chunks_exact_mut(m).enumerate() {
-                    kernel.row_dots(self, first + i, &acts, w, y);
-                }
-            };
-            if self.rows * cols * m < PARALLEL_MIN_WORK {
-                task(0, &mut yt, &mut Vec::new());
-            } else {
-                yt.par_chunks_mut(per_task * m)
-                    .enumerate()
-                    .for_each_init(Vec::new, |w, (t, out)| task(t * per_task, out, w));
-            }
+            yt.par_chunks_mut(per_task * m)
+                .enumerate()
+                .for_each_init(Vec::new, |w, (t, out)| task(t * per_task, out, w));
         }
         if m == 1 {
             return yt;
@@ -286,13 +269,19 @@ enum Kernel {
     /// AVX2 with fused multiply-add (x86-64, detected at run time).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512F for the fused product of a few rows, AVX2 for the rest (detected at run time).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Self::Avx2;
+            return match std::arch::is_x86_feature_detected!("avx512f") {
+                true => Self::Avx512,
+                false => Self::Avx2,
+            };
         }
         Self::Plain
     }
@@ -306,7 +295,7 @@ impl Kernel {
             // SAFETY: `detect` chose this kernel because the CPU has AVX2 and FMA; the bounds were
             // asserted above.
             #[allow(unsafe_code)]
-            Self::Avx2 => unsafe { avx2::dequantize_row(q, r, w) },
+            Self::Avx2 | Self::Avx512 => unsafe { avx2::dequantize_row(q, r, w) },
         }
     }
 
@@ -319,15 +308,18 @@ impl Kernel {
                 self.dots(acts.x, w, y);
             }
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => {
+            Self::Avx2 | Self::Avx512 => {
                 let nb = q.cols / BLOCK;
                 let rows = y.len();
                 assert!(r < q.rows && acts.x.len() == rows * q.cols && acts.sums.len() == rows * nb, "kernel bounds");
-                // SAFETY: `detect` chose this kernel because the CPU has AVX2 and FMA; the bounds were
-                // asserted just above.
+                // SAFETY: `detect` chose this kernel because the CPU has AVX2 and FMA (and AVX-512F for
+                // `Avx512`); the bounds were asserted just above.
                 #[allow(unsafe_code)]
                 unsafe {
-                    avx2::fused_row(q, r, acts.x, &acts.sums, y)
+                    match self {
+                        Self::Avx512 => avx512::fused_row(q, r, acts.x, &acts.sums, y),
+                        _ => avx2::fused_row(q, r, acts.x, &acts.sums, y),
+                    }
                 }
             }
         }
@@ -345,46 +337,8 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             #[allow(unsafe_code)]
-            Self::Avx2 => unsafe { avx2::dots(x, w, y) },
+            Self::Avx2 | Self::Avx512 => unsafe { avx2::dots(x, w, y) },
         }
-    }
-}
-
-/// `yt = W[first..first + p] · xᵀ` for the `p = yt.len() / m` weight rows from `first` (`yt` is
-/// `[p, m]`): the rows dequantised into `panel` (in parallel), then one f32 gemm on rayon's threads.
-fn panel_product(q: &QMatrix, kernel: Kernel, first: usize, x: &[f32], m: usize, panel: &mut Vec<f32>, yt: &mut [f32]) {
-    let cols = q.cols;
-    let p = yt.len() / m;
-    panel.resize(p * cols, 0.0);
-    panel.par_chunks_mut(cols).enumerate().for_each(|(i, w)| kernel.dequantize(q, first + i, w));
-    assert!(x.len() == m * cols && panel.len() == p * cols && yt.len() == p * m, "panel bounds");
-    let stride = |n: usize| isize::try_from(n).expect("a matrix dimension fits isize");
-    // SAFETY: dst is `yt`, [p, m] with row stride m; lhs is `panel`, [p, cols] with row stride cols;
-    // rhs is xᵀ, [cols, m]: element (k, j) at j·cols + k of `x` ([m, cols]). All three lengths were
-    // asserted above, and gemm reads and writes nothing else.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            p,
-            m,
-            cols,
-            yt.as_mut_ptr(),
-            1,
-            stride(m),
-            false,
-            panel.as_ptr(),
-            1,
-            stride(cols),
-            x.as_ptr(),
-            stride(cols),
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
     }
 }
 
@@ -657,6 +611,136 @@ mod avx2 {
     }
 }
 
+/// The fused product of a few rows with AVX-512F: a block of 32 values is two vectors of 16, so a
+/// block takes half the conversions and multiply-adds of the AVX2 kernel (same arithmetic).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, QMatrix, QuantFormat};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    /// As `avx2::fused_row`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `r < q.rows`, `x.len() == y.len() * q.cols`,
+    /// `sums.len() == y.len() * q.cols / 32`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn fused_row(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe {
+            match q.format {
+                QuantFormat::Q4_0 => rows::<Q4_0>(q, r, x, sums, y),
+                QuantFormat::Q4_1 => rows::<Q4_1>(q, r, x, sums, y),
+                QuantFormat::Q8_0 => rows::<Q8_0>(q, r, x, sums, y),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows<const F: u8>(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
+        let m = y.len();
+        let mut i = 0;
+        // SAFETY: each tile reads rows i..i + N < m of x and sums, as the caller guarantees.
+        unsafe {
+            while i + 4 <= m {
+                tile::<4, F>(q, r, x, sums, i, y);
+                i += 4;
+            }
+            match m - i {
+                3 => tile::<3, F>(q, r, x, sums, i, y),
+                2 => tile::<2, F>(q, r, x, sums, i, y),
+                1 => tile::<1, F>(q, r, x, sums, i, y),
+                _ => {}
+            }
+        }
+    }
+
+    /// The 32 quantized values of a block as f32: values 0..16 and 16..32.
+    #[inline(always)]
+    unsafe fn unpack<const F: u8>(base: *const u8) -> [__m512; 2] {
+        // SAFETY: the caller passes a block's 16 (Q4) or 32 (Q8) bytes.
+        unsafe {
+            if F == Q8_0 {
+                let a = _mm_loadu_si128(base.cast());
+                let c = _mm_loadu_si128(base.add(16).cast());
+                [_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c))]
+            } else {
+                let mask = _mm_set1_epi8(0x0f);
+                let v = _mm_loadu_si128(base.cast());
+                let lo = _mm_and_si128(v, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+                [_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))]
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const N: usize, const F: u8>(
+        q: &QMatrix,
+        r: usize,
+        x: &[f32],
+        sums: &[f32],
+        i0: usize,
+        y: &mut [f32],
+    ) {
+        let cols = q.cols;
+        let nb = cols / BLOCK;
+        let qb = if F == Q8_0 { 32 } else { 16 };
+        let scales = &q.scales[r * nb..(r + 1) * nb];
+        let qp = q.quants[r * nb * qb..(r + 1) * nb * qb].as_ptr();
+        // SAFETY: rows i0..i0 + N of x are in bounds (caller); block b reads qb bytes at b·qb of the
+        // row's quants and 32 values at b·32 of each row of x.
+        unsafe {
+            let xs: [*const f32; N] = std::array::from_fn(|k| x.as_ptr().add((i0 + k) * cols));
+            let mut total = [[_mm512_setzero_ps(); 2]; N];
+            let mut b = 0;
+            while b + 2 <= nb {
+                let w0 = unpack::<F>(qp.add(b * qb));
+                let w1 = unpack::<F>(qp.add((b + 1) * qb));
+                let d0 = _mm512_set1_ps(*scales.get_unchecked(b));
+                let d1 = _mm512_set1_ps(*scales.get_unchecked(b + 1));
+                for k in 0..N {
+                    let p = xs[k].add(b * BLOCK);
+                    let a0 =
+                        _mm512_fmadd_ps(w0[1], _mm512_loadu_ps(p.add(16)), _mm512_mul_ps(w0[0], _mm512_loadu_ps(p)));
+                    let a1 = _mm512_fmadd_ps(
+                        w1[1],
+                        _mm512_loadu_ps(p.add(BLOCK + 16)),
+                        _mm512_mul_ps(w1[0], _mm512_loadu_ps(p.add(BLOCK))),
+                    );
+                    total[k][0] = _mm512_fmadd_ps(d0, a0, total[k][0]);
+                    total[k][1] = _mm512_fmadd_ps(d1, a1, total[k][1]);
+                }
+                b += 2;
+            }
+            if b < nb {
+                let w0 = unpack::<F>(qp.add(b * qb));
+                let d0 = _mm512_set1_ps(*scales.get_unchecked(b));
+                for k in 0..N {
+                    let p = xs[k].add(b * BLOCK);
+                    let a0 =
+                        _mm512_fmadd_ps(w0[1], _mm512_loadu_ps(p.add(16)), _mm512_mul_ps(w0[0], _mm512_loadu_ps(p)));
+                    total[k][0] = _mm512_fmadd_ps(d0, a0, total[k][0]);
+                }
+            }
+            for (k, t) in total.into_iter().enumerate() {
+                let s = &sums[(i0 + k) * nb..(i0 + k + 1) * nb];
+                let offset: f32 = match F {
+                    Q4_1 => q.mins[r * nb..(r + 1) * nb].iter().zip(s).map(|(m, s)| m * s).sum(),
+                    Q4_0 => scales.iter().zip(s).map(|(d, s)| -8.0 * d * s).sum(),
+                    _ => 0.0,
+                };
+                y[i0 + k] = _mm512_reduce_add_ps(_mm512_add_ps(t[0], t[1])) + offset;
+            }
+        }
+    }
+}
+
 /// Row `r` of `q` in f32 into `out` (callers check the bounds).
 fn dequantize_row(q: &QMatrix, r: usize, out: &mut [f32]) {
     let nb = q.cols / BLOCK;
@@ -777,7 +861,12 @@ mod tests {
                 let x = xs(m, cols, m as u64);
                 let want = reference::matmul(&q, &x, m);
                 let w = q.dequantize();
-                let mut kernels = vec![Kernel::Plain, Kernel::detect()];
+                let mut kernels = vec![Kernel::Plain];
+                #[cfg(target_arch = "x86_64")]
+                if Kernel::detect() != Kernel::Plain {
+                    kernels.push(Kernel::Avx2);
+                }
+                kernels.push(Kernel::detect());
                 kernels.dedup();
                 for kernel in kernels {
                     let mut y = vec![0f32; m * rows];
@@ -819,8 +908,8 @@ mod tests {
     }
 
     #[test]
-    fn large_products_split_over_threads_and_panels_match_the_reference() {
-        // Above PARALLEL_MIN_WORK, with panels of 1024 rows of 1024 and a last, shorter one.
+    fn large_products_split_over_threads_match_the_reference() {
+        // Above PARALLEL_MIN_WORK: split over threads, with a last, shorter task.
         let (rows, cols) = (1100, 1024);
         for format in FORMATS {
             let q = QMatrix::from_ggml(format, rows, cols, &random_ggml(format, rows, cols, 5), "w").expect("valid");

@@ -4,10 +4,10 @@
 //!
 //! Kept quantized, SmolLM2-135M's Q4_1/Q8_0 file is 0.10 GB in memory instead of 0.65 GB in f32 (the
 //! tied embedding is one matrix for the lookup and the LM head), and a decoding step reads that much.
-//! Products over them run on the host ([`QMatrix::matmul`]: dot products per weight row for a few
-//! rows of activations, dequantised panels and a blocked gemm for many), the activations read back
+//! Products over a few rows (decoding) run on the host ([`QMatrix::matmul`]), the activations read back
 //! from the backend and the result written to it: free on the CPU backends, a copy across devices on
-//! a GPU, where [`WeightFormat::Auto`] keeps the weights dense.
+//! a GPU, where [`WeightFormat::Auto`] keeps the weights dense. Over many rows (prefill) the weight is
+//! dequantised for the call and the backend's gemm multiplies.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +17,12 @@ use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_core::quant::QMatrix;
+
+/// Products over at most this many rows (the tokens of all the batch's rows) run on the quantized
+/// kernel; over more (prefill), the weight is dequantised for the call and the backend's blocked gemm
+/// multiplies (`benches/quant.rs`: the kernel is 1.4–2.4× slower than the gemm at 64 rows, and faster
+/// at 1).
+pub const HOST_ROWS_MAX: usize = 32;
 
 /// How a model's weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,9 +88,13 @@ impl<B: Backend> LinearWeight<B> {
                 x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
             }
             Self::Quantized(QuantizedWeight(q)) => {
-                debug_assert_eq!(d, q.cols(), "input width");
                 let device = x.device();
-                let y = q.matmul(&host_f32(x), b * t);
+                let rows = b * t;
+                if rows > HOST_ROWS_MAX {
+                    let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
+                    return x.reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]);
+                }
+                let y = q.matmul(&host_f32(x), rows);
                 Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
             }
         }
