@@ -342,6 +342,63 @@ impl Kernel {
     }
 }
 
+/// The offsets of weight row `r`'s blocks times the sums of a row of `x` over them (`sums`, one per
+/// block): `Σ m·s` for Q4_1, `Σ −8·d·s` for Q4_0, nothing for Q8_0.
+fn offset(q: &QMatrix, r: usize, sums: &[f32]) -> f32 {
+    let nb = q.cols / BLOCK;
+    match q.format {
+        QuantFormat::Q4_1 => q.mins[r * nb..(r + 1) * nb].iter().zip(sums).map(|(m, s)| m * s).sum(),
+        QuantFormat::Q4_0 => q.scales[r * nb..(r + 1) * nb].iter().zip(sums).map(|(d, s)| -8.0 * d * s).sum(),
+        QuantFormat::Q8_0 => 0.0,
+    }
+}
+
+/// The entry of a SIMD module's fused product (`fused_row`) for the target features `$features`:
+/// dispatches on the format (as a const parameter, so each format gets its own loop) and runs the
+/// module's `tile::<N, F>` over the rows of `x` four at a time, then the remaining one to three.
+#[cfg(target_arch = "x86_64")]
+macro_rules! fused_entry {
+    ($features:literal) => {
+        const Q4_0: u8 = 0;
+        const Q4_1: u8 = 1;
+        const Q8_0: u8 = 2;
+
+        /// # Safety
+        /// The CPU has the module's features; `r < q.rows`, `x.len() == y.len() * q.cols`,
+        /// `sums.len() == y.len() * q.cols / 32`.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn fused_row(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
+            // SAFETY: the caller's guarantees, passed on.
+            unsafe {
+                match q.format {
+                    QuantFormat::Q4_0 => fused_rows::<Q4_0>(q, r, x, sums, y),
+                    QuantFormat::Q4_1 => fused_rows::<Q4_1>(q, r, x, sums, y),
+                    QuantFormat::Q8_0 => fused_rows::<Q8_0>(q, r, x, sums, y),
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn fused_rows<const F: u8>(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
+            let m = y.len();
+            let mut i = 0;
+            // SAFETY: each tile reads rows i..i + N < m of x and sums, as the caller guarantees.
+            unsafe {
+                while i + 4 <= m {
+                    tile::<4, F>(q, r, x, sums, i, y);
+                    i += 4;
+                }
+                match m - i {
+                    3 => tile::<3, F>(q, r, x, sums, i, y),
+                    2 => tile::<2, F>(q, r, x, sums, i, y),
+                    1 => tile::<1, F>(q, r, x, sums, i, y),
+                    _ => {}
+                }
+            }
+        }
+    };
+}
+
 /// The AVX2 + FMA kernel: a weight row dequantised 32 values at a time (the reference's arithmetic,
 /// product then sum, so the same values), then dot products with four rows of `x` at a time sharing
 /// each load of the weight row.
@@ -350,7 +407,7 @@ impl Kernel {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, QMatrix, QuantFormat};
+    use super::{BLOCK, QMatrix, QuantFormat, offset};
 
     /// # Safety
     /// The CPU has AVX2 and FMA; `r < q.rows`, `w.len() == q.cols`.
@@ -427,48 +484,11 @@ mod avx2 {
         }
     }
 
-    /// The dot products of weight row `r` with every row of `x` without forming the f32 row: per
-    /// block, `d · Σ q·x` (the quantized values converted to f32, multiplied by `x` in f32) plus the
-    /// block's offset times the block's sum of `x` (`m` for Q4_1, `−8·d` for Q4_0), four rows of `x`
-    /// per pass over the weights.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `r < q.rows`, `x.len() == y.len() * q.cols`,
-    /// `sums.len() == y.len() * q.cols / 32`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn fused_row(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
-        // SAFETY: the caller's guarantees, passed on.
-        unsafe {
-            match q.format {
-                QuantFormat::Q4_0 => fused_rows::<Q4_0>(q, r, x, sums, y),
-                QuantFormat::Q4_1 => fused_rows::<Q4_1>(q, r, x, sums, y),
-                QuantFormat::Q8_0 => fused_rows::<Q8_0>(q, r, x, sums, y),
-            }
-        }
-    }
-
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-
-    #[inline(always)]
-    unsafe fn fused_rows<const F: u8>(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
-        let m = y.len();
-        let mut i = 0;
-        // SAFETY: each tile reads rows i..i + N < m of x and sums, as the caller guarantees.
-        unsafe {
-            while i + 4 <= m {
-                tile::<4, F>(q, r, x, sums, i, y);
-                i += 4;
-            }
-            match m - i {
-                3 => tile::<3, F>(q, r, x, sums, i, y),
-                2 => tile::<2, F>(q, r, x, sums, i, y),
-                1 => tile::<1, F>(q, r, x, sums, i, y),
-                _ => {}
-            }
-        }
-    }
+    // The dot products of weight row `r` with every row of `x` without forming the f32 row: per
+    // block, `d · Σ q·x` (the quantized values converted to f32, multiplied by `x` in f32) plus the
+    // block's offset times the block's sum of `x` (`m` for Q4_1, `−8·d` for Q4_0), four rows of `x`
+    // per pass over the weights.
+    fused_entry!("avx2,fma");
 
     /// The 32 quantized values of a block as f32, in four vectors of 8 (values 0..8, 8..16, 16..24,
     /// 24..32).
@@ -554,13 +574,7 @@ mod avx2 {
                 }
             }
             for (k, t) in total.into_iter().enumerate() {
-                let s = &sums[(i0 + k) * nb..(i0 + k + 1) * nb];
-                let offset: f32 = match F {
-                    Q4_1 => q.mins[r * nb..(r + 1) * nb].iter().zip(s).map(|(m, s)| m * s).sum(),
-                    Q4_0 => scales.iter().zip(s).map(|(d, s)| -8.0 * d * s).sum(),
-                    _ => 0.0,
-                };
-                y[i0 + k] = hsum(_mm256_add_ps(t[0], t[1])) + offset;
+                y[i0 + k] = hsum(_mm256_add_ps(t[0], t[1])) + offset(q, r, &sums[(i0 + k) * nb..(i0 + k + 1) * nb]);
             }
         }
     }
@@ -618,47 +632,9 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, QMatrix, QuantFormat};
+    use super::{BLOCK, QMatrix, QuantFormat, offset};
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-
-    /// As `avx2::fused_row`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `r < q.rows`, `x.len() == y.len() * q.cols`,
-    /// `sums.len() == y.len() * q.cols / 32`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn fused_row(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
-        // SAFETY: the caller's guarantees, passed on.
-        unsafe {
-            match q.format {
-                QuantFormat::Q4_0 => rows::<Q4_0>(q, r, x, sums, y),
-                QuantFormat::Q4_1 => rows::<Q4_1>(q, r, x, sums, y),
-                QuantFormat::Q8_0 => rows::<Q8_0>(q, r, x, sums, y),
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn rows<const F: u8>(q: &QMatrix, r: usize, x: &[f32], sums: &[f32], y: &mut [f32]) {
-        let m = y.len();
-        let mut i = 0;
-        // SAFETY: each tile reads rows i..i + N < m of x and sums, as the caller guarantees.
-        unsafe {
-            while i + 4 <= m {
-                tile::<4, F>(q, r, x, sums, i, y);
-                i += 4;
-            }
-            match m - i {
-                3 => tile::<3, F>(q, r, x, sums, i, y),
-                2 => tile::<2, F>(q, r, x, sums, i, y),
-                1 => tile::<1, F>(q, r, x, sums, i, y),
-                _ => {}
-            }
-        }
-    }
+    fused_entry!("avx512f,avx2,fma");
 
     /// The 32 quantized values of a block as f32: values 0..16 and 16..32.
     #[inline(always)]
@@ -730,12 +706,7 @@ mod avx512 {
             }
             for (k, t) in total.into_iter().enumerate() {
                 let s = &sums[(i0 + k) * nb..(i0 + k + 1) * nb];
-                let offset: f32 = match F {
-                    Q4_1 => q.mins[r * nb..(r + 1) * nb].iter().zip(s).map(|(m, s)| m * s).sum(),
-                    Q4_0 => scales.iter().zip(s).map(|(d, s)| -8.0 * d * s).sum(),
-                    _ => 0.0,
-                };
-                y[i0 + k] = _mm512_reduce_add_ps(_mm512_add_ps(t[0], t[1])) + offset;
+                y[i0 + k] = _mm512_reduce_add_ps(_mm512_add_ps(t[0], t[1])) + offset(q, r, s);
             }
         }
     }
