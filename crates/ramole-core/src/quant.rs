@@ -286,26 +286,16 @@ impl Kernel {
         Self::Plain
     }
 
-    /// Weight row `r` in f32 into `w` (`cols` long).
-    fn dequantize(self, q: &QMatrix, r: usize, w: &mut [f32]) {
-        assert!(r < q.rows && w.len() == q.cols, "kernel bounds");
-        match self {
-            Self::Plain => dequantize_row(q, r, w),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` chose this kernel because the CPU has AVX2 and FMA; the bounds were
-            // asserted above.
-            #[allow(unsafe_code)]
-            Self::Avx2 | Self::Avx512 => unsafe { avx2::dequantize_row(q, r, w) },
-        }
-    }
-
     /// The dot products of weight row `r` with every row of the activations (`[y.len(), cols]`) into
     /// `y`; `w` is scratch of `cols` values.
     fn row_dots(self, q: &QMatrix, r: usize, acts: &Activations<'_>, w: &mut [f32], y: &mut [f32]) {
         match self {
             Self::Plain => {
-                self.dequantize(q, r, w);
-                self.dots(acts.x, w, y);
+                assert!(r < q.rows && w.len() == q.cols && acts.x.len() == y.len() * q.cols, "kernel bounds");
+                dequantize_row(q, r, w);
+                for (xr, o) in acts.x.chunks_exact(q.cols.max(1)).zip(y.iter_mut()) {
+                    *o = xr.iter().zip(w.iter()).map(|(a, b)| a * b).sum();
+                }
             }
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 | Self::Avx512 => {
@@ -322,22 +312,6 @@ impl Kernel {
                     }
                 }
             }
-        }
-    }
-
-    /// The dot product of `w` with every row of `x` (`[y.len(), w.len()]`) into `y`.
-    fn dots(self, x: &[f32], w: &[f32], y: &mut [f32]) {
-        assert!(x.len() == y.len() * w.len() && w.len().is_multiple_of(BLOCK), "kernel bounds");
-        match self {
-            Self::Plain => {
-                for (xr, o) in x.chunks_exact(w.len().max(1)).zip(y.iter_mut()) {
-                    *o = xr.iter().zip(w).map(|(a, b)| a * b).sum();
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            #[allow(unsafe_code)]
-            Self::Avx2 | Self::Avx512 => unsafe { avx2::dots(x, w, y) },
         }
     }
 }
@@ -399,90 +373,14 @@ macro_rules! fused_entry {
     };
 }
 
-/// The AVX2 + FMA kernel: a weight row dequantised 32 values at a time (the reference's arithmetic,
-/// product then sum, so the same values), then dot products with four rows of `x` at a time sharing
-/// each load of the weight row.
+/// The AVX2 + FMA kernel: the fused product of a few rows (`fused_row`), four rows of `x` at a time
+/// sharing each pass over a weight row.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, QMatrix, QuantFormat, offset};
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `r < q.rows`, `w.len() == q.cols`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dequantize_row(q: &QMatrix, r: usize, w: &mut [f32]) {
-        let cols = q.cols;
-        let nb = cols / BLOCK;
-        let qb = q.format.quant_bytes();
-        let scales = &q.scales[r * nb..(r + 1) * nb];
-        let quants = &q.quants[r * nb * qb..(r + 1) * nb * qb];
-        let out = w.as_mut_ptr();
-        // SAFETY (all blocks below): block `b` reads `qb` bytes at `b·qb` of `quants` (`nb·qb` long)
-        // and writes 32 values at `b·32` of `w` (`cols = nb·32` long).
-        unsafe {
-            let mask = _mm_set1_epi8(0x0f);
-            match q.format {
-                QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
-                    let q41 = q.format == QuantFormat::Q4_1;
-                    let eight = _mm256_set1_ps(8.0);
-                    for (b, &scale) in scales.iter().enumerate() {
-                        let d = _mm256_set1_ps(scale);
-                        let m = _mm256_set1_ps(if q41 { q.mins[r * nb + b] } else { 0.0 });
-                        let v = _mm_loadu_si128(quants.as_ptr().add(b * 16).cast());
-                        let lo = _mm_and_si128(v, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
-                        let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-                        for (i, p) in parts.into_iter().enumerate() {
-                            let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(p));
-                            let val = if q41 {
-                                _mm256_add_ps(_mm256_mul_ps(d, f), m)
-                            } else {
-                                _mm256_mul_ps(d, _mm256_sub_ps(f, eight))
-                            };
-                            _mm256_storeu_ps(out.add(b * BLOCK + i * 8), val);
-                        }
-                    }
-                }
-                QuantFormat::Q8_0 => {
-                    for (b, &scale) in scales.iter().enumerate() {
-                        let d = _mm256_set1_ps(scale);
-                        let base = quants.as_ptr().add(b * 32);
-                        let halves = [_mm_loadu_si128(base.cast()), _mm_loadu_si128(base.add(16).cast())];
-                        for (h, v) in halves.into_iter().enumerate() {
-                            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-                            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(v)));
-                            _mm256_storeu_ps(out.add(b * BLOCK + h * 16), _mm256_mul_ps(d, lo));
-                            _mm256_storeu_ps(out.add(b * BLOCK + h * 16 + 8), _mm256_mul_ps(d, hi));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `x.len() == y.len() * w.len()`, `w.len()` a multiple of 32.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots(x: &[f32], w: &[f32], y: &mut [f32]) {
-        let cols = w.len();
-        let w = w.as_ptr();
-        // SAFETY: row `i` of `x` is the `cols` values from `i·cols`, and `i < y.len()`.
-        unsafe {
-            let mut i = 0;
-            while i + 4 <= y.len() {
-                let rows = [0, 1, 2, 3].map(|k| x.as_ptr().add((i + k) * cols));
-                let s = dot4(rows, w, cols);
-                y[i..i + 4].copy_from_slice(&s);
-                i += 4;
-            }
-            while i < y.len() {
-                y[i] = dot1(x.as_ptr().add(i * cols), w, cols);
-                i += 1;
-            }
-        }
-    }
 
     // The dot products of weight row `r` with every row of `x` without forming the f32 row: per
     // block, `d · Σ q·x` (the quantized values converted to f32, multiplied by `x` in f32) plus the
@@ -576,41 +474,6 @@ mod avx2 {
             for (k, t) in total.into_iter().enumerate() {
                 y[i0 + k] = hsum(_mm256_add_ps(t[0], t[1])) + offset(q, r, &sums[(i0 + k) * nb..(i0 + k + 1) * nb]);
             }
-        }
-    }
-
-    /// `x · w` over `n` values (a multiple of 32).
-    #[inline(always)]
-    unsafe fn dot1(x: *const f32, w: *const f32, n: usize) -> f32 {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut k = 0;
-            while k < n {
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(k + 8 * j)), _mm256_loadu_ps(w.add(k + 8 * j)), *a);
-                }
-                k += 32;
-            }
-            hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
-        }
-    }
-
-    /// The dot products of four rows with `w` over `n` values (a multiple of 32).
-    #[inline(always)]
-    unsafe fn dot4(x: [*const f32; 4], w: *const f32, n: usize) -> [f32; 4] {
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            let mut k = 0;
-            while k < n {
-                let w0 = _mm256_loadu_ps(w.add(k));
-                let w1 = _mm256_loadu_ps(w.add(k + 8));
-                for (a, &xr) in acc.iter_mut().zip(&x) {
-                    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(k)), w0, a[0]);
-                    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(k + 8)), w1, a[1]);
-                }
-                k += 16;
-            }
-            acc.map(|a| hsum(_mm256_add_ps(a[0], a[1])))
         }
     }
 
@@ -841,22 +704,15 @@ mod tests {
                 kernels.dedup();
                 for kernel in kernels {
                     let mut y = vec![0f32; m * rows];
-                    let mut y2 = vec![0f32; m * rows];
                     let mut buf = vec![0f32; cols];
                     let mut col = vec![0f32; m];
                     for r in 0..rows {
-                        kernel.dequantize(&q, r, &mut buf);
-                        kernel.dots(&x, &buf, &mut col);
-                        assert_eq!(buf, w[r * cols..(r + 1) * cols], "{format} row {r}: dequantised weights");
-                        let mut fused = vec![0f32; m];
-                        kernel.row_dots(&q, r, &Activations::new(&x), &mut buf, &mut fused);
+                        kernel.row_dots(&q, r, &Activations::new(&x), &mut buf, &mut col);
                         for i in 0..m {
                             y[i * rows + r] = col[i];
-                            y2[i * rows + r] = fused[i];
                         }
                     }
                     assert_close(&y, &want, &x, &w, m, cols, &format!("{format} m {m} {kernel:?}"));
-                    assert_close(&y2, &want, &x, &w, m, cols, &format!("{format} m {m} {kernel:?} fused"));
                 }
                 let y = q.matmul(&x, m);
                 assert_close(&y, &want, &x, &w, m, cols, &format!("{format} m {m} matmul"));
