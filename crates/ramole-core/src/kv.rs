@@ -119,6 +119,23 @@ impl<B: Backend> KvBuffer<B> {
         self.view()
     }
 
+    /// `[rows, heads, head_dim]`.
+    pub fn dims(&self) -> [usize; 3] {
+        self.dims
+    }
+
+    /// Calls `f` with the buffer's values in host memory, read in place: `[rows, heads, capacity,
+    /// head_dim]` contiguous, positions `0..len` written. `None` where the buffer is not host memory
+    /// this crate reads without a copy (only the candle backend's is).
+    pub fn with_host<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        #[cfg(feature = "candle")]
+        if let Some(c) = &self.candle {
+            return c.with_host(f);
+        }
+        let _ = f;
+        None
+    }
+
     /// The written positions, `[rows, heads, len, head_dim]` (a view: no copy).
     pub fn view(&self) -> Tensor<B, 4> {
         #[cfg(feature = "candle")]
@@ -207,6 +224,16 @@ mod candle {
             self.tensor.slice_set(&src, 2, offset).is_ok()
         }
 
+        pub(super) fn with_host<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+            let (storage, layout) = self.tensor.storage_and_layout();
+            let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else { return None };
+            if !layout.is_contiguous() {
+                return None;
+            }
+            let start = layout.start_offset();
+            data.get(start..start + layout.shape().elem_count()).map(f)
+        }
+
         pub(super) fn view<B: Backend>(&self, len: usize) -> Option<Tensor<B, 4>> {
             let view = self.tensor.narrow(2, 0, len).ok()?;
             let boxed: Box<dyn Any> = Box::new(CandleTensor::new(view));
@@ -260,5 +287,26 @@ mod tests {
             buf.append(seq(1, 1, 500.0 + step as f32));
         }
         assert_eq!(host(early), before);
+    }
+
+    #[test]
+    fn host_values_are_the_written_positions() {
+        let mut buf = KvBuffer::new(seq(2, 3, 0.0), 4);
+        let want = host(buf.append(seq(2, 2, 50.0))); // past the capacity: the buffer grew
+        let [rows, heads, hd] = buf.dims();
+        let (len, cap) = (buf.len(), buf.capacity());
+        let got = buf.with_host(|data| {
+            assert_eq!(data.len(), rows * heads * cap * hd);
+            let mut written = Vec::new();
+            for rh in 0..rows * heads {
+                written.extend_from_slice(&data[rh * cap * hd..][..len * hd]);
+            }
+            written
+        });
+        let candle_only = cfg!(all(feature = "candle", not(any(feature = "flex", feature = "wgpu", feature = "cuda"))));
+        match got {
+            Some(got) => assert_eq!(got, want),
+            None => assert!(!candle_only, "the candle backend's buffer is host memory"),
+        }
     }
 }

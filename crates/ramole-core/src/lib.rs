@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod backend;
 mod error;
 pub mod fs;
+pub mod gemm;
 pub mod kv;
 pub mod lora;
 pub mod quant;

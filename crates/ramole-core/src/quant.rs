@@ -196,6 +196,16 @@ impl QMatrix {
         out
     }
 
+    /// `y = x · Wᵀ` for many rows of `x` (prefill): [`crate::gemm::matmul_panels`], each panel of 32
+    /// weight rows dequantised once per call. `None` where the CPU lacks AVX-512F.
+    ///
+    /// # Panics
+    /// If `x` is not `m · cols` long.
+    pub fn matmul_dequantized(&self, x: &[f32], m: usize) -> Option<Vec<f32>> {
+        assert_eq!(x.len(), m * self.cols, "x of [{m}, {}] for {self:?}", self.cols);
+        crate::gemm::matmul_panels(x, m, self.cols, self.rows, |r, out| dequantize_row(self, r, out))
+    }
+
     /// `y = x · Wᵀ`: `x` is `[m, cols]` row-major, the result `[m, rows]`.
     ///
     /// Made for a few rows of `x` (decoding): it reads the weights once, and its cost grows with `m`
@@ -317,14 +327,31 @@ impl Kernel {
 }
 
 /// The offsets of weight row `r`'s blocks times the sums of a row of `x` over them (`sums`, one per
-/// block): `Σ m·s` for Q4_1, `Σ −8·d·s` for Q4_0, nothing for Q8_0.
+/// block): `Σ m·s` for Q4_1, `−8·Σ d·s` for Q4_0, nothing for Q8_0. Inlined into the SIMD kernels, so
+/// it compiles for their features.
+#[inline(always)]
 fn offset(q: &QMatrix, r: usize, sums: &[f32]) -> f32 {
     let nb = q.cols / BLOCK;
     match q.format {
-        QuantFormat::Q4_1 => q.mins[r * nb..(r + 1) * nb].iter().zip(sums).map(|(m, s)| m * s).sum(),
-        QuantFormat::Q4_0 => q.scales[r * nb..(r + 1) * nb].iter().zip(sums).map(|(d, s)| -8.0 * d * s).sum(),
+        QuantFormat::Q4_1 => dot(&q.mins[r * nb..(r + 1) * nb], sums),
+        QuantFormat::Q4_0 => -8.0 * dot(&q.scales[r * nb..(r + 1) * nb], sums),
         QuantFormat::Q8_0 => 0.0,
     }
+}
+
+/// `Σ a·b` over eight lane-wise partial sums (so it vectorises; a single running sum cannot be
+/// reordered by the compiler).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0.0f32; 8];
+    for (x, y) in ac.zip(bc) {
+        for ((s, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
+            *s += xv * yv;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The entry of a SIMD module's fused product (`fused_row`) for the target features `$features`:

@@ -90,11 +90,13 @@ impl<B: Backend> LinearWeight<B> {
             Self::Quantized(QuantizedWeight(q)) => {
                 let device = x.device();
                 let rows = b * t;
-                if rows > HOST_ROWS_MAX {
+                if rows > HOST_ROWS_MAX && !ramole_core::gemm::available() {
                     let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
                     return x.reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]);
                 }
-                let y = q.matmul(&host_f32(x), rows);
+                let x = host_f32(x);
+                let many = if rows > HOST_ROWS_MAX { q.matmul_dequantized(&x, rows) } else { None };
+                let y = many.unwrap_or_else(|| q.matmul(&x, rows));
                 Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
             }
         }

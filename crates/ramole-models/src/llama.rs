@@ -333,6 +333,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::attention::{self, AttentionShape};
 use ramole_core::kv::KvBuffer;
 use ramole_core::lora::{RowLora, select_rows};
 
@@ -572,14 +573,19 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// What one forward pass attends to: per row, position ids of the new tokens and an additive mask
-/// over all (cached + new) keys.
+/// What one forward pass attends to: per row, position ids of the new tokens and the causal mask over
+/// all (cached + new) keys, for rows left-padded to one length.
 #[derive(Debug, Clone)]
 pub struct AttentionInput<B: Backend> {
     /// `[batch, seq]` position of each new token (RoPE).
     pub positions: Tensor<B, 2, Int>,
-    /// `[batch, 1, seq, past + seq]`: 0 where a query may attend to a key, -inf elsewhere.
-    pub mask: Tensor<B, 4>,
+    /// Padding slots at the start of each row.
+    pads: Vec<usize>,
+    /// Positions cached before the new ones.
+    past: usize,
+    /// The mask as a tensor (burn's attention), built on first use: the host kernel needs none.
+    mask: std::cell::OnceCell<Tensor<B, 4>>,
+    device: B::Device,
 }
 
 impl<B: Backend> AttentionInput<B> {
@@ -588,24 +594,39 @@ impl<B: Backend> AttentionInput<B> {
     /// are masked; a padding query attends to itself only (its output is never used, and this keeps
     /// every softmax finite).
     pub fn left_padded(pads: &[usize], past: usize, seq: usize, device: &B::Device) -> Self {
-        let total = past + seq;
-        let mut mask = Vec::with_capacity(pads.len() * seq * total);
         let mut pos = Vec::with_capacity(pads.len() * seq);
         for &pad in pads {
-            for t in 0..seq {
-                let q = past + t; // absolute slot of this query
-                pos.push(q.saturating_sub(pad) as i64);
-                for s in 0..total {
-                    let allowed = if q < pad { s == q } else { s >= pad && s <= q };
-                    mask.push(if allowed { 0.0f32 } else { f32::NEG_INFINITY });
-                }
-            }
+            pos.extend((0..seq).map(|t| (past + t).saturating_sub(pad) as i64));
         }
-        let b = pads.len();
         Self {
-            positions: Tensor::from_data(TensorData::new(pos, [b, seq]), device),
-            mask: Tensor::from_data(TensorData::new(mask, [b, 1, seq, total]), device),
+            positions: Tensor::from_data(TensorData::new(pos, [pads.len(), seq]), device),
+            pads: pads.to_vec(),
+            past,
+            mask: std::cell::OnceCell::new(),
+            device: device.clone(),
         }
+    }
+
+    /// The additive mask, `[batch, 1, seq, past + seq]`: 0 where a query may attend to a key, -inf
+    /// elsewhere.
+    pub fn mask(&self) -> Tensor<B, 4> {
+        self.mask
+            .get_or_init(|| {
+                let seq = self.positions.dims()[1];
+                let total = self.past + seq;
+                let mut mask = Vec::with_capacity(self.pads.len() * seq * total);
+                for &pad in &self.pads {
+                    for t in 0..seq {
+                        let q = self.past + t; // absolute slot of this query
+                        mask.extend((0..total).map(|s| {
+                            let allowed = if q < pad { s == q } else { s >= pad && s <= q };
+                            if allowed { 0.0f32 } else { f32::NEG_INFINITY }
+                        }));
+                    }
+                }
+                Tensor::from_data(TensorData::new(mask, [self.pads.len(), 1, seq, total]), &self.device)
+            })
+            .clone()
     }
 }
 
@@ -642,9 +663,28 @@ impl<B: Backend> Rope<B> {
 /// The per-call context shared by every block of one forward pass.
 struct BlockCtx<'a, B: Backend> {
     rope: &'a Rope<B>,
-    /// The attention mask repeated for the query heads of one KV group: `[batch, 1, rep·seq, keys]`.
-    mask: Tensor<B, 4>,
+    attn: &'a AttentionInput<B>,
+    /// Query heads per KV head.
+    rep: usize,
+    /// The attention mask repeated for the query heads of one KV group, `[batch, 1, rep·seq, keys]`:
+    /// built on first use (the host kernel needs none).
+    mask: std::cell::OnceCell<Tensor<B, 4>>,
+    /// Whether attention may run on the host kernel (a CPU backend without autodiff).
+    host: bool,
     lora: Option<&'a LlamaLora<B>>,
+}
+
+impl<B: Backend> BlockCtx<'_, B> {
+    fn mask(&self) -> Tensor<B, 4> {
+        self.mask
+            .get_or_init(|| {
+                let mask = self.attn.mask();
+                let [b, _, t, keys] = mask.dims();
+                let rep = self.rep;
+                mask.reshape([b, 1, 1, t, keys]).expand([b, 1, rep, t, keys]).reshape([b, 1, rep * t, keys])
+            })
+            .clone()
+    }
 }
 
 impl<B: Backend> LlamaAttention<B> {
@@ -661,27 +701,91 @@ impl<B: Backend> LlamaAttention<B> {
         let v = heads(project(&self.v_proj, x, ctx.lora, layer, LinearKind::V), kvh);
         let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
         let (k, v) = cache.append(layer, k, v); // [b, kvh, s, hd]
-        // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
-        let q = q.reshape([b, kvh, rep * t, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask.clone(); // [b, kvh, rep·t, s]
-        let out = softmax(scores, 3).matmul(v); // [b, kvh, rep·t, hd]
-        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let out = match Self::host_attention(&q, cache, layer, ctx) {
+            Some(out) => out,
+            None => {
+                // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
+                let q = q.reshape([b, kvh, rep * t, hd]);
+                let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask(); // [b, kvh, rep·t, s]
+                let out = softmax(scores, 3).matmul(v); // [b, kvh, rep·t, hd]
+                out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd])
+            }
+        };
         project(&self.o_proj, out, ctx.lora, layer, LinearKind::O)
+    }
+
+    /// Attention by the host kernel ([`ramole_core::attention`]: no score matrix held, the cache read
+    /// in place) where the cache's buffers are host memory and the head size suits it; `None` sends
+    /// the caller to burn's ops (the same values up to f32 rounding).
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, seq, head_dim]` (after RoPE)
+    /// - output: `[batch, seq, heads · head_dim]`
+    fn host_attention(
+        q: &Tensor<B, 4>,
+        cache: &KvCache<B>,
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+    ) -> Option<Tensor<B, 3>> {
+        if !ctx.host {
+            return None;
+        }
+        let [b, h, t, hd] = q.dims();
+        let (kb, vb) = cache.layers.get(layer)?.as_ref()?;
+        let [_, kv_heads, _] = kb.dims();
+        let shape = AttentionShape {
+            rows: b,
+            heads: h,
+            kv_heads,
+            seq: t,
+            head_dim: hd,
+            past: ctx.attn.past,
+            capacity: kb.capacity(),
+        };
+        if kb.len() != ctx.attn.past + t || vb.capacity() != kb.capacity() || !hd.is_multiple_of(16) {
+            return None;
+        }
+        let qh = q.clone().into_data().into_vec::<f32>().ok()?;
+        let out = kb.with_host(|k| vb.with_host(|v| attention::causal(&qh, k, v, &shape, &ctx.attn.pads)))??.ok()?;
+        Some(Tensor::from_data(TensorData::new(out, [b, t, h * hd]), &q.device()))
     }
 }
 
 impl<B: Backend> LlamaMlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, layer: usize, lora: Option<&LlamaLora<B>>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>) -> Tensor<B, 3> {
+        let lora = ctx.lora;
         let gate = project(&self.gate_proj, x.clone(), lora, layer, LinearKind::Gate);
         let up = project(&self.up_proj, x, lora, layer, LinearKind::Up);
-        project(&self.down_proj, silu(gate) * up, lora, layer, LinearKind::Down)
+        let hidden = if ctx.host { silu_mul_host(gate, up) } else { silu(gate) * up };
+        project(&self.down_proj, hidden, lora, layer, LinearKind::Down)
+    }
+}
+
+/// `silu(gate) · up` in one pass over host memory (`g / (1 + e^{−g}) · u`), for the CPU backends:
+/// burn's `silu` is seven element-wise passes there (its sigmoid goes through a logarithm).
+///
+/// # Shapes
+/// - `gate`, `up`: `[batch, seq, d_ff]`
+/// - output: `[batch, seq, d_ff]`
+fn silu_mul_host<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    let (dims, device) = (gate.dims(), gate.device());
+    let g = gate.clone().into_data().convert::<f32>().into_vec::<f32>();
+    let u = up.clone().into_data().convert::<f32>().into_vec::<f32>();
+    match (g, u) {
+        (Ok(mut g), Ok(u)) if g.len() == u.len() => {
+            for (a, &b) in g.iter_mut().zip(&u) {
+                *a = *a / (1.0 + (-*a).exp()) * b;
+            }
+            Tensor::from_data(TensorData::new(g, dims), &device)
+        }
+        _ => silu(gate) * up,
     }
 }
 
 impl<B: Backend> LlamaDecoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), layer, ctx, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), layer, ctx.lora)
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), layer, ctx)
     }
 }
 
@@ -818,7 +922,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     ///
     /// # Shapes
     /// - `tokens`: `[batch, seq]`
-    /// - `attn.positions`: `[batch, seq]`, `attn.mask`: `[batch, 1, seq, cache.len() + seq]`
+    /// - `attn.positions`: `[batch, seq]`, `attn.mask()`: `[batch, 1, seq, cache.len() + seq]`
     /// - output: `[batch, seq, d]`
     pub fn forward(
         &self,
@@ -827,13 +931,16 @@ impl<B: Backend> LlamaForCausalLM<B> {
         cache: &mut KvCache<B>,
         lora: Option<&LlamaLora<B>>,
     ) -> Tensor<B, 3> {
-        let [b, t] = tokens.dims();
         let rep = self.model.layers.first().map_or(1, |l| l.self_attn.n_heads / l.self_attn.n_kv_heads);
-        let keys = attn.mask.dims()[3];
-        let mask =
-            attn.mask.clone().reshape([b, 1, 1, t, keys]).expand([b, 1, rep, t, keys]).reshape([b, 1, rep * t, keys]);
         let rope = Rope::new(&attn.positions, &self.rope_cos, &self.rope_sin);
-        let ctx = BlockCtx { rope: &rope, mask, lora: lora.filter(|l| !l.is_empty()) };
+        let ctx = BlockCtx {
+            rope: &rope,
+            attn,
+            rep,
+            mask: std::cell::OnceCell::new(),
+            host: ramole_core::backend::runs_on_host::<B>(),
+            lora: lora.filter(|l| !l.is_empty()),
+        };
         let mut x = self.model.embed_tokens.forward(tokens); // [b, t, d]
         for (i, layer) in self.model.layers.iter().enumerate() {
             x = layer.forward(x, i, &ctx, cache);
