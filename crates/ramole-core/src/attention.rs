@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use crate::CoreError;
+use crate::cpu::Kernel;
 
 /// Lanes of one vector step (one AVX-512 register, two AVX2 ones).
 const LANES: usize = 16;
@@ -131,9 +132,13 @@ fn causal_with(
     let transpose = |&(b, g): &(usize, usize)| {
         let base = (b * s.kv_heads + g) * s.capacity * hd;
         let mut kt = vec![0.0f32; hd * ld];
-        for (j, key) in k[base..base + keys * hd].chunks_exact(hd).enumerate() {
-            for (d, &x) in key.iter().enumerate() {
-                kt[d * ld + j] = x;
+        // 16 keys at a time (their rows stay in cache), each dimension's 16 values written side by side.
+        for (jb, block) in k[base..base + keys * hd].chunks(LANES * hd).enumerate() {
+            for d in 0..hd {
+                let dst = &mut kt[d * ld + jb * LANES..][..block.len() / hd];
+                for (x, key) in dst.iter_mut().zip(block.chunks_exact(hd)) {
+                    *x = key[d];
+                }
             }
         }
         kt
@@ -186,28 +191,7 @@ struct Tile {
     n: usize,
 }
 
-/// Which implementation runs (detected once per call).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    Plain,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return match std::arch::is_x86_feature_detected!("avx512f") {
-                true => Self::Avx512,
-                false => Self::Avx2,
-            };
-        }
-        Self::Plain
-    }
-
     /// The attention output of a tile's rows, `[TILE, head_dim]` (rows `n..` unused): `kt` holds the
     /// keys transposed (`[head_dim][ld]`), `values` the values `[keys, head_dim]`.
     fn tile(self, t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize) -> Vec<f32> {
@@ -363,123 +347,103 @@ mod simd {
 
     use super::{BLOCK, TILE};
 
-    /// `p[i][j] = Σ_d qt[d][i] · kt[d][j0 + j]`: 8 rows × 32 keys in 16 registers.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scores_avx512(
-        qt: &[f32],
-        kt: &[f32],
-        ld: usize,
-        j0: usize,
-        hd: usize,
-        p: &mut [[f32; BLOCK]; TILE],
-    ) {
-        for c in (0..BLOCK).step_by(32) {
-            let mut acc = [[_mm512_setzero_ps(); 2]; TILE];
-            for d in 0..hd {
-                // SAFETY: `d·ld + j0 + c + 32 <= hd·ld` and `d·TILE + TILE <= qt.len()` (caller's bounds).
-                let (k0, k1, qp) = unsafe {
-                    let kp = kt.as_ptr().add(d * ld + j0 + c);
-                    (_mm512_loadu_ps(kp), _mm512_loadu_ps(kp.add(16)), qt.as_ptr().add(d * TILE))
-                };
-                for (i, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `i < TILE` (see above).
-                    let q = _mm512_set1_ps(unsafe { *qp.add(i) });
-                    a[0] = _mm512_fmadd_ps(q, k0, a[0]);
-                    a[1] = _mm512_fmadd_ps(q, k1, a[1]);
+    /// A tile's two products for one vector width: `$vec` of `$lanes` lanes (`$load`, `$store`,
+    /// `$fmadd`, `$set1`, `$zero` its intrinsics) under `$features`; the scores take `$per` vectors of
+    /// keys per pass (8 · `$per` accumulators).
+    macro_rules! products {
+        ($scores:ident, $values:ident, $features:literal, $vec:ty, $lanes:literal, $per:literal,
+         $load:ident, $store:ident, $fmadd:ident, $set1:ident, $zero:ident) => {
+            /// `p[i][j] = Σ_d qt[d][i] · kt[d][j0 + j]`, TILE rows × `$per·$lanes` keys per pass.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $scores(
+                qt: &[f32],
+                kt: &[f32],
+                ld: usize,
+                j0: usize,
+                hd: usize,
+                p: &mut [[f32; BLOCK]; TILE],
+            ) {
+                for c in (0..BLOCK).step_by($per * $lanes) {
+                    let mut acc = [[$zero(); $per]; TILE];
+                    for d in 0..hd {
+                        // SAFETY: `d·ld + j0 + c + $per·$lanes <= hd·ld` and `d·TILE + TILE <= qt.len()`
+                        // (the caller's bounds).
+                        let (k, qp): ([$vec; $per], _) = unsafe {
+                            let kp = kt.as_ptr().add(d * ld + j0 + c);
+                            (std::array::from_fn(|u| $load(kp.add(u * $lanes))), qt.as_ptr().add(d * TILE))
+                        };
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: `i < TILE` (see above).
+                            let q = $set1(unsafe { *qp.add(i) });
+                            for (au, &ku) in a.iter_mut().zip(&k) {
+                                *au = $fmadd(q, ku, *au);
+                            }
+                        }
+                    }
+                    for (pr, a) in p.iter_mut().zip(&acc) {
+                        for (u, &au) in a.iter().enumerate() {
+                            // SAFETY: `c + $per·$lanes <= BLOCK`.
+                            unsafe { $store(pr.as_mut_ptr().add(c + u * $lanes), au) };
+                        }
+                    }
                 }
             }
-            for (pr, a) in p.iter_mut().zip(&acc) {
-                // SAFETY: `c + 32 <= BLOCK`.
-                unsafe {
-                    _mm512_storeu_ps(pr.as_mut_ptr().add(c), a[0]);
-                    _mm512_storeu_ps(pr.as_mut_ptr().add(c + 16), a[1]);
+
+            /// `o[i] += Σ_{j < width} p[i][j] · values[j0 + j]`, TILE rows × `$lanes` values per pass.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $values(
+                o: &mut [f32],
+                p: &[[f32; BLOCK]; TILE],
+                values: &[f32],
+                j0: usize,
+                width: usize,
+                hd: usize,
+            ) {
+                for dc in (0..hd).step_by($lanes) {
+                    // SAFETY: `i·hd + dc + $lanes <= TILE·hd = o.len()`.
+                    let mut acc: [$vec; TILE] = std::array::from_fn(|i| unsafe { $load(o.as_ptr().add(i * hd + dc)) });
+                    for j in 0..width {
+                        // SAFETY: `(j0 + j)·hd + dc + $lanes <= (j0 + width)·hd <= values.len()`.
+                        let v = unsafe { $load(values.as_ptr().add((j0 + j) * hd + dc)) };
+                        for (a, pr) in acc.iter_mut().zip(p) {
+                            *a = $fmadd($set1(pr[j]), v, *a);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        // SAFETY: as for the loads.
+                        unsafe { $store(o.as_mut_ptr().add(i * hd + dc), *a) };
+                    }
                 }
             }
-        }
+        };
     }
 
-    /// `o[i] += Σ_{j < width} p[i][j] · values[j0 + j]`: 8 rows × 16 values in 8 registers.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn values_avx512(
-        o: &mut [f32],
-        p: &[[f32; BLOCK]; TILE],
-        values: &[f32],
-        j0: usize,
-        width: usize,
-        hd: usize,
-    ) {
-        for dc in (0..hd).step_by(16) {
-            // SAFETY: `i·hd + dc + 16 <= TILE·hd = o.len()`.
-            let mut acc: [__m512; TILE] =
-                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(o.as_ptr().add(i * hd + dc)) });
-            for j in 0..width {
-                // SAFETY: `(j0 + j)·hd + dc + 16 <= (j0 + width)·hd <= values.len()`.
-                let v = unsafe { _mm512_loadu_ps(values.as_ptr().add((j0 + j) * hd + dc)) };
-                for (a, pr) in acc.iter_mut().zip(p) {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]), v, *a);
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                // SAFETY: as for the loads.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(i * hd + dc), *a) };
-            }
-        }
-    }
-
-    /// [`scores_avx512`] on AVX2: 8 rows × 8 keys in 8 registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores_avx2(
-        qt: &[f32],
-        kt: &[f32],
-        ld: usize,
-        j0: usize,
-        hd: usize,
-        p: &mut [[f32; BLOCK]; TILE],
-    ) {
-        for c in (0..BLOCK).step_by(8) {
-            let mut acc = [_mm256_setzero_ps(); TILE];
-            for d in 0..hd {
-                // SAFETY: as in `scores_avx512`.
-                let (k, qp) = unsafe { (_mm256_loadu_ps(kt.as_ptr().add(d * ld + j0 + c)), qt.as_ptr().add(d * TILE)) };
-                for (i, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `i < TILE`.
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(unsafe { *qp.add(i) }), k, *a);
-                }
-            }
-            for (pr, a) in p.iter_mut().zip(&acc) {
-                // SAFETY: `c + 8 <= BLOCK`.
-                unsafe { _mm256_storeu_ps(pr.as_mut_ptr().add(c), *a) };
-            }
-        }
-    }
-
-    /// [`values_avx512`] on AVX2: 8 rows × 8 values in 8 registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn values_avx2(
-        o: &mut [f32],
-        p: &[[f32; BLOCK]; TILE],
-        values: &[f32],
-        j0: usize,
-        width: usize,
-        hd: usize,
-    ) {
-        for dc in (0..hd).step_by(8) {
-            // SAFETY: as in `values_avx512`.
-            let mut acc: [__m256; TILE] =
-                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(o.as_ptr().add(i * hd + dc)) });
-            for j in 0..width {
-                // SAFETY: as in `values_avx512`.
-                let v = unsafe { _mm256_loadu_ps(values.as_ptr().add((j0 + j) * hd + dc)) };
-                for (a, pr) in acc.iter_mut().zip(p) {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(pr[j]), v, *a);
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                // SAFETY: as for the loads.
-                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(i * hd + dc), *a) };
-            }
-        }
-    }
+    products!(
+        scores_avx512,
+        values_avx512,
+        "avx512f",
+        __m512,
+        16,
+        2,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps,
+        _mm512_set1_ps,
+        _mm512_setzero_ps
+    );
+    products!(
+        scores_avx2,
+        values_avx2,
+        "avx2,fma",
+        __m256,
+        8,
+        1,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps,
+        _mm256_set1_ps,
+        _mm256_setzero_ps
+    );
 }
 
 /// `eˣ` of each lane for `x ≤ 0` (softmax's shifted scores; `-∞` gives 0): Cephes' `expf` (`x` split

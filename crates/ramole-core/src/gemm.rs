@@ -19,7 +19,7 @@ const NR: usize = 32;
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        crate::cpu::Kernel::detect() == crate::cpu::Kernel::Avx512
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -59,13 +59,16 @@ pub fn matmul_panels(
     };
     let panels = n.div_ceil(NR);
     let panel = |p: usize| -> Vec<f32> {
-        // W's rows p·32.. packed [k][32] (missing rows zero).
+        // W's rows p·32.. dequantised side by side, then packed [k][32] (missing rows zero): the
+        // writes run along the packed rows, the reads across 32 rows that stay in cache.
+        let mut rows = vec![0.0f32; NR * k];
+        for (c, row) in rows.chunks_exact_mut(k.max(1)).take(NR.min(n - p * NR)).enumerate() {
+            weight_row(p * NR + c, row);
+        }
         let mut packed = vec![0.0f32; k * NR];
-        let mut row = vec![0.0f32; k];
-        for c in 0..NR.min(n - p * NR) {
-            weight_row(p * NR + c, &mut row);
-            for (kk, &w) in row.iter().enumerate() {
-                packed[kk * NR + c] = w;
+        for (kk, dst) in packed.chunks_exact_mut(NR).enumerate() {
+            for (c, w) in dst.iter_mut().enumerate() {
+                *w = rows[c * k + kk];
             }
         }
         let mut out = vec![0.0f32; m_pad * NR];

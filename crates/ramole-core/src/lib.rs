@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod backend;
+mod cpu;
 mod error;
 pub mod fs;
 pub mod gemm;

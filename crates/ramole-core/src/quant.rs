@@ -23,6 +23,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::CoreError;
+use crate::cpu::Kernel;
 
 /// Values per block, in every supported format.
 pub const BLOCK: usize = 32;
@@ -271,31 +272,7 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Which implementation of the kernel runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// Plain Rust (any CPU).
-    Plain,
-    /// AVX2 with fused multiply-add (x86-64, detected at run time).
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// AVX-512F for the fused product of a few rows, AVX2 for the rest (detected at run time).
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return match std::arch::is_x86_feature_detected!("avx512f") {
-                true => Self::Avx512,
-                false => Self::Avx2,
-            };
-        }
-        Self::Plain
-    }
-
     /// The dot products of weight row `r` with every row of the activations (`[y.len(), cols]`) into
     /// `y`; `w` is scratch of `cols` values.
     fn row_dots(self, q: &QMatrix, r: usize, acts: &Activations<'_>, w: &mut [f32], y: &mut [f32]) {

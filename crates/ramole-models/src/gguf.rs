@@ -850,6 +850,14 @@ pub struct GgufWeights {
 }
 
 impl GgufWeights {
+    /// The error for a q/k weight whose rows do not split into its heads (GGUF permutes them per head).
+    fn uneven_heads(&self, gguf: &str, rows: usize, heads: usize) -> ModelError {
+        ModelError::format(
+            self.file.path(),
+            format!("tensor `{gguf}`: {rows} rows cannot be split into {heads} heads of even size"),
+        )
+    }
+
     /// Opens and parses the GGUF file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         GgufFile::open(path).map(Self::new)
@@ -948,12 +956,9 @@ impl WeightSource for GgufWeights {
         }
         match self.permuted_heads(&gguf)? {
             None => Ok(Some(t)),
-            Some(heads) => unpermute_rows(&t, heads).map(Some).ok_or_else(|| {
-                ModelError::format(
-                    self.file.path(),
-                    format!("tensor `{gguf}`: {} rows cannot be split into {heads} heads of even size", t.shape[0]),
-                )
-            }),
+            Some(heads) => {
+                unpermute_rows(&t, heads).map(Some).ok_or_else(|| self.uneven_heads(&gguf, t.shape[0], heads))
+            }
         }
     }
 
@@ -978,12 +983,9 @@ impl WeightSource for GgufWeights {
         })?;
         match self.permuted_heads(&gguf)? {
             None => Ok(Some(q)),
-            Some(heads) => unpermute_order(rows, heads).map(|order| Some(q.permute_rows(&order))).ok_or_else(|| {
-                ModelError::format(
-                    self.file.path(),
-                    format!("tensor `{gguf}`: {rows} rows cannot be split into {heads} heads of even size"),
-                )
-            }),
+            Some(heads) => unpermute_order(rows, heads)
+                .map(|order| Some(q.permute_rows(&order)))
+                .ok_or_else(|| self.uneven_heads(&gguf, rows, heads)),
         }
     }
 }
