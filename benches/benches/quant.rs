@@ -1,5 +1,5 @@
 //! Quantized weights (issue 8): `y = x · Wᵀ` read from GGML blocks kept in memory
-//! (`ramole_core::quant::QMatrix::matmul`) against the dense f32 product on the selected backend, for
+//! (`ramole_core::quant::QMatrix::matmul`, and `matmul_int8` with the activations rounded to 8 bits) against the dense f32 product on the selected backend, for
 //! SmolLM2-135M's matrix shapes at decode (1 and 16 rows) and prefill (64 and 512 rows).
 
 use burn::tensor::{Distribution, Tensor};
@@ -41,7 +41,7 @@ fn quant(c: &mut Criterion) {
         let q = QMatrix::from_ggml(format, rows, cols, &ggml(format, rows, cols), name).expect("valid blocks");
         let w = Tensor::<Selected, 1>::from_floats(q.dequantize().as_slice(), &dev).reshape([rows, cols]).transpose();
         let w = w.clone() + w.zeros_like(); // contiguous [cols, rows], as the dense model keeps it
-        for m in [1usize, 16, 64, 512] {
+        for m in [1usize, 4, 8, 16, 64, 512] {
             if rows > 10_000 && m > 16 {
                 continue; // the LM head runs on the last position of each row only
             }
@@ -49,6 +49,14 @@ fn quant(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(format!("{name}/quantized"), m), &m, |b, &m| {
                 b.iter(|| q.matmul(&x, m))
             });
+            group.bench_with_input(BenchmarkId::new(format!("{name}/quantized_int8"), m), &m, |b, &m| {
+                b.iter(|| q.matmul_int8(&x, m))
+            });
+            if m >= 64 {
+                group.bench_with_input(BenchmarkId::new(format!("{name}/panels"), m), &m, |b, &m| {
+                    b.iter(|| q.matmul_dequantized(&x, m))
+                });
+            }
             let xt = Tensor::<Selected, 2>::random([m, cols], Distribution::Normal(0.0, 1.0), &dev);
             group.bench_with_input(BenchmarkId::new(format!("{name}/dense_f32"), m), &m, |b, _| {
                 b.iter(|| xt.clone().matmul(w.clone()).into_data())

@@ -279,6 +279,15 @@ impl<B: Backend> Engine<B> {
         requests: &[Request],
         options: RunOptions,
     ) -> (Vec<Result<RequestOutput, BatchError>>, RunStats) {
+        ramole_core::backend::on_compute_threads(|| self.run_here(requests, options))
+    }
+
+    /// [`Engine::run_with_stats`] on the calling thread.
+    fn run_here(
+        &self,
+        requests: &[Request],
+        options: RunOptions,
+    ) -> (Vec<Result<RequestOutput, BatchError>>, RunStats) {
         let mut stats = RunStats::default();
         let mut results: Vec<Option<Result<RequestOutput, BatchError>>> = Vec::with_capacity(requests.len());
         let mut rows = Vec::new();

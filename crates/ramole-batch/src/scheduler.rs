@@ -298,6 +298,11 @@ impl<B: Backend> Scheduler<B> {
     /// produces its first tokens and joins the batch); then every running row produces its next
     /// token in one forward pass. Returns the tokens, finished and failed sequences of this step.
     pub fn step(&mut self, engine: &Engine<B>) -> Vec<Event> {
+        ramole_core::backend::on_compute_threads(|| self.step_here(engine))
+    }
+
+    /// [`Scheduler::step`] on the calling thread.
+    fn step_here(&mut self, engine: &Engine<B>) -> Vec<Event> {
         let mut events = Vec::new();
         let admits = match self.batching {
             Batching::Continuous => true,

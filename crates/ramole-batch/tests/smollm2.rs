@@ -43,6 +43,35 @@ fn smollm2_matches_transformers_and_answers_paris() {
     assert!(engine().model().lm_head.is_quantized());
 }
 
+/// With the activations rounded to 8 bits per block (llama.cpp's arithmetic), each prompt alone (at
+/// most 32 tokens, so its prefill runs the int8 kernel too) stays within `INT8_LOGITS` of
+/// transformers' logits and gives its greedy tokens; the f32 path's bound is 5e-3.
+#[test]
+fn smollm2_with_int8_activations_stays_near_transformers() {
+    /// Largest |logit difference| allowed (logits of SmolLM2 span about ±30).
+    const INT8_LOGITS: f32 = 2.0;
+    let engine = Engine::<Selected>::load_with(gguf(), &device(), WeightFormat::QuantizedInt8).expect("SmolLM2 loads");
+    let reference = std::fs::read(fixture().join("reference.safetensors")).expect("reference");
+    let reference = SafeTensors::deserialize(&reference).expect("reference file");
+    let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    let vocab = engine.config().vocab_size;
+    let mut checked = 0;
+    for request in &file.requests {
+        let Ok(want) = reference.tensor(&format!("logits.{}", request.name)) else { continue };
+        let out = engine.run(std::slice::from_ref(request), RunOptions { prompt_logits: true, ..Default::default() });
+        let out = out.into_iter().next().expect("one output").expect("request runs");
+        let (want, got) = (f32s(&want), out.prompt_logits.as_ref().expect("logits"));
+        let got = &got[got.len() - 4 * vocab..];
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+        eprintln!("int8 {}: max |logit diff| {worst}", request.name);
+        assert!(worst <= INT8_LOGITS, "int8 {}: max |logit diff| {worst} > {INT8_LOGITS}", request.name);
+        let greedy = token_ids(&reference.tensor(&format!("greedy.{}", request.name)).expect("greedy"));
+        assert_eq!(out.new_tokens, greedy, "int8 {}: greedy tokens", request.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
+
 /// Quantized weights are outside the autodiff graph: loading them for training is refused.
 #[test]
 fn quantized_weights_are_refused_for_training() {

@@ -64,3 +64,20 @@ pub fn runs_on_host<B: burn::tensor::backend::Backend>() -> bool {
     }
     false
 }
+
+/// Runs `f` on one of rayon's worker threads (at once when called from one), and returns its result.
+///
+/// The host kernels ([`crate::quant`], [`crate::attention`], [`crate::gemm`]) split their work with
+/// rayon. Called from a thread outside rayon's pool, each split hands its tasks to the pool and puts
+/// the calling thread to sleep until they are done: two context switches per product, and a decoding
+/// step makes a few hundred products. Called from a worker, the worker takes part and the other
+/// workers steal from it. So a whole decoding step should run here: one hand-over per step
+/// (`ramole_batch::Engine::run` and `Scheduler::step` do; docs/performance.md: batch-1 decoding
+/// 105 → 140 tok/s on SmolLM2 with this alone). `f` must not wait on other rayon work it did not
+/// start.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::current_thread_index() {
+        Some(_) => f(),
+        None => rayon::scope(|_| f()),
+    }
+}

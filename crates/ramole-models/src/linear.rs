@@ -33,10 +33,17 @@ pub enum WeightFormat {
     Dense,
     /// Matrices stored in a block format the host kernel multiplies (GGUF Q4_0, Q4_1, Q8_0) are kept in
     /// it; every other weight is f32 on the device. Each product over them reads the activations back
-    /// to the host, so this is for CPU backends.
+    /// to the host, so this is for CPU backends. The activations stay f32: the model computes what the
+    /// dequantised one computes up to f32 rounding.
     Quantized,
-    /// [`WeightFormat::Quantized`] on the host CPU backends of this build without autodiff
-    /// ([`ramole_core::backend::runs_on_host`]), [`WeightFormat::Dense`] otherwise.
+    /// [`WeightFormat::Quantized`], and the products over a few rows (decoding) round the activations
+    /// to 8 bits per block of 32, as llama.cpp does ([`QMatrix::matmul_int8`]): integer products, faster
+    /// where the CPU has AVX-512 VNNI ([`QMatrix::int8_kernel`]), each activation moved by up to half
+    /// its block's step (`max|x| / 254`).
+    QuantizedInt8,
+    /// On the host CPU backends of this build without autodiff ([`ramole_core::backend::runs_on_host`]):
+    /// [`WeightFormat::QuantizedInt8`] where the CPU runs its integer kernel (AVX-512 VNNI), else
+    /// [`WeightFormat::Quantized`]; [`WeightFormat::Dense`] on the other backends.
     #[default]
     Auto,
 }
@@ -46,19 +53,51 @@ impl WeightFormat {
     pub fn keeps_quantized<B: Backend>(self) -> bool {
         match self {
             Self::Dense => false,
-            Self::Quantized => true,
+            Self::Quantized | Self::QuantizedInt8 => true,
             Self::Auto => ramole_core::backend::runs_on_host::<B>(),
+        }
+    }
+
+    /// How products over the weights kept quantized treat the activations.
+    pub fn activations(self) -> Activations {
+        match self {
+            Self::QuantizedInt8 => Activations::Int8,
+            Self::Auto if QMatrix::int8_kernel() => Activations::Int8,
+            Self::Dense | Self::Quantized | Self::Auto => Activations::F32,
         }
     }
 }
 
+/// How a product over a quantized weight treats the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Activations {
+    /// In f32 ([`QMatrix::matmul`]).
+    #[default]
+    F32,
+    /// Rounded to 8 bits per block of 32 ([`QMatrix::matmul_int8`]); over more than
+    /// [`HOST_ROWS_MAX`] rows (prefill) only where the CPU runs the int8 kernels
+    /// ([`QMatrix::int8_kernel`]), f32 elsewhere.
+    Int8,
+}
+
 /// A weight matrix kept quantized on the host: a module with nothing to train or save.
 #[derive(Debug, Clone)]
-pub struct QuantizedWeight(pub Arc<QMatrix>);
+pub struct QuantizedWeight {
+    /// The blocks.
+    pub matrix: Arc<QMatrix>,
+    /// How products over it treat the activations.
+    pub activations: Activations,
+}
 
 impl fmt::Display for QuantizedWeight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}, {}]", self.0.format(), self.0.rows(), self.0.cols())
+        let q = &self.matrix;
+        write!(f, "{} [{}, {}]", q.format(), q.rows(), q.cols())?;
+        match self.activations {
+            Activations::F32 => Ok(()),
+            Activations::Int8 => f.write_str(" × int8 activations"),
+        }
     }
 }
 
@@ -87,16 +126,20 @@ impl<B: Backend> LinearWeight<B> {
                 let d_out = w.dims()[1];
                 x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
             }
-            Self::Quantized(QuantizedWeight(q)) => {
+            Self::Quantized(QuantizedWeight { matrix: q, activations }) => {
                 let device = x.device();
                 let rows = b * t;
-                if rows > HOST_ROWS_MAX && !ramole_core::gemm::available() {
+                let int8 = *activations == Activations::Int8 && (rows <= HOST_ROWS_MAX || QMatrix::int8_kernel());
+                if rows > HOST_ROWS_MAX && !int8 && !ramole_core::gemm::available() {
                     let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
                     return x.reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]);
                 }
                 let x = host_f32(x);
-                let many = if rows > HOST_ROWS_MAX { q.matmul_dequantized(&x, rows) } else { None };
-                let y = many.unwrap_or_else(|| q.matmul(&x, rows));
+                let y = match (int8, rows > HOST_ROWS_MAX) {
+                    (true, _) => q.matmul_int8(&x, rows),
+                    (false, true) => q.matmul_dequantized(&x, rows).unwrap_or_else(|| q.matmul(&x, rows)),
+                    (false, false) => q.matmul(&x, rows),
+                };
                 Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
             }
         }
@@ -106,7 +149,7 @@ impl<B: Backend> LinearWeight<B> {
     pub fn dims(&self) -> [usize; 2] {
         match self {
             Self::Dense(w) => w.dims(),
-            Self::Quantized(QuantizedWeight(q)) => [q.cols(), q.rows()],
+            Self::Quantized(QuantizedWeight { matrix: q, .. }) => [q.cols(), q.rows()],
         }
     }
 
@@ -145,7 +188,7 @@ impl<B: Backend> TokenEmbedding<B> {
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         match self {
             Self::Dense(e) => e.forward(tokens),
-            Self::Quantized(QuantizedWeight(q)) => {
+            Self::Quantized(QuantizedWeight { matrix: q, .. }) => {
                 let [b, t] = tokens.dims();
                 let device = tokens.device();
                 let ids = tokens.into_data().convert::<i64>().into_vec::<i64>().expect("converted to i64");
@@ -165,7 +208,7 @@ impl<B: Backend> TokenEmbedding<B> {
     pub fn dims(&self) -> [usize; 2] {
         match self {
             Self::Dense(e) => e.weight.dims(),
-            Self::Quantized(QuantizedWeight(q)) => [q.rows(), q.cols()],
+            Self::Quantized(QuantizedWeight { matrix: q, .. }) => [q.rows(), q.cols()],
         }
     }
 

@@ -826,16 +826,17 @@ impl<B: Backend> LlamaForCausalLM<B> {
         format: WeightFormat,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
-        if format == WeightFormat::Quantized && B::ad_enabled(device) {
+        if matches!(format, WeightFormat::Quantized | WeightFormat::QuantizedInt8) && B::ad_enabled(device) {
             return Err(ModelError::config(
                 weights.path(),
                 "weights kept quantized cannot be trained through: load them dense (WeightFormat::Dense)",
             ));
         }
         let quantized = format.keeps_quantized::<B>();
+        let held = |q| QuantizedWeight { matrix: Arc::new(q), activations: format.activations() };
         let linear = |name: String, shape: [usize; 2]| -> Result<LinearWeight<B>, ModelError> {
             if quantized && let Some(q) = weights.load_quantized(&name, shape)? {
-                return Ok(LinearWeight::Quantized(QuantizedWeight(Arc::new(q))));
+                return Ok(LinearWeight::Quantized(held(q)));
             }
             let w = weights.load(&name, &shape)?.transposed(); // [in, out]
             Ok(LinearWeight::Dense(Param::from_tensor(w.into_tensor(device))))
@@ -854,7 +855,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         // The embedding, and the LM head when it is the embedding.
         let (embed, tied_head) = match quantized_embed {
             Some(q) => {
-                let q = QuantizedWeight(Arc::new(q));
+                let q = held(q);
                 (TokenEmbedding::Quantized(q.clone()), tied.then_some(LinearWeight::Quantized(q)))
             }
             None => {

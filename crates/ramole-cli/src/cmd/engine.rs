@@ -77,11 +77,14 @@ pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf
 /// How the base model's weights are held (`--weights`; `ramole_models::linear::WeightFormat`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Weights {
-    /// Quantized on the CPU backends, dense on a GPU.
+    /// Quantized on the CPU backends (with 8-bit activations where the CPU has AVX-512 VNNI), dense
+    /// on a GPU.
     #[default]
     Auto,
     /// A GGUF file's Q4_0/Q4_1/Q8_0 matrices kept quantized.
     Quantized,
+    /// Kept quantized, and decoding rounds the activations to 8 bits per block (llama.cpp's arithmetic).
+    QuantizedInt8,
     /// Everything dequantised to f32.
     Dense,
 }
@@ -91,6 +94,7 @@ impl From<Weights> for WeightFormat {
         match w {
             Weights::Auto => WeightFormat::Auto,
             Weights::Quantized => WeightFormat::Quantized,
+            Weights::QuantizedInt8 => WeightFormat::QuantizedInt8,
             Weights::Dense => WeightFormat::Dense,
         }
     }
