@@ -57,7 +57,6 @@ pub fn matmul_panels(
         padded = p;
         &padded
     };
-    let panels = n.div_ceil(NR);
     let panel = |p: usize| -> Vec<f32> {
         // W's rows p·32.. dequantised side by side, then packed [k][32] (missing rows zero): the
         // writes run along the packed rows, the reads across 32 rows that stay in cache.
@@ -86,19 +85,32 @@ pub fn matmul_panels(
         }
         out
     };
-    let results: Vec<Vec<f32>> = if m * n * k >= 1 << 18 {
-        (0..panels).into_par_iter().map(panel).collect()
-    } else {
-        (0..panels).map(panel).collect()
+    Some(by_panels(m, n, NR, m * n * k >= 1 << 18, panel))
+}
+
+/// The `[m, n]` product assembled from panels of `nr` output columns: `panel(p)` returns columns
+/// `p·nr..` of every row, `nr` values per row for at least `m` rows (columns past `n` are dropped).
+/// Panels run on rayon's threads when `parallel`.
+pub(crate) fn by_panels(
+    m: usize,
+    n: usize,
+    nr: usize,
+    parallel: bool,
+    panel: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<f32> {
+    let panels = n.div_ceil(nr);
+    let results: Vec<Vec<f32>> = match parallel {
+        true => (0..panels).into_par_iter().map(panel).collect(),
+        false => (0..panels).map(panel).collect(),
     };
     let mut y = vec![0.0f32; m * n];
     for (p, out) in results.iter().enumerate() {
-        let cols = NR.min(n - p * NR);
-        for (yr, or) in y.chunks_exact_mut(n).zip(out.chunks_exact(NR)) {
-            yr[p * NR..p * NR + cols].copy_from_slice(&or[..cols]);
+        let cols = nr.min(n - p * nr);
+        for (yr, or) in y.chunks_exact_mut(n).zip(out.chunks_exact(nr)) {
+            yr[p * nr..p * nr + cols].copy_from_slice(&or[..cols]);
         }
     }
-    Some(y)
+    y
 }
 
 /// `c[i][j] = Σ_kk a[i][kk] · b[kk][j]` for MR rows of `a` (`[MR, k]`) and a packed panel `b`

@@ -8,12 +8,13 @@
 //! rounded activations, up to f32 rounding of the per-block terms ([`super::reference::matmul_int8`]).
 //!
 //! With AVX-512 VNNI (`vpdpbusd`: 64 products of unsigned by signed bytes added into 16 sums per
-//! instruction) a group of four Q4 blocks (64 bytes of nibbles) takes two products against the
-//! activations, stored per call in the order the nibbles unpack to (the low nibbles of four blocks,
-//! then their high nibbles); Q8_0's signed weights are biased by 128 to be unsigned, the bias taken
-//! off with the block sums. Elsewhere a plain path computes the same sums.
-
-use rayon::prelude::*;
+//! instruction), up to 8 (`GEMM_MIN_ROWS`) rows of `x` take a row kernel: a group of four Q4 blocks
+//! (64 bytes of nibbles) takes two products against the activations, stored per call in the order
+//! the nibbles unpack to (the low nibbles of four blocks, then their high nibbles), for four weight
+//! rows (or two) and up to four rows of `x` at a time. More rows take `gemm`, a register-blocked
+//! product over panels of weight rows unpacked once per call. Q8_0's signed weights are biased by
+//! 128 to be unsigned, the bias taken off with the block sums. Elsewhere a plain path computes the
+//! same sums.
 
 use super::{BLOCK, QMatrix, QuantFormat, dot};
 
@@ -30,7 +31,7 @@ pub(super) struct Int8Rows {
     stride: usize,
     /// Blocks per kernel group (4 for Q4 formats, 2 for Q8_0).
     per_group: usize,
-    /// The rounded values, `[m, stride]`, in the kernel's order ([`Int8Rows::position`]).
+    /// The rounded values, `[m, stride]`, in the kernels' order ([`position`]).
     q: Vec<i8>,
     /// `dx` of every block, `[m, nb]`.
     scales: Vec<f32>,
@@ -136,7 +137,8 @@ impl Int8Rows {
         }
     }
 
-    /// The dot products of weight row `r` with every row of `x` (`y`, one per row) in plain Rust: per block, the integer sum, then its scales and offset.
+    /// The dot products of weight row `r` with every row of `x` (`y`, one per row) in plain Rust:
+    /// per block, the integer sum, then its scales and offset.
     fn plain_row_dots(&self, q: &QMatrix, r: usize, y: &mut [f32]) {
         let nb = self.nb;
         let qb = q.format.quant_bytes();
@@ -225,20 +227,7 @@ pub(super) fn gemm(q: &QMatrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
         }
         out
     };
-    let panels = n.div_ceil(NR);
-    let results: Vec<Vec<f32>> = if m * n * k >= 1 << 18 {
-        (0..panels).into_par_iter().map(panel).collect()
-    } else {
-        (0..panels).map(panel).collect()
-    };
-    let mut y = vec![0.0f32; m * n];
-    for (p, out) in results.iter().enumerate() {
-        let cols = NR.min(n - p * NR);
-        for (yr, or) in y.chunks_exact_mut(n).zip(out.chunks_exact(NR)) {
-            yr[p * NR..p * NR + cols].copy_from_slice(&or[..cols]);
-        }
-    }
-    Some(y)
+    Some(crate::gemm::by_panels(m, n, NR, m * n * k >= 1 << 18, panel))
 }
 
 /// [`NR`] weight rows laid out for [`gemm`]: per block, 8 groups of four values (values 4g..4g + 4),

@@ -364,12 +364,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// The entry of a SIMD module's fused product (`fused_row`) for the target features `$features`:
-/// dispatches on the format (as a const parameter, so each format gets its own loop) and runs the
-/// module's `tile::<N, F>` over the rows of `x` four at a time, then the remaining one to three.
+/// A SIMD module's fused product for the target features `$features` and vectors `$v`
+/// (`$zero`, `$set1`, `$fmadd`, `$add` their intrinsics; the module defines `unpack::<F>`, a block's
+/// values as vectors, `block_dot`, `Σ w·x` over a block as one vector, and `hsum`): `fused_row`
+/// dispatches on the format (as a const parameter, so each format gets its own loop) and runs
+/// `tile::<N, F>` over the rows of `x` four at a time, then the remaining one to three.
 #[cfg(target_arch = "x86_64")]
 macro_rules! fused_entry {
-    ($features:literal) => {
+    ($features:literal, $v:ty, $zero:ident, $set1:ident, $fmadd:ident, $add:ident) => {
         const Q4_0: u8 = 0;
         const Q4_1: u8 = 1;
         const Q8_0: u8 = 2;
@@ -407,6 +409,56 @@ macro_rules! fused_entry {
                 }
             }
         }
+        /// The dot products of weight row `r` with rows `i0..i0 + N` of `x` without forming the f32
+        /// row: per block, `d · Σ q·x` (the values converted to f32, multiplied by `x` in f32), plus
+        /// the blocks' offsets times the blocks' sums of `x` (`offset`).
+        #[inline(always)]
+        unsafe fn tile<const N: usize, const F: u8>(
+            q: &QMatrix,
+            r: usize,
+            x: &[f32],
+            sums: &[f32],
+            i0: usize,
+            y: &mut [f32],
+        ) {
+            let cols = q.cols;
+            let nb = cols / BLOCK;
+            let qb = if F == Q8_0 { 32 } else { 16 };
+            let scales = &q.scales[r * nb..(r + 1) * nb];
+            let qp = q.quants[r * nb * qb..(r + 1) * nb * qb].as_ptr();
+            // SAFETY: rows i0..i0 + N of x are in bounds (caller); block b reads qb bytes at b·qb of
+            // the row's quants and 32 values at b·32 of each row of x.
+            unsafe {
+                let xs: [*const f32; N] = std::array::from_fn(|k| x.as_ptr().add((i0 + k) * cols));
+                // Two accumulators per row (even and odd blocks): the sum across blocks is the only
+                // dependency carried from block to block.
+                let mut total: [[$v; 2]; N] = [[$zero(); 2]; N];
+                let mut b = 0;
+                while b + 2 <= nb {
+                    let w0 = unpack::<F>(qp.add(b * qb));
+                    let w1 = unpack::<F>(qp.add((b + 1) * qb));
+                    let d0 = $set1(*scales.get_unchecked(b));
+                    let d1 = $set1(*scales.get_unchecked(b + 1));
+                    for k in 0..N {
+                        let p = xs[k].add(b * BLOCK);
+                        total[k][0] = $fmadd(d0, block_dot(&w0, p), total[k][0]);
+                        total[k][1] = $fmadd(d1, block_dot(&w1, p.add(BLOCK)), total[k][1]);
+                    }
+                    b += 2;
+                }
+                if b < nb {
+                    let w0 = unpack::<F>(qp.add(b * qb));
+                    let d0 = $set1(*scales.get_unchecked(b));
+                    for k in 0..N {
+                        total[k][0] = $fmadd(d0, block_dot(&w0, xs[k].add(b * BLOCK)), total[k][0]);
+                    }
+                }
+                for (k, t) in total.into_iter().enumerate() {
+                    let s = &sums[(i0 + k) * nb..(i0 + k + 1) * nb];
+                    y[i0 + k] = hsum($add(t[0], t[1])) + offset(q, r, s);
+                }
+            }
+        }
     };
 }
 
@@ -419,11 +471,7 @@ mod avx2 {
 
     use super::{BLOCK, QMatrix, QuantFormat, offset};
 
-    // The dot products of weight row `r` with every row of `x` without forming the f32 row: per
-    // block, `d · Σ q·x` (the quantized values converted to f32, multiplied by `x` in f32) plus the
-    // block's offset times the block's sum of `x` (`m` for Q4_1, `−8·d` for Q4_0), four rows of `x`
-    // per pass over the weights.
-    fused_entry!("avx2,fma");
+    fused_entry!("avx2,fma", __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps);
 
     /// The 32 quantized values of a block as f32, in four vectors of 8 (values 0..8, 8..16, 16..24,
     /// 24..32).
@@ -467,54 +515,6 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn tile<const N: usize, const F: u8>(
-        q: &QMatrix,
-        r: usize,
-        x: &[f32],
-        sums: &[f32],
-        i0: usize,
-        y: &mut [f32],
-    ) {
-        let cols = q.cols;
-        let nb = cols / BLOCK;
-        let qb = if F == Q8_0 { 32 } else { 16 };
-        let scales = &q.scales[r * nb..(r + 1) * nb];
-        let quants = &q.quants[r * nb * qb..(r + 1) * nb * qb];
-        // SAFETY: rows i0..i0 + N of x are in bounds (caller); block b reads qb bytes at b·qb of
-        // `quants` and 32 values at b·32 of each row.
-        unsafe {
-            let xs: [*const f32; N] = std::array::from_fn(|k| x.as_ptr().add((i0 + k) * cols));
-            // Two accumulators per row (even and odd blocks): the sum across blocks is the only
-            // dependency carried from block to block.
-            let mut total = [[_mm256_setzero_ps(); 2]; N];
-            let qp = quants.as_ptr();
-            let mut b = 0;
-            while b + 2 <= nb {
-                let w0 = unpack::<F>(qp.add(b * qb));
-                let w1 = unpack::<F>(qp.add((b + 1) * qb));
-                let d0 = _mm256_set1_ps(*scales.get_unchecked(b));
-                let d1 = _mm256_set1_ps(*scales.get_unchecked(b + 1));
-                for k in 0..N {
-                    let p = xs[k].add(b * BLOCK);
-                    total[k][0] = _mm256_fmadd_ps(d0, block_dot(&w0, p), total[k][0]);
-                    total[k][1] = _mm256_fmadd_ps(d1, block_dot(&w1, p.add(BLOCK)), total[k][1]);
-                }
-                b += 2;
-            }
-            if b < nb {
-                let w0 = unpack::<F>(qp.add(b * qb));
-                let d0 = _mm256_set1_ps(*scales.get_unchecked(b));
-                for k in 0..N {
-                    total[k][0] = _mm256_fmadd_ps(d0, block_dot(&w0, xs[k].add(b * BLOCK)), total[k][0]);
-                }
-            }
-            for (k, t) in total.into_iter().enumerate() {
-                y[i0 + k] = hsum(_mm256_add_ps(t[0], t[1])) + offset(q, r, &sums[(i0 + k) * nb..(i0 + k + 1) * nb]);
-            }
-        }
-    }
-
-    #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -534,7 +534,7 @@ mod avx512 {
 
     use super::{BLOCK, QMatrix, QuantFormat, offset};
 
-    fused_entry!("avx512f,avx2,fma");
+    fused_entry!("avx512f,avx2,fma", __m512, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps);
 
     /// The 32 quantized values of a block as f32: values 0..16 and 16..32.
     #[inline(always)]
@@ -555,60 +555,17 @@ mod avx512 {
         }
     }
 
+    /// `Σ w·x` over one block as a vector of 16 partial sums.
     #[inline(always)]
-    unsafe fn tile<const N: usize, const F: u8>(
-        q: &QMatrix,
-        r: usize,
-        x: &[f32],
-        sums: &[f32],
-        i0: usize,
-        y: &mut [f32],
-    ) {
-        let cols = q.cols;
-        let nb = cols / BLOCK;
-        let qb = if F == Q8_0 { 32 } else { 16 };
-        let scales = &q.scales[r * nb..(r + 1) * nb];
-        let qp = q.quants[r * nb * qb..(r + 1) * nb * qb].as_ptr();
-        // SAFETY: rows i0..i0 + N of x are in bounds (caller); block b reads qb bytes at b·qb of the
-        // row's quants and 32 values at b·32 of each row of x.
-        unsafe {
-            let xs: [*const f32; N] = std::array::from_fn(|k| x.as_ptr().add((i0 + k) * cols));
-            let mut total = [[_mm512_setzero_ps(); 2]; N];
-            let mut b = 0;
-            while b + 2 <= nb {
-                let w0 = unpack::<F>(qp.add(b * qb));
-                let w1 = unpack::<F>(qp.add((b + 1) * qb));
-                let d0 = _mm512_set1_ps(*scales.get_unchecked(b));
-                let d1 = _mm512_set1_ps(*scales.get_unchecked(b + 1));
-                for k in 0..N {
-                    let p = xs[k].add(b * BLOCK);
-                    let a0 =
-                        _mm512_fmadd_ps(w0[1], _mm512_loadu_ps(p.add(16)), _mm512_mul_ps(w0[0], _mm512_loadu_ps(p)));
-                    let a1 = _mm512_fmadd_ps(
-                        w1[1],
-                        _mm512_loadu_ps(p.add(BLOCK + 16)),
-                        _mm512_mul_ps(w1[0], _mm512_loadu_ps(p.add(BLOCK))),
-                    );
-                    total[k][0] = _mm512_fmadd_ps(d0, a0, total[k][0]);
-                    total[k][1] = _mm512_fmadd_ps(d1, a1, total[k][1]);
-                }
-                b += 2;
-            }
-            if b < nb {
-                let w0 = unpack::<F>(qp.add(b * qb));
-                let d0 = _mm512_set1_ps(*scales.get_unchecked(b));
-                for k in 0..N {
-                    let p = xs[k].add(b * BLOCK);
-                    let a0 =
-                        _mm512_fmadd_ps(w0[1], _mm512_loadu_ps(p.add(16)), _mm512_mul_ps(w0[0], _mm512_loadu_ps(p)));
-                    total[k][0] = _mm512_fmadd_ps(d0, a0, total[k][0]);
-                }
-            }
-            for (k, t) in total.into_iter().enumerate() {
-                let s = &sums[(i0 + k) * nb..(i0 + k + 1) * nb];
-                y[i0 + k] = _mm512_reduce_add_ps(_mm512_add_ps(t[0], t[1])) + offset(q, r, s);
-            }
-        }
+    unsafe fn block_dot(w: &[__m512; 2], p: *const f32) -> __m512 {
+        // SAFETY: the caller passes 32 readable values.
+        unsafe { _mm512_fmadd_ps(w[1], _mm512_loadu_ps(p.add(16)), _mm512_mul_ps(w[0], _mm512_loadu_ps(p))) }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m512) -> f32 {
+        // SAFETY: called from the module's kernels, compiled with AVX-512F.
+        unsafe { _mm512_reduce_add_ps(v) }
     }
 }
 
