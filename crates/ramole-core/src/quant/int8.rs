@@ -45,6 +45,7 @@ pub(super) struct Int8Rows {
 impl Int8Rows {
     /// `x` (`[m, cols]`, `cols` a multiple of 32) rounded for weights in `format`.
     pub(super) fn new(format: QuantFormat, x: &[f32], cols: usize) -> Self {
+        let simd = Self::vnni();
         let nb = cols / BLOCK;
         let per_group = if format == QuantFormat::Q8_0 { GROUP_Q8 / BLOCK } else { GROUP_Q4 / BLOCK };
         let groups = nb.div_ceil(per_group);
@@ -60,21 +61,19 @@ impl Int8Rows {
             sums: Vec::with_capacity(m * nb),
         };
         let lanes = 16 / per_group;
-        // Adding and taking off 1.5·2²³ rounds an f32 of magnitude below 2²² to the nearest integer,
-        // ties to even (as `round_ties_even`, which is a call into libm on the baseline target).
-        const ROUND: f32 = 12_582_912.0;
         for (i, xr) in x.chunks_exact(cols.max(1)).take(m).enumerate() {
             let row = &mut rows.q[i * stride..(i + 1) * stride];
             for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
-                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let mut r = [0i8; BLOCK];
-                if d > 0.0 {
-                    for (o, &v) in r.iter_mut().zip(block) {
-                        // |v / d| ≤ 127 up to rounding; the clamp keeps a rounding up in range.
-                        *o = ((v / d + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
-                    }
-                }
+                let block: &[f32; BLOCK] = block.try_into().expect("a block of 32");
+                #[cfg(target_arch = "x86_64")]
+                let (d, r) = match simd {
+                    // SAFETY: `vnni()` found AVX-512F and BW.
+                    #[allow(unsafe_code)]
+                    true => unsafe { vnni::round_block(block) },
+                    false => round_block(block),
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let (_, (d, r)) = (simd, round_block(block));
                 let (lo, hi) = r.split_at(16);
                 let at = |j| position(per_group, b, j);
                 if per_group == GROUP_Q8 / BLOCK {
@@ -275,6 +274,29 @@ impl Panel {
     }
 }
 
+/// A block of 32 activations as `d · r`: `d = max|x| / 127`, `r` the nearest integers to `x / d`
+/// (ties to even; zeros when `d` is 0). A block holding a NaN or an infinity gets `d = NaN`, so that
+/// every product over it is NaN, as in f32, and the engine's check of the logits sees it.
+fn round_block(block: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+    let amax = block.iter().fold(0f32, |a, &v| if v.abs() > a || v.is_nan() { v.abs() } else { a });
+    let mut r = [0i8; BLOCK];
+    if !amax.is_finite() {
+        return (f32::NAN, r);
+    }
+    let d = amax / 127.0;
+    if d > 0.0 {
+        // Adding and taking off 1.5·2²³ rounds an f32 of magnitude below 2²² to the nearest
+        // integer, ties to even (as `round_ties_even`, which is a call into libm on the baseline
+        // target); |x / d| ≤ 127 up to rounding, and the clamp keeps a rounding up in range.
+        const ROUND: f32 = 12_582_912.0;
+        let inv = 1.0 / d;
+        for (o, &v) in r.iter_mut().zip(block) {
+            *o = ((v * inv + ROUND) - ROUND).clamp(-127.0, 127.0) as i32 as i8;
+        }
+    }
+    (d, r)
+}
+
 /// Where value `j` of block `b` sits in a row of [`Int8Rows`]'s values laid out in groups of
 /// `per_group` blocks: for Q8_0 (2) where it is; for a Q4 format (4), values 0..16 of the four blocks,
 /// then values 16..32 of the four.
@@ -297,6 +319,39 @@ mod vnni {
 
     const Q4: bool = false;
     const Q8: bool = true;
+
+    /// [`super::round_block`] with AVX-512: the same values (`vcvtps2dq` rounds to nearest, ties to
+    /// even, under the default rounding mode).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn round_block(block: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+        let mut r = [0i8; BLOCK];
+        // SAFETY: 32 values are read from `block` and 32 bytes written to `r`.
+        unsafe {
+            let p = block.as_ptr();
+            let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            let (aa, ab) = (_mm512_abs_ps(a), _mm512_abs_ps(b));
+            // Not below infinity, or unordered: an infinity or a NaN.
+            let inf = _mm512_set1_ps(f32::INFINITY);
+            let bad = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(aa, inf) | _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(ab, inf);
+            if bad != 0 {
+                return (f32::NAN, r);
+            }
+            let d = _mm512_reduce_max_ps(_mm512_max_ps(aa, ab)) / 127.0;
+            if d > 0.0 {
+                let inv = _mm512_set1_ps(1.0 / d);
+                let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+                let round =
+                    |v: __m512| _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), lo), hi);
+                let out = r.as_mut_ptr();
+                _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(round(a)));
+                _mm_storeu_si128(out.add(16).cast(), _mm512_cvtepi32_epi8(round(b)));
+            }
+            (d, r)
+        }
+    }
 
     /// # Safety
     /// The CPU has AVX-512F, BW and VNNI; `x` rounded for `q`'s format and blocks; `out` is
@@ -613,6 +668,55 @@ mod tests {
                     let err = (got - exact[i * rows + r]).abs();
                     assert!(err <= bound * 1.001 + 1e-6, "{format} y[{i}, {r}]: off by {err}, bound {bound}");
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 rounding gives the plain one's scale and values, ties included.
+    #[test]
+    fn simd_rounding_equals_the_plain_rounding() {
+        if !Int8Rows::vnni() {
+            return;
+        }
+        let mut blocks: Vec<[f32; BLOCK]> =
+            xs(40, BLOCK, 9).chunks_exact(BLOCK).map(|b| b.try_into().expect("32")).collect();
+        // Ties: max 127 → d = 1, values k + 0.5 round to even.
+        blocks.push(std::array::from_fn(|j| if j == 0 { 127.0 } else { j as f32 - 15.5 }));
+        blocks.push([0.0; BLOCK]);
+        blocks.push(std::array::from_fn(|j| if j == 3 { f32::NEG_INFINITY } else { 1.0 }));
+        for block in &blocks {
+            #[allow(unsafe_code)]
+            // SAFETY: `vnni()` found AVX-512F and BW.
+            let (d, r) = unsafe { vnni::round_block(block) };
+            let (pd, pr) = round_block(block);
+            assert!(d == pd || (d.is_nan() && pd.is_nan()), "{d} {pd}");
+            assert_eq!(r, pr, "{block:?}");
+        }
+    }
+
+    /// A NaN or an infinity in a row of `x` makes that row's products NaN on every path (as in f32,
+    /// so that the engine sees it in the logits), and leaves the other rows alone.
+    #[test]
+    fn non_finite_activations_give_nan_rows() {
+        for format in FORMATS {
+            let (rows, cols) = (40, 96);
+            let q = QMatrix::from_ggml(format, rows, cols, &random_ggml(format, rows, cols, 2), "w").expect("valid");
+            for m in [3, 12] {
+                let mut x = xs(m, cols, 5);
+                x[cols + 40] = f32::NAN;
+                x[2 * cols + 7] = f32::INFINITY;
+                let y = q.matmul_int8(&x, m);
+                for i in 0..m {
+                    let row = &y[i * rows..(i + 1) * rows];
+                    match i {
+                        1 | 2 => assert!(row.iter().all(|v| v.is_nan()), "{format} m {m}: row {i} {row:?}"),
+                        _ => assert!(row.iter().all(|v| v.is_finite()), "{format} m {m}: row {i}"),
+                    }
+                }
+                let acts = Int8Rows::new(format, &x, cols);
+                let mut yt = vec![0f32; rows * m];
+                acts.dots(&q, 0, false, &mut yt);
+                assert!(yt.chunks_exact(m).all(|col| col[1].is_nan() && col[2].is_nan() && col[0].is_finite()));
             }
         }
     }

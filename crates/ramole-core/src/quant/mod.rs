@@ -623,14 +623,14 @@ pub mod reference {
     }
 
     /// [`QMatrix::matmul_int8`]'s result: each block of 32 values of `x` rounded to `dx · xq`
-    /// (`dx = max|x| / 127`, `xq` the nearest integer, ties to even), then [`matmul`] in f64 on the
-    /// rounded activations.
+    /// (`dx = max|x| / 127`, `xq` the nearest integer to `x · (1 / dx)`, ties to even), then
+    /// [`matmul`] in f64 on the rounded activations.
     pub fn matmul_int8(q: &QMatrix, x: &[f32], m: usize) -> Vec<f64> {
         let rounded: Vec<f32> = x
             .chunks(super::BLOCK)
             .flat_map(|block| {
                 let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-                block.iter().map(move |&v| if d > 0.0 { d * (v / d).round_ties_even() } else { 0.0 })
+                block.iter().map(move |&v| if d > 0.0 { d * (v * (1.0 / d)).round_ties_even() } else { 0.0 })
             })
             .collect();
         matmul(q, &rounded, m)
