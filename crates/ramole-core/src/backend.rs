@@ -81,3 +81,22 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         None => rayon::scope(|_| f()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_runs_on_a_worker_and_its_result_comes_back() {
+        assert_eq!(rayon::current_thread_index(), None, "the test thread is not a worker");
+        let (inside, value) = on_compute_threads(|| (rayon::current_thread_index(), 6 * 7));
+        assert!(inside.is_some(), "ran on a worker");
+        assert_eq!(value, 42);
+        // From a worker, in place.
+        let nested = on_compute_threads(|| {
+            let here = rayon::current_thread_index();
+            (here, on_compute_threads(rayon::current_thread_index))
+        });
+        assert_eq!(nested.0, nested.1);
+    }
+}

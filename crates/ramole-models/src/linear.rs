@@ -4,10 +4,12 @@
 //!
 //! Kept quantized, SmolLM2-135M's Q4_1/Q8_0 file is 0.10 GB in memory instead of 0.65 GB in f32 (the
 //! tied embedding is one matrix for the lookup and the LM head), and a decoding step reads that much.
-//! Products over a few rows (decoding) run on the host ([`QMatrix::matmul`]), the activations read back
-//! from the backend and the result written to it: free on the CPU backends, a copy across devices on
-//! a GPU, where [`WeightFormat::Auto`] keeps the weights dense. Over many rows (prefill) the weight is
-//! dequantised for the call and the backend's gemm multiplies.
+//! The products run on the host, the activations read back from the backend and the result written
+//! to it: free on the CPU backends, a copy across devices on a GPU, where [`WeightFormat::Auto`] keeps
+//! the weights dense. With f32 activations, products over a few rows (decoding) take the fused kernel
+//! ([`QMatrix::matmul`]), over many (prefill) panels of dequantised rows ([`QMatrix::matmul_dequantized`],
+//! AVX-512) or the backend's gemm on the dequantised weight; with 8-bit activations
+//! ([`WeightFormat::QuantizedInt8`]), [`QMatrix::matmul_int8`] at every size.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,10 +20,9 @@ use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_core::quant::QMatrix;
 
-/// Products over at most this many rows (the tokens of all the batch's rows) run on the quantized
-/// kernel; over more (prefill), the weight is dequantised for the call and the backend's blocked gemm
-/// multiplies (`benches/quant.rs`: the kernel is 1.4–2.4× slower than the gemm at 64 rows, and faster
-/// at 1).
+/// Products with f32 activations over at most this many rows (the tokens of all the batch's rows) run
+/// on the fused quantized kernel; over more (prefill), on dequantised panels or the backend's gemm
+/// (`benches/quant.rs`: the kernel is 1.4–2.4× slower than a gemm at 64 rows, and faster at 1).
 pub const HOST_ROWS_MAX: usize = 32;
 
 /// How a model's weights are held.
@@ -36,10 +37,11 @@ pub enum WeightFormat {
     /// to the host, so this is for CPU backends. The activations stay f32: the model computes what the
     /// dequantised one computes up to f32 rounding.
     Quantized,
-    /// [`WeightFormat::Quantized`], and the products over a few rows (decoding) round the activations
-    /// to 8 bits per block of 32, as llama.cpp does ([`QMatrix::matmul_int8`]): integer products, faster
-    /// where the CPU has AVX-512 VNNI ([`QMatrix::int8_kernel`]), each activation moved by up to half
-    /// its block's step (`max|x| / 254`).
+    /// [`WeightFormat::Quantized`], with the activations of the products over those weights rounded to
+    /// 8 bits per block of 32, as llama.cpp does ([`QMatrix::matmul_int8`]): integer products, faster
+    /// where the CPU has AVX-512 VNNI ([`QMatrix::int8_kernel`]; without it, products over more than
+    /// [`HOST_ROWS_MAX`] rows keep f32 activations), each activation moved by up to half its block's
+    /// step (`max|x| / 254`).
     QuantizedInt8,
     /// On the host CPU backends of this build without autodiff ([`ramole_core::backend::runs_on_host`]):
     /// [`WeightFormat::QuantizedInt8`] where the CPU runs its integer kernel (AVX-512 VNNI), else
