@@ -16,7 +16,7 @@
 //! dequantised one computes up to f32 rounding: [`reference::matmul`] (the plain product in f64) is
 //! what every path is tested against, and SmolLM2 kept quantized stays within 5e-3 of transformers'
 //! logits. [`QMatrix::matmul_int8`] rounds them to 8 bits per block as llama.cpp does and sums integer
-//! products (AVX-512 VNNI; [`int8`]): 1.5–1.9× faster at one row, each activation moved by up to half
+//! products (AVX-512 VNNI; [`int8`]): 1.2–1.8× faster at one row, each activation moved by up to half
 //! its block's step ([`reference::matmul_int8`] is what it is tested against).
 
 use std::fmt;
