@@ -1,8 +1,9 @@
 //! A preallocated key/value buffer written in place: the storage of one attention layer's KV cache.
 //!
 //! A [`KvBuffer`] holds `[rows, heads, capacity, head_dim]` and the number of positions written
-//! (`len`). [`KvBuffer::append`] writes the new positions at `len..len + t` and returns a view of
-//! `0..len + t`; only when the capacity runs out is the buffer reallocated (doubling), so a decoding
+//! (`len`). [`KvBuffer::append`] writes the new positions at `len..len + t`, [`KvBuffer::view`] is
+//! `0..len` without a copy (readers that take the host memory in place, [`KvBuffer::with_host`], need
+//! no view); only when the capacity runs out is the buffer reallocated (doubling), so a decoding
 //! step costs the new keys alone, not a copy of the whole past as a concatenation does.
 //!
 //! How "in place" is reached per backend:
@@ -85,16 +86,16 @@ impl<B: Backend> KvBuffer<B> {
         self.burn.as_ref().map_or(self.len, |t| t.dims()[2])
     }
 
-    /// Writes `value` (`[rows, heads, t, head_dim]`) at positions `len..len + t` and returns the whole
-    /// written sequence, `[rows, heads, len + t, head_dim]`.
-    pub fn append(&mut self, value: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// Writes `value` (`[rows, heads, t, head_dim]`) at positions `len..len + t` ([`KvBuffer::view`]
+    /// is then the whole written sequence, `[rows, heads, len + t, head_dim]`).
+    pub fn append(&mut self, value: Tensor<B, 4>) {
         let [rows, heads, t, hd] = value.dims();
         let (len, end) = (self.len, self.len + t);
         #[cfg(feature = "candle")]
         if let Some(c) = &mut self.candle {
             if c.append::<B>(len, &value) {
                 self.len = end;
-                return self.view();
+                return;
             }
             // Candle refused (it should not): burn's ops from here on.
             self.burn = Some(self.view());
@@ -116,7 +117,6 @@ impl<B: Backend> KvBuffer<B> {
         };
         self.burn = Some(store);
         self.len = end;
-        self.view()
     }
 
     /// `[rows, heads, head_dim]`.
@@ -268,7 +268,8 @@ mod tests {
             for step in 0..6 {
                 let t = 1 + step % 2;
                 let new = seq(2, t, 1000.0 * (step + 1) as f32);
-                let got = buf.append(new.clone());
+                buf.append(new.clone());
+                let got = buf.view();
                 expected = Tensor::cat(vec![expected, new], 2);
                 assert_eq!(got.dims(), expected.dims(), "capacity {capacity}, step {step}");
                 assert_eq!(host(got), host(expected.clone()), "capacity {capacity}, step {step}");
@@ -281,7 +282,8 @@ mod tests {
     #[test]
     fn earlier_views_keep_their_values_after_later_appends() {
         let mut buf = KvBuffer::new(seq(1, 2, 0.0), 16);
-        let early = buf.append(seq(1, 1, 100.0));
+        buf.append(seq(1, 1, 100.0));
+        let early = buf.view();
         let before = host(early.clone());
         for step in 0..20 {
             buf.append(seq(1, 1, 500.0 + step as f32));
@@ -292,7 +294,8 @@ mod tests {
     #[test]
     fn host_values_are_the_written_positions() {
         let mut buf = KvBuffer::new(seq(2, 3, 0.0), 4);
-        let want = host(buf.append(seq(2, 2, 50.0))); // past the capacity: the buffer grew
+        buf.append(seq(2, 2, 50.0)); // past the capacity: the buffer grew
+        let want = host(buf.view());
         let [rows, heads, hd] = buf.dims();
         let (len, cap) = (buf.len(), buf.capacity());
         let got = buf.with_host(|data| {

@@ -136,7 +136,7 @@ impl<B: Backend> LinearWeight<B> {
                     let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
                     return x.reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]);
                 }
-                let x = host_f32(x);
+                let x = host_f32(x).expect("activations converted to f32");
                 let y = match (int8, rows > HOST_ROWS_MAX) {
                     (true, _) => q.matmul_int8(&x, rows),
                     (false, true) => q.matmul_dequantized(&x, rows).unwrap_or_else(|| q.matmul(&x, rows)),
@@ -223,7 +223,8 @@ impl<B: Backend> TokenEmbedding<B> {
     }
 }
 
-/// The values of an activation tensor on the host, as f32.
-fn host_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-    x.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32")
+/// The values of an activation tensor on the host, as f32 (`None` if the backend's data cannot be
+/// read as f32: callers fall back to burn's ops or fail loudly).
+pub(crate) fn host_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<Vec<f32>> {
+    x.into_data().convert::<f32>().into_vec::<f32>().ok()
 }

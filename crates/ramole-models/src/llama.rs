@@ -337,7 +337,7 @@ use ramole_core::attention::{self, AttentionShape};
 use ramole_core::kv::KvBuffer;
 use ramole_core::lora::{RowLora, select_rows};
 
-use crate::linear::{LinearWeight, QuantizedWeight, TokenEmbedding, WeightFormat};
+use crate::linear::{LinearWeight, QuantizedWeight, TokenEmbedding, WeightFormat, host_f32};
 use crate::weights::WeightSource;
 
 /// The per-row LoRA state of a batch for a Llama model: for each layer and each [`LinearKind`] slot,
@@ -559,17 +559,22 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Appends the new keys/values of `layer` and returns the whole sequence.
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// Appends the new keys/values of `layer`.
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) {
         match &mut self.layers[layer] {
-            Some((kb, vb)) => (kb.append(k), vb.append(v)),
-            slot @ None => {
-                let (kb, vb) = (KvBuffer::new(k, self.capacity), KvBuffer::new(v, self.capacity));
-                let kv = (kb.view(), vb.view());
-                *slot = Some((kb, vb));
-                kv
+            Some((kb, vb)) => {
+                kb.append(k);
+                vb.append(v);
             }
+            slot @ None => *slot = Some((KvBuffer::new(k, self.capacity), KvBuffer::new(v, self.capacity))),
         }
+    }
+
+    /// The whole written sequence of `layer`'s keys and values, `[batch, kv_heads, len, head_dim]` each
+    /// (views: no copy); `None` before anything was appended there.
+    fn views(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let (kb, vb) = self.layers.get(layer)?.as_ref()?;
+        Some((kb.view(), vb.view()))
     }
 }
 
@@ -700,10 +705,11 @@ impl<B: Backend> LlamaAttention<B> {
         let k = heads(project(&self.k_proj, x.clone(), ctx.lora, layer, LinearKind::K), kvh);
         let v = heads(project(&self.v_proj, x, ctx.lora, layer, LinearKind::V), kvh);
         let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
-        let (k, v) = cache.append(layer, k, v); // [b, kvh, s, hd]
+        cache.append(layer, k, v);
         let out = match Self::host_attention(&q, cache, layer, ctx) {
             Some(out) => out,
             None => {
+                let (k, v) = cache.views(layer).expect("keys and values appended just above"); // [b, kvh, s, hd]
                 // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
                 let q = q.reshape([b, kvh, rep * t, hd]);
                 let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask(); // [b, kvh, rep·t, s]
@@ -745,7 +751,7 @@ impl<B: Backend> LlamaAttention<B> {
         if kb.len() != ctx.attn.past + t || vb.capacity() != kb.capacity() || !hd.is_multiple_of(16) {
             return None;
         }
-        let qh = q.clone().into_data().into_vec::<f32>().ok()?;
+        let qh = host_f32(q.clone())?;
         let out = kb.with_host(|k| vb.with_host(|v| attention::causal(&qh, k, v, &shape, &ctx.attn.pads)))??.ok()?;
         Some(Tensor::from_data(TensorData::new(out, [b, t, h * hd]), &q.device()))
     }
@@ -769,10 +775,8 @@ impl<B: Backend> LlamaMlp<B> {
 /// - output: `[batch, seq, d_ff]`
 fn silu_mul_host<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     let (dims, device) = (gate.dims(), gate.device());
-    let g = gate.clone().into_data().convert::<f32>().into_vec::<f32>();
-    let u = up.clone().into_data().convert::<f32>().into_vec::<f32>();
-    match (g, u) {
-        (Ok(mut g), Ok(u)) if g.len() == u.len() => {
+    match (host_f32(gate.clone()), host_f32(up.clone())) {
+        (Some(mut g), Some(u)) if g.len() == u.len() => {
             for (a, &b) in g.iter_mut().zip(&u) {
                 *a = *a / (1.0 + (-*a).exp()) * b;
             }
@@ -817,7 +821,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// Loads a model, its weights held as `format` says. Kept quantized, a weight's values are
     /// checked when its blocks are read (finite scales); dequantised, every value is.
     ///
-    /// Fails with [`ModelError::Config`] for [`WeightFormat::Quantized`] on an autodiff backend: the
+    /// Fails with [`ModelError::Config`] for a format that keeps weights quantized
+    /// ([`WeightFormat::Quantized`], [`WeightFormat::QuantizedInt8`]) on an autodiff backend: the
     /// host kernel is outside the autodiff graph, so gradients would not reach the layers below it.
     pub fn load_with(
         config: &LlamaConfig,
@@ -826,13 +831,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
         format: WeightFormat,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(|m| ModelError::config(weights.path(), m))?;
-        if matches!(format, WeightFormat::Quantized | WeightFormat::QuantizedInt8) && B::ad_enabled(device) {
+        let quantized = format.keeps_quantized::<B>();
+        // `Auto` keeps nothing quantized under autodiff; a format that forces it is refused there.
+        if quantized && B::ad_enabled(device) {
             return Err(ModelError::config(
                 weights.path(),
                 "weights kept quantized cannot be trained through: load them dense (WeightFormat::Dense)",
             ));
         }
-        let quantized = format.keeps_quantized::<B>();
         let held = |q| QuantizedWeight { matrix: Arc::new(q), activations: format.activations() };
         let linear = |name: String, shape: [usize; 2]| -> Result<LinearWeight<B>, ModelError> {
             if quantized && let Some(q) = weights.load_quantized(&name, shape)? {
