@@ -1,11 +1,13 @@
 //! The per-row LoRA kernels alone, for a decode-shaped batch (16 rows, d = 576, 16 adapters of rank
 //! 8): building the per-row update from a stack and a mapping matrix, and applying it, in both
-//! layouts, against the plain per-row reference loop.
+//! layouts on the backend and the host kernel, against the plain per-row reference loop.
 
 use burn::tensor::{Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ramole_core::backend::{Selected, device};
-use ramole_core::lora::{ArrowParams, Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowMix, reference};
+use ramole_core::backend::{Selected, device, on_compute_threads};
+use ramole_core::lora::{
+    ArrowParams, Composition, LoraFactors, LoraStack, MixPlan, RowLayout, RowLora, RowMix, reference,
+};
 
 fn lora(c: &mut Criterion) {
     let dev = device();
@@ -42,15 +44,23 @@ fn lora(c: &mut Criterion) {
             n_adapters,
         )
         .expect("plan");
-        for layout in [RowLayout::Gathered, RowLayout::Shared] {
+        for layout in [RowLayout::Gathered, RowLayout::Shared, RowLayout::Host] {
             let id = format!("{layout:?}/{name}");
             group.bench_with_input(BenchmarkId::new("build", &id), &plan, |b, plan| {
                 b.iter(|| stack.rows_in(plan, layout, None).expect("rows").rows())
             });
             let rows = stack.rows_in(&plan, layout, None).expect("rows");
             group.bench_with_input(BenchmarkId::new("apply", &id), &rows, |b, rows| {
-                b.iter(|| rows.forward(x.clone()).into_data())
+                b.iter(|| on_compute_threads(|| rows.forward(x.clone()).into_data()))
             });
+            if let RowLora::Host(host) = &rows {
+                // The host kernel on the values a quantized linear already holds (no tensor round trip).
+                let xs: Vec<f32> = x.to_data().iter::<f32>().collect();
+                let mut y = vec![0f32; rows.rows() * d];
+                group.bench_function(BenchmarkId::new("add_to", &id), |b| {
+                    b.iter(|| on_compute_threads(|| host.add_to(&xs, 1, &mut y)))
+                });
+            }
         }
         let xs: Vec<f32> = x.to_data().iter::<f32>().collect();
         let w = vec![0.0f32; d * d];

@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use crate::CoreError;
-use crate::cpu::Kernel;
+use crate::cpu::{Kernel, madd};
 
 /// Lanes of one vector step (one AVX-512 register, two AVX2 ones).
 const LANES: usize = 16;
@@ -223,13 +223,6 @@ unsafe fn tile_avx2(t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize) 
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn tile_avx512(t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize) -> Vec<f32> {
     tile::<AVX512>(t, kt, ld, values, hd)
-}
-
-/// `a · b + c`, fused where the caller's target has FMA (`FMA`), plain otherwise (a fused `mul_add`
-/// without the instruction is a slow library call).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// [`tile`]'s instruction sets (a const parameter, so each wrapper compiles its own copy).

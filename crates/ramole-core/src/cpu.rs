@@ -26,3 +26,10 @@ impl Kernel {
         Self::Plain
     }
 }
+
+/// `a · b + c`, fused where the caller's target has FMA (`FMA`), plain otherwise (a fused `mul_add`
+/// without the instruction is a slow library call).
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}

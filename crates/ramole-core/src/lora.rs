@@ -11,7 +11,7 @@
 //! The fast path never loops over adapters. The batch's unique adapters are stacked once per layer
 //! ([`LoraStack`]: `a` `[U, r_max, d_in]`, `b` `[U, r_max, d_out]`, ranks zero-padded), and a
 //! [`MixPlan`] (the mapping matrix `[rows × U]` of weights plus each row's composition) turns the stack
-//! into the batch's per-row update ([`RowLora`]) in one of two layouts ([`RowLayout`]):
+//! into the batch's per-row update ([`RowLora`]) in one of three layouts ([`RowLayout`]):
 //!
 //! - **gathered**, one low-rank pair per row: mixture rows `select` their slots from the stack, with
 //!   weights and scales folded into the `b` side and slots laid along the rank axis
@@ -20,16 +20,26 @@
 //! - **shared**, the stack itself plus the mapping matrix spread over the rank columns
 //!   (`[rows, 1, U·r_max]`): two 2-D matmuls and a product. It reads each adapter once per step
 //!   however many rows use it, which wins when rows mix adapters that other rows use too.
+//! - **host** (the CPU backends, single and mixture rows): [`HostRows`], one kernel call per layer in
+//!   which each token reads its row's adapters from the stack in place (as Punica's BGMV does on a
+//!   GPU): no per-row copies, no products with adapters a row does not use, and no tensor ops (a
+//!   linear kept quantized adds the update to its product on the host).
 //!
 //! Either way the cost per layer does not grow with the number of adapters a row uses by a loop. The
 //! update depends only on the batch's adapters, not on the tokens, so it is built once per batch and
 //! reused by every decoding step. [`reference`](mod@reference) holds the plain implementation.
 
+use std::sync::Arc;
+
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::CoreError;
 
+mod host;
 pub mod reference;
+
+pub use host::HostRows;
+use host::HostStack;
 
 /// How a row combines the adapters it uses.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -395,21 +405,62 @@ impl<B: Backend> GateLayer<B> {
     }
 }
 
-/// The unique adapters of a batch for one linear layer, stacked for batched ops.
+/// Stacks the factors of the batch's unique adapters for a layer of shape `[d_out, d_in]`
+/// ([`LoraStack`]'s layout, on the host); `None` when no adapter targets the layer.
+fn host_stack(adapters: &[Option<&LoraFactors>], d_in: usize, d_out: usize) -> Result<Option<HostStack>, CoreError> {
+    let r_max = adapters.iter().flatten().map(|f| f.rank).max().unwrap_or(0);
+    if r_max == 0 {
+        return Ok(None);
+    }
+    let n = adapters.len() + 1;
+    let mut a = vec![0f32; n * r_max * d_in];
+    let mut bt = vec![0f32; n * r_max * d_out];
+    let mut meta = Vec::with_capacity(adapters.len());
+    for (i, f) in adapters.iter().enumerate() {
+        let Some(f) = f else {
+            meta.push(None);
+            continue;
+        };
+        if f.proto.as_ref().is_some_and(|p| p.len() != d_in) {
+            return Err(CoreError::Shape {
+                what: format!("Arrow prototype of unique adapter {i}"),
+                expected: format!("{d_in} values"),
+                got: format!("{} values", f.proto.as_ref().map_or(0, Vec::len)),
+            });
+        }
+        let r = f.rank;
+        if f.a.len() != r * d_in || f.b.len() != d_out * r {
+            return Err(CoreError::Shape {
+                what: format!("LoRA factors of unique adapter {i}"),
+                expected: format!("A [{r}, {d_in}] and B [{d_out}, {r}]"),
+                got: format!("{} and {} values", f.a.len(), f.b.len()),
+            });
+        }
+        // A [r, d_in] -> rows 0..r of [r_max, d_in]
+        let base = i * r_max * d_in;
+        a[base..base + r * d_in].copy_from_slice(&f.a);
+        // B [d_out, r] -> Bᵀ [r_max, d_out]
+        let base = i * r_max * d_out;
+        for o in 0..d_out {
+            for k in 0..r {
+                bt[base + k * d_out + o] = f.b[o * r + k];
+            }
+        }
+        meta.push(Some((r, f.scale)));
+    }
+    Ok(Some(HostStack { a, bt, meta, d_in, d_out, r_max }))
+}
+
+/// The unique adapters of a batch for one linear layer, stacked for batched ops: on the host
+/// (`a` `[U + 1, r_max, d_in]` holding each `Aᵢ` in PEFT layout, `b` `[U + 1, r_max, d_out]` each
+/// `Bᵢᵀ`, both zero-padded along the rank; the last entry all zeros, the slot that padding and
+/// non-targeting adapters point to), copied to the device by the layouts that compute there.
 #[derive(Debug, Clone)]
 pub struct LoraStack<B: Backend> {
-    /// `[U + 1, r_max, d_in]`: `Aᵢ` (PEFT layout), zero-padded along the rank; the last entry is all
-    /// zeros (the slot that padding and non-targeting adapters point to).
-    a: Tensor<B, 3>,
-    /// `[U + 1, r_max, d_out]`: `Bᵢᵀ`, zero-padded along the rank.
-    b: Tensor<B, 3>,
-    /// Per adapter: `Some((rank, scale))`, or `None` where the adapter does not target this layer.
-    meta: Vec<Option<(usize, f32)>>,
+    host: Arc<HostStack>,
     /// Per adapter: its Arrow prototype `[d_in]` for this layer, when it has one.
     protos: Vec<Option<Vec<f32>>>,
-    d_in: usize,
-    d_out: usize,
-    r_max: usize,
+    device: B::Device,
 }
 
 impl<B: Backend> LoraStack<B> {
@@ -422,57 +473,23 @@ impl<B: Backend> LoraStack<B> {
         d_out: usize,
         device: &B::Device,
     ) -> Result<Option<Self>, CoreError> {
-        let r_max = adapters.iter().flatten().map(|f| f.rank).max().unwrap_or(0);
-        if r_max == 0 {
-            return Ok(None);
-        }
-        let n = adapters.len() + 1;
-        let mut a = vec![0f32; n * r_max * d_in];
-        let mut b = vec![0f32; n * r_max * d_out];
-        let mut meta = Vec::with_capacity(adapters.len());
-        let mut protos = Vec::with_capacity(adapters.len());
-        for (i, f) in adapters.iter().enumerate() {
-            let Some(f) = f else {
-                meta.push(None);
-                protos.push(None);
-                continue;
-            };
-            if f.proto.as_ref().is_some_and(|p| p.len() != d_in) {
-                return Err(CoreError::Shape {
-                    what: format!("Arrow prototype of unique adapter {i}"),
-                    expected: format!("{d_in} values"),
-                    got: format!("{} values", f.proto.as_ref().map_or(0, Vec::len)),
-                });
-            }
-            protos.push(f.proto.clone());
-            let r = f.rank;
-            if f.a.len() != r * d_in || f.b.len() != d_out * r {
-                return Err(CoreError::Shape {
-                    what: format!("LoRA factors of unique adapter {i}"),
-                    expected: format!("A [{r}, {d_in}] and B [{d_out}, {r}]"),
-                    got: format!("{} and {} values", f.a.len(), f.b.len()),
-                });
-            }
-            // A [r, d_in] -> rows 0..r of [r_max, d_in]
-            let base = i * r_max * d_in;
-            a[base..base + r * d_in].copy_from_slice(&f.a);
-            // B [d_out, r] -> Bᵀ [r_max, d_out]
-            let base = i * r_max * d_out;
-            for o in 0..d_out {
-                for k in 0..r {
-                    b[base + k * d_out + o] = f.b[o * r + k];
-                }
-            }
-            meta.push(Some((r, f.scale)));
-        }
-        let a = Tensor::from_data(TensorData::new(a, [n, r_max, d_in]), device);
-        let b = Tensor::from_data(TensorData::new(b, [n, r_max, d_out]), device);
-        Ok(Some(Self { a, b, meta, protos, d_in, d_out, r_max }))
+        let Some(host) = host_stack(adapters, d_in, d_out)? else { return Ok(None) };
+        let protos = adapters.iter().map(|f| f.and_then(|f| f.proto.clone())).collect();
+        Ok(Some(Self { host: Arc::new(host), protos, device: device.clone() }))
+    }
+
+    /// The stack on the device: `a` `[U + 1, r_max, d_in]`, `b` `[U + 1, r_max, d_out]`.
+    fn tensors(&self) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let h = &self.host;
+        let n = h.meta.len() + 1;
+        let a = Tensor::from_data(TensorData::new(h.a.clone(), [n, h.r_max, h.d_in]), &self.device);
+        let b = Tensor::from_data(TensorData::new(h.bt.clone(), [n, h.r_max, h.d_out]), &self.device);
+        (a, b)
     }
 
     /// Number of unique adapters.
     pub fn n_unique(&self) -> usize {
-        self.meta.len()
+        self.host.meta.len()
     }
 
     /// The per-row update of `plan` for this layer, in the layout [`RowLayout::choose`] picks.
@@ -480,17 +497,17 @@ impl<B: Backend> LoraStack<B> {
     /// Fusion rows need all their adapters that target this layer to share rank and scale, and
     /// either all or none of them to target it.
     pub fn rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
-        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()), None)
+        self.rows_gated(plan, None)
     }
 
     /// [`Self::rows`] with the layer's gate, which [`Composition::Gate`] rows need.
     pub fn rows_gated(&self, plan: &MixPlan, gate: Option<&GateLayer<B>>) -> Result<RowLora<B>, CoreError> {
-        self.rows_in(plan, RowLayout::choose(plan, self.n_unique()), gate)
+        self.rows_in(plan, RowLayout::for_backend::<B>(plan, self.n_unique()), gate)
     }
 
-    /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] takes
-    /// only `single` and `mixture` rows; a plan with fusion or Arrow rows falls back to
-    /// [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]). `gate` is the layer's gate, which
+    /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] and
+    /// [`RowLayout::Host`] take only `single` and `mixture` rows; a plan with fusion or routed rows
+    /// falls back to [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]). `gate` is the layer's gate, which
     /// [`Composition::Gate`] rows need (others ignore it).
     pub fn rows_in(
         &self,
@@ -500,6 +517,10 @@ impl<B: Backend> LoraStack<B> {
     ) -> Result<RowLora<B>, CoreError> {
         match layout {
             RowLayout::Shared if !plan.needs_gathered() => self.shared_rows(plan),
+            RowLayout::Host if !plan.needs_gathered() => {
+                self.check_columns(plan)?;
+                Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows().iter().map(|r| r.entries.clone()))))
+            }
             _ => self.gathered_rows(plan, gate),
         }
     }
@@ -508,22 +529,23 @@ impl<B: Backend> LoraStack<B> {
     /// every unique adapter (the mapping matrix times the scales, repeated over each adapter's rank).
     fn shared_rows(&self, plan: &MixPlan) -> Result<RowLora<B>, CoreError> {
         self.check_columns(plan)?;
-        let device = self.a.device();
-        let (u, r) = (self.n_unique(), self.r_max);
+        let device = self.device.clone();
+        let (u, r) = (self.n_unique(), self.host.r_max);
         let n = plan.rows().len();
         let mut coef = vec![0f32; n * u * r];
         for (row, mix) in plan.rows().iter().enumerate() {
             for &(j, w) in &mix.entries {
-                if let Some((rank, s)) = self.meta[j] {
+                if let Some((rank, s)) = self.host.meta[j] {
                     let at = row * u * r + j * r;
                     coef[at..at + rank].fill(w * s);
                 }
             }
         }
         // The zero slot is not needed here: drop it.
-        let a_t = self.a.clone().narrow(0, 0, u).reshape([u * r, self.d_in]).transpose(); // [d_in, U·r]
+        let (a, b) = self.tensors();
+        let a_t = a.narrow(0, 0, u).reshape([u * r, self.host.d_in]).transpose(); // [d_in, U·r]
         let a_t = Tensor::from_data(a_t.into_data(), &device); // contiguous for the 2-D matmul
-        let b = self.b.clone().narrow(0, 0, u).reshape([u * r, self.d_out]);
+        let b = b.narrow(0, 0, u).reshape([u * r, self.host.d_out]);
         let coef = Tensor::from_data(TensorData::new(coef, [n, 1, u * r]), &device);
         Ok(RowLora::Shared { a_t, b, coef })
     }
@@ -546,15 +568,16 @@ impl<B: Backend> LoraStack<B> {
     fn slots(&self, row: &RowMix) -> Vec<(usize, f32)> {
         match row.composition {
             Composition::Gate => row.entries.clone(),
-            _ => row.entries.iter().copied().filter(|(u, _)| self.meta[*u].is_some()).collect(),
+            _ => row.entries.iter().copied().filter(|(u, _)| self.host.meta[*u].is_some()).collect(),
         }
     }
 
     /// Gathered layout: one low-rank pair per row.
     fn gathered_rows(&self, plan: &MixPlan, gate: Option<&GateLayer<B>>) -> Result<RowLora<B>, CoreError> {
         self.check_columns(plan)?;
-        let device = self.a.device();
+        let device = self.device.clone();
         let zero_slot = self.n_unique();
+        let (stack_a, stack_b) = self.tensors();
         let (mut mix_rows, mut fusion_rows) = (Vec::new(), Vec::new());
         for (r, row) in plan.rows().iter().enumerate() {
             match row.composition {
@@ -564,7 +587,8 @@ impl<B: Backend> LoraStack<B> {
         }
         // Mixture (and single) rows: K slots each, side by side along the rank.
         let k = mix_rows.iter().map(|&r| self.slots(&plan.rows()[r]).len()).max().unwrap_or(0).max(1);
-        let rank = if fusion_rows.is_empty() { k * self.r_max } else { (k * self.r_max).max(self.r_max) };
+        let rank =
+            if fusion_rows.is_empty() { k * self.host.r_max } else { (k * self.host.r_max).max(self.host.r_max) };
         let mut parts: Vec<(Tensor<B, 3>, Tensor<B, 3>)> = Vec::new();
         if !mix_rows.is_empty() {
             let n = mix_rows.len();
@@ -574,7 +598,7 @@ impl<B: Backend> LoraStack<B> {
                 let routed = plan.rows()[r].composition.is_routed();
                 let slots = self.slots(&plan.rows()[r]);
                 for &(u, w) in &slots {
-                    match self.meta[u] {
+                    match self.host.meta[u] {
                         Some((_, s)) => {
                             ids.push(u as i64);
                             // A routed row's weights come per token (TokenRoute), not from the plan.
@@ -593,13 +617,12 @@ impl<B: Backend> LoraStack<B> {
             }
             let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n * k]), &device);
             let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [n * k]), &device);
-            let a = self
-                .a
+            let a = stack_a
                 .clone()
                 .select(0, ids.clone()) // [n·K, r_max, d_in]
-                .reshape([n, k * self.r_max, self.d_in]);
-            let b = (self.b.clone().select(0, ids) * coef.reshape([n * k, 1, 1])) // [n·K, r_max, d_out]
-                .reshape([n, k * self.r_max, self.d_out]);
+                .reshape([n, k * self.host.r_max, self.host.d_in]);
+            let b = (stack_b.clone().select(0, ids) * coef.reshape([n * k, 1, 1])) // [n·K, r_max, d_out]
+                .reshape([n, k * self.host.r_max, self.host.d_out]);
             parts.push(pad_rank(a, b, rank));
         }
         if !fusion_rows.is_empty() {
@@ -610,7 +633,7 @@ impl<B: Backend> LoraStack<B> {
             for (i, &r) in fusion_rows.iter().enumerate() {
                 let entries = &plan.rows()[r].entries;
                 let targeting: Vec<_> =
-                    entries.iter().filter_map(|&(u, w)| self.meta[u].map(|meta| (u, w, meta))).collect();
+                    entries.iter().filter_map(|&(u, w)| self.host.meta[u].map(|meta| (u, w, meta))).collect();
                 if targeting.is_empty() {
                     continue; // no adapter of this row touches this layer
                 }
@@ -632,13 +655,14 @@ impl<B: Backend> LoraStack<B> {
             }
             let m = Tensor::<B, 2>::from_data(TensorData::new(m, [n, cols]), &device);
             let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [n]), &device);
-            let a = m
-                .clone()
-                .matmul(self.a.clone().reshape([cols, self.r_max * self.d_in]))
-                .reshape([n, self.r_max, self.d_in]);
+            let a = m.clone().matmul(stack_a.reshape([cols, self.host.r_max * self.host.d_in])).reshape([
+                n,
+                self.host.r_max,
+                self.host.d_in,
+            ]);
             let b = (m * scale.reshape([n, 1]))
-                .matmul(self.b.clone().reshape([cols, self.r_max * self.d_out]))
-                .reshape([n, self.r_max, self.d_out]);
+                .matmul(stack_b.reshape([cols, self.host.r_max * self.host.d_out]))
+                .reshape([n, self.host.r_max, self.host.d_out]);
             parts.push(pad_rank(a, b, rank));
         }
         let order: Vec<usize> = mix_rows.iter().chain(&fusion_rows).copied().collect();
@@ -672,7 +696,7 @@ impl<B: Backend> LoraStack<B> {
             return Ok(None);
         }
         let n = plan.rows().len();
-        let d_in = self.d_in;
+        let d_in = self.host.d_in;
         let mut slot_bias = vec![ROUTE_OFF; n * k];
         let (mut arrow_rows, mut gate_rows) = (false, false);
         let mut protos = vec![0f32; n * k * d_in];
@@ -706,11 +730,11 @@ impl<B: Backend> LoraStack<B> {
                 _ => {
                     gated[r] = 1.0;
                     // A gate is needed here only if one of the row's adapters adapts this layer.
-                    gate_rows |= slots.iter().any(|(u, _)| self.meta[*u].is_some());
+                    gate_rows |= slots.iter().any(|(u, _)| self.host.meta[*u].is_some());
                 }
             }
         }
-        let device = self.a.device();
+        let device = self.device.clone();
         let t3 = |v: Vec<f32>, shape: [usize; 3]| Tensor::<B, 3>::from_data(TensorData::new(v, shape), &device);
         let arrow = arrow_rows.then(|| ArrowRoute {
             protos_t: t3(protos, [n, k, d_in]).swap_dims(1, 2),
@@ -729,16 +753,16 @@ impl<B: Backend> LoraStack<B> {
             (true, Some(g)) => {
                 let [r_g, g_in] = g.a.dims();
                 let [g_out, r_b] = g.b.dims();
-                if g_in != d_in || g_out != self.d_out || r_b != r_g {
+                if g_in != d_in || g_out != self.host.d_out || r_b != r_g {
                     return Err(CoreError::Shape {
                         what: "gate factors".into(),
-                        expected: format!("A_g [r_g, {d_in}] and B_g [{}, r_g]", self.d_out),
+                        expected: format!("A_g [r_g, {d_in}] and B_g [{}, r_g]", self.host.d_out),
                         got: format!("A_g [{r_g}, {g_in}] and B_g [{g_out}, {r_b}]"),
                     });
                 }
                 // P = B_row · B_g: slot i's key is kᵢ = B_gᵀ vᵢ = Σ_{c ∈ slot i} h_c P_c.
                 let [rows, cols, _] = b.dims();
-                let b_g = g.b.clone().unsqueeze_dim::<3>(0).expand([rows, self.d_out, r_g]);
+                let b_g = g.b.clone().unsqueeze_dim::<3>(0).expand([rows, self.host.d_out, r_g]);
                 let p = b.clone().matmul(b_g); // [rows, K·r, r_g]
                 Some(GateRoute {
                     a_t: g.a.clone().transpose(),
@@ -749,7 +773,7 @@ impl<B: Backend> LoraStack<B> {
                 })
             }
         };
-        Ok(Some(TokenRoute { slot_bias: t3(slot_bias, [n, 1, k]), arrow, gate, r_max: self.r_max }))
+        Ok(Some(TokenRoute { slot_bias: t3(slot_bias, [n, 1, k]), arrow, gate, r_max: self.host.r_max }))
     }
 }
 
@@ -890,6 +914,11 @@ pub enum RowLayout {
     /// `U × r` adapter rows per step and computes all of them for every row. Best when rows mix
     /// adapters that other rows use too. Single and mixture rows only.
     Shared,
+    /// On the host, one kernel call per layer that reads each row's adapters from the stack in place
+    /// ([`HostRows`]): neither the per-row copies of [`RowLayout::Gathered`] nor the products with
+    /// every adapter of [`RowLayout::Shared`]. For the CPU backends (elsewhere the activations make a
+    /// round trip to the host). Single and mixture rows only.
+    Host,
 }
 
 impl RowLayout {
@@ -902,6 +931,17 @@ impl RowLayout {
     pub fn choose(plan: &MixPlan, n_unique: usize) -> Self {
         let slots: usize = plan.rows().iter().map(|r| r.entries.len()).sum();
         if !plan.needs_gathered() && n_unique <= 64 && 2 * n_unique <= slots { Self::Shared } else { Self::Gathered }
+    }
+
+    /// The layout for backend `B`: [`RowLayout::Host`] on the host CPU backends
+    /// ([`crate::backend::runs_on_host`]) for plans of single and mixture rows, else
+    /// [`RowLayout::choose`].
+    pub fn for_backend<B: Backend>(plan: &MixPlan, n_unique: usize) -> Self {
+        if crate::backend::runs_on_host::<B>() && !plan.needs_gathered() {
+            Self::Host
+        } else {
+            Self::choose(plan, n_unique)
+        }
     }
 }
 
@@ -929,6 +969,9 @@ pub enum RowLora<B: Backend> {
         /// `[rows, 1, U·r]`.
         coef: Tensor<B, 3>,
     },
+    /// Computed on the host ([`HostRows`]); the linear layers whose product runs on the host add it to
+    /// their output there ([`HostRows::add_to`]).
+    Host(HostRows),
 }
 
 impl<B: Backend> RowLora<B> {
@@ -956,6 +999,16 @@ impl<B: Backend> RowLora<B> {
                 let h = x.reshape([rows * seq, d_in]).matmul(a_t.clone()).reshape([rows, seq, r]); // [rows, seq, U·r]
                 (h * coef.clone()).reshape([rows * seq, r]).matmul(b.clone()).reshape([rows, seq, d_out])
             }
+            Self::Host(host) => {
+                let [rows, seq, d_in] = x.dims();
+                let d_out = host.dims()[1];
+                let device = x.device();
+                let x = x.into_data().convert::<f32>().into_vec::<f32>().expect("activations as f32");
+                let mut y = vec![0f32; rows * seq * d_out];
+                assert_eq!(x.len(), rows * seq * d_in, "activations of the LoRA rows");
+                host.add_to(&x, seq, &mut y);
+                Tensor::from_data(TensorData::new(y, [rows, seq, d_out]), &device)
+            }
         }
     }
 
@@ -964,6 +1017,7 @@ impl<B: Backend> RowLora<B> {
         match self {
             Self::Gathered { a, .. } => a.dims()[0],
             Self::Shared { coef, .. } => coef.dims()[0],
+            Self::Host(host) => host.rows(),
         }
     }
 
@@ -978,6 +1032,7 @@ impl<B: Backend> RowLora<B> {
             Self::Shared { a_t, b, coef } => {
                 Self::Shared { a_t: a_t.clone(), b: b.clone(), coef: select_rows(coef.clone(), rows) }
             }
+            Self::Host(host) => Self::Host(host.select_rows(rows)),
         }
     }
 }

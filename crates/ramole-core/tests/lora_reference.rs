@@ -139,7 +139,7 @@ proptest! {
         let base = x.clone().matmul(w_t.unsqueeze::<3>());
         let stack = LoraStack::<Selected>::new(&refs, c.d_in, c.d_out, &dev).expect("stack");
         let gate = GateLayer::<Selected>::from_factors(&c.gate, c.d_in, c.d_out, &dev).expect("gate");
-        for layout in [RowLayout::Gathered, RowLayout::Shared] {
+        for layout in [RowLayout::Gathered, RowLayout::Shared, RowLayout::Host] {
             let y = match &stack {
                 Some(stack) => base.clone() + stack.rows_in(&plan, layout, Some(&gate)).expect("rows").forward(x.clone()),
                 None => base.clone(),
@@ -205,6 +205,10 @@ fn layout_follows_memory_traffic() {
     let fusion =
         MixPlan::new(vec![RowMix { composition: Composition::Fusion, entries: vec![(0, 1.0)] }; 4], 1).expect("plan");
     assert_eq!(RowLayout::choose(&fusion, 1), RowLayout::Gathered);
+    // On the host CPU backends, single and mixture rows take the host kernel; fusion keeps its pairs.
+    let host = if ramole_core::backend::runs_on_host::<Selected>() { RowLayout::Host } else { RowLayout::Shared };
+    assert_eq!(RowLayout::for_backend::<Selected>(&mix(3, 16), 16), host);
+    assert_eq!(RowLayout::for_backend::<Selected>(&fusion, 1), RowLayout::Gathered);
 }
 
 #[test]

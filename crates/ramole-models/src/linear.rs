@@ -18,6 +18,7 @@ use burn::empty;
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::lora::RowLora;
 use ramole_core::quant::QMatrix;
 
 /// Products with f32 activations over at most this many rows (the tokens of all the batch's rows) run
@@ -121,12 +122,27 @@ impl<B: Backend> LinearWeight<B> {
     /// - `x`: `[batch, seq, d_in]`
     /// - output: `[batch, seq, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_lora(x, None)
+    }
+
+    /// `x · W` plus the batch's per-row LoRA update of this layer, if any. A weight kept quantized
+    /// adds a [`RowLora::Host`] update to its product on the host, before the result goes back to the
+    /// backend.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_in]`
+    /// - output: `[batch, seq, d_out]`
+    pub fn forward_lora(&self, x: Tensor<B, 3>, lora: Option<&RowLora<B>>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
+        let with_lora = |y: Tensor<B, 3>, x: Tensor<B, 3>| match lora {
+            Some(rows) => y + rows.forward(x),
+            None => y,
+        };
         match self {
             Self::Dense(w) => {
                 let w = w.val();
                 let d_out = w.dims()[1];
-                x.reshape([b * t, d]).matmul(w).reshape([b, t, d_out])
+                with_lora(x.clone().reshape([b * t, d]).matmul(w).reshape([b, t, d_out]), x)
             }
             Self::Quantized(QuantizedWeight { matrix: q, activations }) => {
                 let device = x.device();
@@ -134,15 +150,27 @@ impl<B: Backend> LinearWeight<B> {
                 let int8 = *activations == Activations::Int8 && (rows <= HOST_ROWS_MAX || QMatrix::int8_kernel());
                 if rows > HOST_ROWS_MAX && !int8 && !ramole_core::gemm::available() {
                     let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
-                    return x.reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]);
+                    return with_lora(x.clone().reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]), x);
                 }
-                let x = host_f32(x).expect("activations converted to f32");
-                let y = match (int8, rows > HOST_ROWS_MAX) {
-                    (true, _) => q.matmul_int8(&x, rows),
-                    (false, true) => q.matmul_dequantized(&x, rows).unwrap_or_else(|| q.matmul(&x, rows)),
-                    (false, false) => q.matmul(&x, rows),
+                let (host_lora, x_lora) = match lora {
+                    Some(RowLora::Host(h)) => (Some(h), None),
+                    Some(_) => (None, Some(x.clone())),
+                    None => (None, None),
                 };
-                Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
+                let x_host = host_f32(x).expect("activations converted to f32");
+                let mut y = match (int8, rows > HOST_ROWS_MAX) {
+                    (true, _) => q.matmul_int8(&x_host, rows),
+                    (false, true) => q.matmul_dequantized(&x_host, rows).unwrap_or_else(|| q.matmul(&x_host, rows)),
+                    (false, false) => q.matmul(&x_host, rows),
+                };
+                if let Some(h) = host_lora {
+                    h.add_to(&x_host, t, &mut y);
+                }
+                let y = Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device);
+                match (x_lora, lora) {
+                    (Some(x), Some(rows)) => y + rows.forward(x),
+                    _ => y,
+                }
             }
         }
     }

@@ -382,11 +382,7 @@ fn project<B: Backend>(
     layer: usize,
     kind: LinearKind,
 ) -> Tensor<B, 3> {
-    let y = lin.forward(x.clone());
-    match lora.and_then(|l| l.get(layer, kind)) {
-        Some(rows) => y + rows.forward(x),
-        None => y,
-    }
+    lin.forward_lora(x, lora.and_then(|l| l.get(layer, kind)))
 }
 
 /// Grouped-query self-attention with rotary position embeddings.
