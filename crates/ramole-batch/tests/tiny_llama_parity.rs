@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use common::{Reference, token_ids};
 use ramole_batch::{Engine, RequestFile, RunOptions};
 use ramole_core::backend::{Selected, device};
+use ramole_models::linear::{LinearWeight, WeightFormat};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
@@ -15,7 +16,12 @@ fn fixture() -> PathBuf {
 }
 
 fn engine() -> Engine<Selected> {
-    let mut engine = Engine::<Selected>::load(fixture().join("base"), &device()).expect("tiny llama loads");
+    engine_with(WeightFormat::Auto)
+}
+
+fn engine_with(format: WeightFormat) -> Engine<Selected> {
+    let mut engine =
+        Engine::<Selected>::load_with(fixture().join("base"), &device(), format).expect("tiny llama loads");
     let report = engine.adapters_mut().load_dir(fixture().join("adapters")).expect("adapters folder");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.loaded, ["a0", "a1", "a2", "a3"]);
@@ -32,6 +38,26 @@ fn each_case_alone_matches_reference() {
         let out = engine.run(std::slice::from_ref(request), RunOptions { prompt_logits: true, ..Default::default() });
         let out = out.into_iter().next().expect("one output").expect("request runs");
         reference.check(&out);
+    }
+}
+
+/// The fixture's f32 weights packed on the host (`Auto` on a CPU backend where the CPU has AVX-512F,
+/// which the other tests here run) and on the device (`Dense`) both match the reference.
+#[test]
+fn packed_and_device_weights_both_match_reference() {
+    let reference = Reference::load(&fixture());
+    let file = RequestFile::from_file(fixture().join("cases.json")).expect("cases");
+    let packs = ramole_core::gemm::available() && ramole_core::backend::runs_on_host::<Selected>();
+    for (format, packed) in [(WeightFormat::Auto, packs), (WeightFormat::Dense, false)] {
+        let engine = engine_with(format);
+        let model = engine.model();
+        for w in [&model.model.layers[0].self_attn.q_proj, &model.model.layers[0].mlp.down_proj, &model.lm_head] {
+            assert_eq!(matches!(w, LinearWeight::Packed(_)), packed, "{format:?}");
+        }
+        let outs = engine.run(&file.requests, RunOptions { prompt_logits: true, ..Default::default() });
+        for out in outs {
+            reference.check(&out.expect("request runs"));
+        }
     }
 }
 

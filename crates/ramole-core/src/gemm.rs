@@ -7,6 +7,9 @@
 //! row of `x` passes over it; panels run on rayon's threads. Where the CPU lacks AVX-512F,
 //! [`matmul_panels`] returns `None` and callers keep their other path (the backend's gemm on the
 //! dequantised matrix). [`reference`] is the plain f64 product it is tested against.
+//!
+//! [`PackedMatrix`] is an f32 weight packed that way once, when a model is loaded: its products (any
+//! number of rows, decoding included) run the same kernel straight over the stored panels.
 
 use rayon::prelude::*;
 
@@ -46,17 +49,6 @@ pub fn matmul_panels(
     if m == 0 || n == 0 {
         return Some(Vec::new());
     }
-    // Whole blocks of MR rows: the last one zero-padded.
-    let m_pad = m.next_multiple_of(MR);
-    let padded;
-    let xs: &[f32] = if m_pad == m {
-        x
-    } else {
-        let mut p = vec![0.0f32; m_pad * k];
-        p[..m * k].copy_from_slice(x);
-        padded = p;
-        &padded
-    };
     let panel = |p: usize| -> Vec<f32> {
         // W's rows p·32.. dequantised side by side, then packed [k][32] (missing rows zero): the
         // writes run along the packed rows, the reads across 32 rows that stay in cache.
@@ -70,19 +62,8 @@ pub fn matmul_panels(
                 *w = rows[c * k + kk];
             }
         }
-        let mut out = vec![0.0f32; m_pad * NR];
-        for (a, c) in xs.chunks_exact(MR * k.max(1)).zip(out.chunks_exact_mut(MR * NR)) {
-            let c: &mut [f32; MR * NR] = c.try_into().expect("MR·NR outputs");
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available()` checked AVX-512F above; `a` holds MR rows of `k`, `packed` `k`
-            // rows of NR (the kernel's bounds).
-            #[allow(unsafe_code)]
-            unsafe {
-                kernel_avx512(a, k, &packed, c)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (a, c);
-        }
+        let mut out = vec![0.0f32; m * NR];
+        rows_times_panel(x, m, k, &packed, &mut out);
         out
     };
     Some(by_panels(m, n, NR, m * n * k >= 1 << 18, panel))
@@ -113,18 +94,51 @@ pub(crate) fn by_panels(
     y
 }
 
-/// `c[i][j] = Σ_kk a[i][kk] · b[kk][j]` for MR rows of `a` (`[MR, k]`) and a packed panel `b`
-/// (`[k, NR]`): 24 accumulators of 16 lanes.
+/// `out[i][j] = Σ_kk x[i][kk] · panel[kk][j]` for the `m` rows of `x` (`[m, k]`) and a packed panel
+/// (`[k, NR]`), MR rows per step and the last `m % MR` in one smaller step. Only where
+/// [`available`] (the caller checks).
+fn rows_times_panel(x: &[f32], m: usize, k: usize, panel: &[f32], out: &mut [f32]) {
+    assert!(x.len() >= m * k && panel.len() >= k * NR && out.len() >= m * NR, "panel product bounds");
+    debug_assert!(available());
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! step {
+            ($rows:expr, $a:expr, $c:expr, $($r:literal)*) => {
+                match $rows {
+                    // SAFETY: the callers run this only where `available()` (AVX-512F); `a` holds
+                    // `r` rows of `k`, `panel` `k` rows of NR, `c` `r` rows of NR (asserted above).
+                    $($r => unsafe { kernel_avx512::<$r>($a, k, panel, $c) },)*
+                    _ => unreachable!("1..=MR rows per step"),
+                }
+            };
+        }
+        let mut i = 0;
+        while i < m {
+            let rows = MR.min(m - i);
+            let (a, c) = (&x[i * k..(i + rows) * k], &mut out[i * NR..(i + rows) * NR]);
+            #[allow(unsafe_code)]
+            {
+                step!(rows, a, c, 1 2 3 4 5 6 7 8 9 10 11 12);
+            }
+            i += rows;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, m, k, panel, out);
+}
+
+/// `c[i][j] = Σ_kk a[i][kk] · b[kk][j]` for `R ≤ MR` rows of `a` (`[R, k]`) and a packed panel `b`
+/// (`[k, NR]`): 2·R accumulators of 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(a: &[f32], k: usize, b: &[f32], c: &mut [f32; MR * NR]) {
+unsafe fn kernel_avx512<const R: usize>(a: &[f32], k: usize, b: &[f32], c: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= MR * k && b.len() >= k * NR, "kernel bounds");
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    assert!(a.len() >= R * k && b.len() >= k * NR && c.len() >= R * NR, "kernel bounds");
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for kk in 0..k {
-        // SAFETY: `kk·NR + 32 <= k·NR <= b.len()` and `i·k + kk < MR·k <= a.len()` (asserted).
+        // SAFETY: `kk·NR + 32 <= k·NR <= b.len()` and `i·k + kk < R·k <= a.len()` (asserted).
         unsafe {
             let b0 = _mm512_loadu_ps(bp.add(kk * NR));
             let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
@@ -136,11 +150,71 @@ unsafe fn kernel_avx512(a: &[f32], k: usize, b: &[f32], c: &mut [f32; MR * NR]) 
         }
     }
     for (i, r) in acc.iter().enumerate() {
-        // SAFETY: `i·NR + 32 <= MR·NR`.
+        // SAFETY: `i·NR + 32 <= R·NR <= c.len()`.
         unsafe {
             _mm512_storeu_ps(c.as_mut_ptr().add(i * NR), r[0]);
             _mm512_storeu_ps(c.as_mut_ptr().add(i * NR + 16), r[1]);
         }
+    }
+}
+
+/// An f32 weight `W` (`[n, k]`, PyTorch's layout) packed once into panels of 32 rows stored `[k][32]`,
+/// the layout [`matmul_panels`]' kernel reads; products of any number of rows run straight over them.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    /// `[n.div_ceil(32)][k][32]`, rows past `n` zero.
+    panels: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+impl PackedMatrix {
+    /// Packs `w` (`[n, k]` row-major); `None` where the CPU lacks AVX-512F ([`available`]), so that
+    /// callers keep the weight as it was.
+    ///
+    /// # Panics
+    /// If `w` is not `n · k` long.
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), n * k, "W of [{n}, {k}]");
+        if !available() {
+            return None;
+        }
+        let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
+        for (p, panel) in panels.chunks_exact_mut((k * NR).max(1)).enumerate() {
+            for (c, row) in w.chunks_exact(k.max(1)).skip(p * NR).take(NR).enumerate() {
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * NR + c] = v;
+                }
+            }
+        }
+        Some(Self { panels, n, k })
+    }
+
+    /// Rows of `W` (outputs).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of `W` (inputs).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// `y = x · Wᵀ`, `x` `[m, k]` row-major; the result `[m, n]`.
+    ///
+    /// # Panics
+    /// If `x` is not `m · k` long.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "x of [{m}, {k}]");
+        if m == 0 || n == 0 || k == 0 {
+            return vec![0.0; m * n];
+        }
+        by_panels(m, n, NR, m * n * k >= 1 << 18, |p| {
+            let mut out = vec![0.0f32; m * NR];
+            rows_times_panel(x, m, k, &self.panels[p * k * NR..(p + 1) * k * NR], &mut out);
+            out
+        })
     }
 }
 
@@ -166,6 +240,28 @@ mod tests {
         (0..len)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 - 0.5)
             .collect()
+    }
+
+    #[test]
+    fn packed_matrices_match_the_reference_at_every_row_count() {
+        for (k, n) in [(64, 70), (37, 33), (1, 5), (512, 32), (0, 3)] {
+            let w = values(n * k, 7);
+            let Some(packed) = PackedMatrix::pack(&w, n, k) else {
+                assert!(!available(), "None only without AVX-512F");
+                return;
+            };
+            assert_eq!((packed.rows(), packed.cols()), (n, k));
+            for m in [0, 1, 2, 5, 11, 12, 13, 16, 25, 40] {
+                let x = values(m * k, m as u32 + 1);
+                let got = packed.matmul(&x, m);
+                let want = reference::matmul(&x, m, k, &w, n);
+                assert_eq!(got.len(), want.len(), "{m}×{k}×{n}");
+                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    let bound = 2.0 * k as f64 * f64::from(f32::EPSILON) * 0.25 * k as f64;
+                    assert!((f64::from(g) - r).abs() <= bound, "{m}×{k}×{n} at {i}: {g} vs {r}");
+                }
+            }
+        }
     }
 
     #[test]

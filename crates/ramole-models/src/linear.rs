@@ -10,6 +10,13 @@
 //! ([`QMatrix::matmul`]), over many (prefill) panels of dequantised rows ([`QMatrix::matmul_dequantized`],
 //! AVX-512) or the backend's gemm on the dequantised weight; with 8-bit activations
 //! ([`WeightFormat::QuantizedInt8`]), [`QMatrix::matmul_int8`] at every size.
+//!
+//! The same formats hold the linear weights stored in f32 (safetensors models, GGUF F32/F16 matrices)
+//! on the host too, where the CPU has AVX-512F: packed once at load into the panels of
+//! [`PackedMatrix`] and multiplied by its register-blocked kernel at every size (the backend's gemm
+//! would repack them at every product, with AVX2 at most).
+//!
+//! A linear on the host adds the batch's per-row LoRA update there when it is a [`RowLora::Host`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +25,7 @@ use burn::empty;
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use ramole_core::gemm::PackedMatrix;
 use ramole_core::lora::RowLora;
 use ramole_core::quant::QMatrix;
 
@@ -34,9 +42,10 @@ pub enum WeightFormat {
     /// needs the weights as tensors) and GPU backends.
     Dense,
     /// Matrices stored in a block format the host kernel multiplies (GGUF Q4_0, Q4_1, Q8_0) are kept in
-    /// it; every other weight is f32 on the device. Each product over them reads the activations back
-    /// to the host, so this is for CPU backends. The activations stay f32: the model computes what the
-    /// dequantised one computes up to f32 rounding.
+    /// it; the other linear weights are packed f32 on the host where the CPU has AVX-512F
+    /// ([`PackedMatrix`]); every other weight is f32 on the device. Each product over host weights
+    /// reads the activations back to the host, so this is for CPU backends. The activations stay f32:
+    /// the model computes what the dequantised one computes up to f32 rounding.
     Quantized,
     /// [`WeightFormat::Quantized`], with the activations of the products over those weights rounded to
     /// 8 bits per block of 32, as llama.cpp does ([`QMatrix::matmul_int8`]): integer products, faster
@@ -52,7 +61,8 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// Whether matrices in a block format stay quantized on backend `B`.
+    /// Whether matrices in a block format stay quantized on backend `B` (and f32 linear weights are
+    /// packed on the host where the CPU has AVX-512F).
     pub fn keeps_quantized<B: Backend>(self) -> bool {
         match self {
             Self::Dense => false,
@@ -106,6 +116,19 @@ impl fmt::Display for QuantizedWeight {
 
 empty!(QuantizedWeight);
 
+/// An f32 weight packed on the host for the AVX-512 panel kernel ([`PackedMatrix`]): a module with
+/// nothing to train or save.
+#[derive(Debug, Clone)]
+pub struct PackedWeight(pub Arc<PackedMatrix>);
+
+impl fmt::Display for PackedWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "f32 [{}, {}] packed", self.0.rows(), self.0.cols())
+    }
+}
+
+empty!(PackedWeight);
+
 /// The weight of a linear layer without bias.
 #[derive(Module, Debug)]
 pub enum LinearWeight<B: Backend> {
@@ -113,6 +136,8 @@ pub enum LinearWeight<B: Backend> {
     Dense(Param<Tensor<B, 2>>),
     /// `[d_out, d_in]` (PyTorch's layout) in blocks, on the host.
     Quantized(QuantizedWeight),
+    /// `[d_out, d_in]` in f32, packed on the host in panels of 32 rows (CPU backends with AVX-512F).
+    Packed(PackedWeight),
 }
 
 impl<B: Backend> LinearWeight<B> {
@@ -152,26 +177,13 @@ impl<B: Backend> LinearWeight<B> {
                     let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
                     return with_lora(x.clone().reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]), x);
                 }
-                let (host_lora, x_lora) = match lora {
-                    Some(RowLora::Host(h)) => (Some(h), None),
-                    Some(_) => (None, Some(x.clone())),
-                    None => (None, None),
-                };
-                let x_host = host_f32(x).expect("activations converted to f32");
-                let mut y = match (int8, rows > HOST_ROWS_MAX) {
-                    (true, _) => q.matmul_int8(&x_host, rows),
-                    (false, true) => q.matmul_dequantized(&x_host, rows).unwrap_or_else(|| q.matmul(&x_host, rows)),
-                    (false, false) => q.matmul(&x_host, rows),
-                };
-                if let Some(h) = host_lora {
-                    h.add_to(&x_host, t, &mut y);
-                }
-                let y = Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device);
-                match (x_lora, lora) {
-                    (Some(x), Some(rows)) => y + rows.forward(x),
-                    _ => y,
-                }
+                on_host(x, lora, q.rows(), |x| match (int8, rows > HOST_ROWS_MAX) {
+                    (true, _) => q.matmul_int8(x, rows),
+                    (false, true) => q.matmul_dequantized(x, rows).unwrap_or_else(|| q.matmul(x, rows)),
+                    (false, false) => q.matmul(x, rows),
+                })
             }
+            Self::Packed(PackedWeight(p)) => on_host(x, lora, p.rows(), |x| p.matmul(x, b * t)),
         }
     }
 
@@ -180,14 +192,15 @@ impl<B: Backend> LinearWeight<B> {
         match self {
             Self::Dense(w) => w.dims(),
             Self::Quantized(QuantizedWeight { matrix: q, .. }) => [q.cols(), q.rows()],
+            Self::Packed(PackedWeight(p)) => [p.cols(), p.rows()],
         }
     }
 
-    /// The f32 weight, when dense.
+    /// The f32 weight, when dense on the device.
     pub fn dense(&self) -> Option<&Param<Tensor<B, 2>>> {
         match self {
             Self::Dense(w) => Some(w),
-            Self::Quantized(_) => None,
+            Self::Quantized(_) | Self::Packed(_) => None,
         }
     }
 
@@ -248,6 +261,33 @@ impl<B: Backend> TokenEmbedding<B> {
             Self::Dense(e) => Some(&e.weight),
             Self::Quantized(_) => None,
         }
+    }
+}
+
+/// A product computed on the host: `x` read back, `product` of its values (`[tokens, d_out]`), the
+/// batch's LoRA update added there when it is a [`RowLora::Host`] (else with burn's ops after), the
+/// result written back to `x`'s device.
+fn on_host<B: Backend>(
+    x: Tensor<B, 3>,
+    lora: Option<&RowLora<B>>,
+    d_out: usize,
+    product: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> Tensor<B, 3> {
+    let [b, t, _] = x.dims();
+    let device = x.device();
+    let x_device = match lora {
+        Some(RowLora::Host(_)) | None => None,
+        Some(_) => Some(x.clone()),
+    };
+    let x_host = host_f32(x).expect("activations converted to f32");
+    let mut y = product(&x_host);
+    if let Some(RowLora::Host(h)) = lora {
+        h.add_to(&x_host, t, &mut y);
+    }
+    let y = Tensor::from_data(TensorData::new(y, [b, t, d_out]), &device);
+    match (x_device, lora) {
+        (Some(x), Some(rows)) => y + rows.forward(x),
+        _ => y,
     }
 }
 

@@ -337,8 +337,9 @@ use ramole_core::attention::{self, AttentionShape};
 use ramole_core::kv::KvBuffer;
 use ramole_core::lora::{RowLora, select_rows};
 
-use crate::linear::{LinearWeight, QuantizedWeight, TokenEmbedding, WeightFormat, host_f32};
-use crate::weights::WeightSource;
+use crate::linear::{LinearWeight, PackedWeight, QuantizedWeight, TokenEmbedding, WeightFormat, host_f32};
+use crate::weights::{HostTensor, WeightSource};
+use ramole_core::gemm::PackedMatrix;
 
 /// The per-row LoRA state of a batch for a Llama model: for each layer and each [`LinearKind`] slot,
 /// the row pairs of that linear layer, or `None` where no row's adapters target it.
@@ -836,12 +837,22 @@ impl<B: Backend> LlamaForCausalLM<B> {
             ));
         }
         let held = |q| QuantizedWeight { matrix: Arc::new(q), activations: format.activations() };
+        // An f32 matrix `[out, in]` on the host, packed for the panel kernel where it runs (AVX-512F);
+        // else on the device as `[in, out]`.
+        let f32_linear = |w: HostTensor| -> LinearWeight<B> {
+            if quantized
+                && let [n, k] = w.shape[..]
+                && let Some(p) = PackedMatrix::pack(&w.data, n, k)
+            {
+                return LinearWeight::Packed(PackedWeight(Arc::new(p)));
+            }
+            LinearWeight::Dense(Param::from_tensor(w.transposed().into_tensor(device)))
+        };
         let linear = |name: String, shape: [usize; 2]| -> Result<LinearWeight<B>, ModelError> {
             if quantized && let Some(q) = weights.load_quantized(&name, shape)? {
                 return Ok(LinearWeight::Quantized(held(q)));
             }
-            let w = weights.load(&name, &shape)?.transposed(); // [in, out]
-            Ok(LinearWeight::Dense(Param::from_tensor(w.into_tensor(device))))
+            Ok(f32_linear(weights.load(&name, &shape)?))
         };
         let norm = |name: String| -> Result<RmsNorm<B>, ModelError> {
             let g = weights.load(&name, &[config.hidden_size])?;
@@ -862,7 +873,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             }
             None => {
                 let t = weights.load(embed_name, &embed_shape)?;
-                let head = tied.then(|| LinearWeight::Dense(Param::from_tensor(t.transposed().into_tensor(device))));
+                let head = tied.then(|| f32_linear(t.clone()));
                 (TokenEmbedding::Dense(Embedding { weight: Param::from_tensor(t.into_tensor(device)) }), head)
             }
         };

@@ -11,12 +11,8 @@ pub struct Args {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
-    /// CPU backends (with 8-bit activations where the CPU has AVX-512 VNNI; dense on a GPU), `quantized`
-    /// always (f32 activations), `quantized-int8` with 8-bit activations (llama.cpp's arithmetic), `dense`
-    /// dequantises everything to f32 (the exact reference).
-    #[arg(long = "model-weights", value_enum, default_value_t)]
-    pub model_weights: super::engine::Weights,
+    #[command(flatten)]
+    pub model_weights: super::engine::ModelWeights,
     /// Rows in the batch (1 to 256).
     #[arg(long, default_value_t = 16, value_parser = super::args::usize_in(1, 256))]
     pub batch: usize,

@@ -74,18 +74,30 @@ pub fn load_encoder<B: Backend>(model: Option<&Path>) -> anyhow::Result<(PathBuf
     }
 }
 
-/// How the base model's weights are held (`--weights`; `ramole_models::linear::WeightFormat`).
+/// `--model-weights`, for every subcommand that loads a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
+pub struct ModelWeights {
+    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized
+    /// on the CPU backends (with 8-bit activations where the CPU has AVX-512 VNNI) and f32 linear
+    /// weights packed on the host where the CPU has AVX-512F, everything dense on a GPU; `quantized`
+    /// the same with f32 activations always; `quantized-int8` with 8-bit activations (llama.cpp's
+    /// arithmetic); `dense` every weight f32 on the backend's device (the exact reference).
+    #[arg(long = "model-weights", value_enum, default_value_t)]
+    pub model_weights: Weights,
+}
+
+/// How the base model's weights are held (`--model-weights`; `ramole_models::linear::WeightFormat`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Weights {
-    /// Quantized on the CPU backends (with 8-bit activations where the CPU has AVX-512 VNNI), dense
-    /// on a GPU.
+    /// Quantized (and f32 weights packed) on the CPU backends, with 8-bit activations where the CPU
+    /// has AVX-512 VNNI; dense on a GPU.
     #[default]
     Auto,
-    /// A GGUF file's Q4_0/Q4_1/Q8_0 matrices kept quantized.
+    /// A GGUF file's Q4_0/Q4_1/Q8_0 matrices kept quantized, f32 linear weights packed on the host.
     Quantized,
     /// Kept quantized, and decoding rounds the activations to 8 bits per block (llama.cpp's arithmetic).
     QuantizedInt8,
-    /// Everything dequantised to f32.
+    /// Everything f32 on the device.
     Dense,
 }
 
@@ -104,10 +116,10 @@ impl From<Weights> for WeightFormat {
 /// the folder; a folder holding `adapter_config.json` is one adapter, named by the folder). Adapters
 /// that fail to load are reported and left out (a request naming one is told why); a folder with no
 /// adapter at all is an error.
-pub fn load(model: &Path, adapters: Option<&Path>, weights: Weights) -> anyhow::Result<Engine<Selected>> {
+pub fn load(model: &Path, adapters: Option<&Path>, weights: ModelWeights) -> anyhow::Result<Engine<Selected>> {
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let loaded = Engine::<Selected>::load_with(model, &device(), weights.into());
+    let loaded = Engine::<Selected>::load_with(model, &device(), weights.model_weights.into());
     spinner.finish_and_clear();
     let mut engine = loaded.with_context(|| format!("loading model {}", model.display()))?;
     if let Some(dir) = adapters {

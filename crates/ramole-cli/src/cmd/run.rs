@@ -18,12 +18,8 @@ pub struct PoolArgs {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct, fetched into the cache).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// How the model's weights are held: `auto` keeps a GGUF file's Q4_0/Q4_1/Q8_0 matrices quantized on the
-    /// CPU backends (with 8-bit activations where the CPU has AVX-512 VNNI; dense on a GPU), `quantized`
-    /// always (f32 activations), `quantized-int8` with 8-bit activations (llama.cpp's arithmetic), `dense`
-    /// dequantises everything to f32 (the exact reference).
-    #[arg(long = "model-weights", value_enum, default_value_t)]
-    pub model_weights: super::engine::Weights,
+    #[command(flatten)]
+    pub model_weights: super::engine::ModelWeights,
     /// The retriever's sentence encoder [default: the trained retriever (all-MiniLM-L6-v2 + the project's LoRA);
     /// `base`: the untrained all-MiniLM-L6-v2; or a folder: a sentence-transformers encoder, or an encoder adapter
     /// from `ramole train-retriever`].
