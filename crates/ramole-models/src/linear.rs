@@ -26,7 +26,7 @@ use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_core::gemm::PackedMatrix;
-use ramole_core::lora::RowLora;
+use ramole_core::lora::{HostRows, RowLora};
 use ramole_core::quant::QMatrix;
 
 /// Products with f32 activations over at most this many rows (the tokens of all the batch's rows) run
@@ -114,6 +114,14 @@ impl fmt::Display for QuantizedWeight {
     }
 }
 
+impl QuantizedWeight {
+    /// Whether a product over `tokens` tokens rounds the activations to 8 bits: with
+    /// [`Activations::Int8`], over a few tokens always, over more where the CPU runs the int8 kernels.
+    fn int8_at(&self, tokens: usize) -> bool {
+        self.activations == Activations::Int8 && (tokens <= HOST_ROWS_MAX || QMatrix::int8_kernel())
+    }
+}
+
 empty!(QuantizedWeight);
 
 /// An f32 weight packed on the host for the AVX-512 panel kernel ([`PackedMatrix`]): a module with
@@ -150,41 +158,81 @@ impl<B: Backend> LinearWeight<B> {
         self.forward_lora(x, None)
     }
 
-    /// `x · W` plus the batch's per-row LoRA update of this layer, if any. A weight kept quantized
-    /// adds a [`RowLora::Host`] update to its product on the host, before the result goes back to the
-    /// backend.
+    /// `x · W` plus the batch's per-row LoRA update of this layer, if any. A weight on the host adds a
+    /// [`RowLora::Host`] update to its product there, before the result goes back to the backend.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_in]`
     /// - output: `[batch, seq, d_out]`
     pub fn forward_lora(&self, x: Tensor<B, 3>, lora: Option<&RowLora<B>>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
-        let with_lora = |y: Tensor<B, 3>, x: Tensor<B, 3>| match lora {
-            Some(rows) => y + rows.forward(x),
-            None => y,
-        };
-        match self {
-            Self::Dense(w) => {
-                let w = w.val();
-                let d_out = w.dims()[1];
-                with_lora(x.clone().reshape([b * t, d]).matmul(w).reshape([b, t, d_out]), x)
-            }
-            Self::Quantized(QuantizedWeight { matrix: q, activations }) => {
-                let device = x.device();
-                let rows = b * t;
-                let int8 = *activations == Activations::Int8 && (rows <= HOST_ROWS_MAX || QMatrix::int8_kernel());
-                if rows > HOST_ROWS_MAX && !int8 && !ramole_core::gemm::available() {
-                    let w = Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &device);
-                    return with_lora(x.clone().reshape([rows, d]).matmul(w.transpose()).reshape([b, t, q.rows()]), x);
+        let d_out = self.dims()[1];
+        if !self.on_host(b * t) {
+            let y = match self {
+                Self::Dense(w) => x.clone().reshape([b * t, d]).matmul(w.val()),
+                Self::Quantized(QuantizedWeight { matrix: q, .. }) => {
+                    let w =
+                        Tensor::<B, 2>::from_data(TensorData::new(q.dequantize(), [q.rows(), q.cols()]), &x.device());
+                    x.clone().reshape([b * t, d]).matmul(w.transpose())
                 }
-                on_host(x, lora, q.rows(), |x| match (int8, rows > HOST_ROWS_MAX) {
-                    (true, _) => q.matmul_int8(x, rows),
-                    (false, true) => q.matmul_dequantized(x, rows).unwrap_or_else(|| q.matmul(x, rows)),
-                    (false, false) => q.matmul(x, rows),
-                })
-            }
-            Self::Packed(PackedWeight(p)) => on_host(x, lora, p.rows(), |x| p.matmul(x, b * t)),
+                Self::Packed(_) => unreachable!("packed weights multiply on the host"),
+            };
+            let y = y.reshape([b, t, d_out]);
+            return match lora {
+                Some(rows) => y + rows.forward(x),
+                None => y,
+            };
         }
+        let (host_lora, device_lora) = match lora {
+            Some(RowLora::Host(h)) => (Some(h), None),
+            other => (None, other),
+        };
+        let x_device = device_lora.map(|_| x.clone());
+        let device = x.device();
+        let x_host = host_f32(x).expect("activations converted to f32");
+        let y = self.host_product(&x_host, t, host_lora).expect("a weight on the host");
+        let y = Tensor::from_data(TensorData::new(y, [b, t, d_out]), &device);
+        match (x_device, device_lora) {
+            (Some(x), Some(rows)) => y + rows.forward(x),
+            _ => y,
+        }
+    }
+
+    /// Whether products over `tokens` tokens run on the host: a packed weight always; a quantized one
+    /// unless it is a product over many tokens with f32 activations on a CPU without AVX-512F (then
+    /// the backend's gemm on the dequantised weight); a dense one never.
+    pub fn on_host(&self, tokens: usize) -> bool {
+        match self {
+            Self::Dense(_) => false,
+            Self::Packed(_) => true,
+            Self::Quantized(q) => tokens <= HOST_ROWS_MAX || q.int8_at(tokens) || ramole_core::gemm::available(),
+        }
+    }
+
+    /// `x · Wᵀ` on host values (`x` `[tokens, d_in]` row-major, rows of `seq` tokens each), plus the
+    /// rows' host LoRA update; `None` where the product does not run on the host ([`Self::on_host`]).
+    pub fn host_product(&self, x: &[f32], seq: usize, lora: Option<&HostRows>) -> Option<Vec<f32>> {
+        let d_in = self.dims()[0];
+        let tokens = x.len().checked_div(d_in).unwrap_or(0);
+        if !self.on_host(tokens) {
+            return None;
+        }
+        let mut y = match self {
+            Self::Dense(_) => return None,
+            Self::Packed(PackedWeight(p)) => p.matmul(x, tokens),
+            Self::Quantized(w) => {
+                let q = &w.matrix;
+                match (w.int8_at(tokens), tokens > HOST_ROWS_MAX) {
+                    (true, _) => q.matmul_int8(x, tokens),
+                    (false, true) => q.matmul_dequantized(x, tokens).unwrap_or_else(|| q.matmul(x, tokens)),
+                    (false, false) => q.matmul(x, tokens),
+                }
+            }
+        };
+        if let Some(h) = lora {
+            h.add_to(x, seq, &mut y);
+        }
+        Some(y)
     }
 
     /// `[d_in, d_out]`.
@@ -261,33 +309,6 @@ impl<B: Backend> TokenEmbedding<B> {
             Self::Dense(e) => Some(&e.weight),
             Self::Quantized(_) => None,
         }
-    }
-}
-
-/// A product computed on the host: `x` read back, `product` of its values (`[tokens, d_out]`), the
-/// batch's LoRA update added there when it is a [`RowLora::Host`] (else with burn's ops after), the
-/// result written back to `x`'s device.
-fn on_host<B: Backend>(
-    x: Tensor<B, 3>,
-    lora: Option<&RowLora<B>>,
-    d_out: usize,
-    product: impl FnOnce(&[f32]) -> Vec<f32>,
-) -> Tensor<B, 3> {
-    let [b, t, _] = x.dims();
-    let device = x.device();
-    let x_device = match lora {
-        Some(RowLora::Host(_)) | None => None,
-        Some(_) => Some(x.clone()),
-    };
-    let x_host = host_f32(x).expect("activations converted to f32");
-    let mut y = product(&x_host);
-    if let Some(RowLora::Host(h)) = lora {
-        h.add_to(&x_host, t, &mut y);
-    }
-    let y = Tensor::from_data(TensorData::new(y, [b, t, d_out]), &device);
-    match (x_device, lora) {
-        (Some(x), Some(rows)) => y + rows.forward(x),
-        _ => y,
     }
 }
 

@@ -335,7 +335,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use ramole_core::attention::{self, AttentionShape};
 use ramole_core::kv::KvBuffer;
-use ramole_core::lora::{RowLora, select_rows};
+use ramole_core::lora::{HostRows, RowLora, select_rows};
 
 use crate::linear::{LinearWeight, PackedWeight, QuantizedWeight, TokenEmbedding, WeightFormat, host_f32};
 use crate::weights::{HostTensor, WeightSource};
@@ -677,6 +677,37 @@ struct BlockCtx<'a, B: Backend> {
 }
 
 impl<B: Backend> BlockCtx<'_, B> {
+    /// The batch's LoRA update of a linear layer where it runs on the host: `Some(None)` without one,
+    /// `Some(Some(rows))` for a [`RowLora::Host`], `None` for an update on the device.
+    fn host_lora(&self, layer: usize, kind: LinearKind) -> Option<Option<&HostRows>> {
+        match self.lora.and_then(|l| l.get(layer, kind)) {
+            None => Some(None),
+            Some(RowLora::Host(h)) => Some(Some(h)),
+            Some(_) => None,
+        }
+    }
+
+    /// The products of `x` with several linear layers of block `layer` (and their LoRA updates): on
+    /// the host from one read of `x` where all of them run there ([`Self::host`]), else one by one.
+    fn project_all<const N: usize>(
+        &self,
+        x: Tensor<B, 3>,
+        layer: usize,
+        lins: [(&LinearWeight<B>, LinearKind); N],
+    ) -> [Tensor<B, 3>; N] {
+        let [b, t, _] = x.dims();
+        let host = self.host && lins.iter().all(|(w, kind)| w.on_host(b * t) && self.host_lora(layer, *kind).is_some());
+        if host && let Some(x_host) = host_f32(x.clone()) {
+            let device = x.device();
+            return lins.map(|(w, kind)| {
+                let lora = self.host_lora(layer, kind).flatten();
+                let y = w.host_product(&x_host, t, lora).expect("checked: on the host");
+                Tensor::from_data(TensorData::new(y, [b, t, w.dims()[1]]), &device)
+            });
+        }
+        lins.map(|(w, kind)| project(w, x.clone(), self.lora, layer, kind))
+    }
+
     fn mask(&self) -> Tensor<B, 4> {
         self.mask
             .get_or_init(|| {
@@ -698,13 +729,24 @@ impl<B: Backend> LlamaAttention<B> {
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [b, n, t, hd]
-        let q = heads(project(&self.q_proj, x.clone(), ctx.lora, layer, LinearKind::Q), h);
-        let k = heads(project(&self.k_proj, x.clone(), ctx.lora, layer, LinearKind::K), kvh);
-        let v = heads(project(&self.v_proj, x, ctx.lora, layer, LinearKind::V), kvh);
+        let [q, k, v] = ctx.project_all(
+            x,
+            layer,
+            [(&self.q_proj, LinearKind::Q), (&self.k_proj, LinearKind::K), (&self.v_proj, LinearKind::V)],
+        );
+        let (q, k, v) = (heads(q, h), heads(k, kvh), heads(v, kvh));
         let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
         cache.append(layer, k, v);
         let out = match Self::host_attention(&q, cache, layer, ctx) {
-            Some(out) => out,
+            Some(out) => {
+                // The output projection straight from the kernel's values where it runs on the host.
+                if let Some(lora) = ctx.host_lora(layer, LinearKind::O)
+                    && let Some(y) = self.o_proj.host_product(&out, t, lora)
+                {
+                    return Tensor::from_data(TensorData::new(y, [b, t, self.o_proj.dims()[1]]), &q.device());
+                }
+                Tensor::from_data(TensorData::new(out, [b, t, h * hd]), &q.device())
+            }
             None => {
                 let (k, v) = cache.views(layer).expect("keys and values appended just above"); // [b, kvh, s, hd]
                 // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
@@ -723,13 +765,8 @@ impl<B: Backend> LlamaAttention<B> {
     ///
     /// # Shapes
     /// - `q`: `[batch, heads, seq, head_dim]` (after RoPE)
-    /// - output: `[batch, seq, heads · head_dim]`
-    fn host_attention(
-        q: &Tensor<B, 4>,
-        cache: &KvCache<B>,
-        layer: usize,
-        ctx: &BlockCtx<'_, B>,
-    ) -> Option<Tensor<B, 3>> {
+    /// - output: `[batch, seq, heads · head_dim]`, host values
+    fn host_attention(q: &Tensor<B, 4>, cache: &KvCache<B>, layer: usize, ctx: &BlockCtx<'_, B>) -> Option<Vec<f32>> {
         if !ctx.host {
             return None;
         }
@@ -749,18 +786,60 @@ impl<B: Backend> LlamaAttention<B> {
             return None;
         }
         let qh = host_f32(q.clone())?;
-        let out = kb.with_host(|k| vb.with_host(|v| attention::causal(&qh, k, v, &shape, &ctx.attn.pads)))??.ok()?;
-        Some(Tensor::from_data(TensorData::new(out, [b, t, h * hd]), &q.device()))
+        kb.with_host(|k| vb.with_host(|v| attention::causal(&qh, k, v, &shape, &ctx.attn.pads)))??.ok()
     }
 }
 
 impl<B: Backend> LlamaMlp<B> {
     fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>) -> Tensor<B, 3> {
+        if ctx.host
+            && let Some(y) = self.forward_host(&x, layer, ctx)
+        {
+            return y;
+        }
         let lora = ctx.lora;
         let gate = project(&self.gate_proj, x.clone(), lora, layer, LinearKind::Gate);
         let up = project(&self.up_proj, x, lora, layer, LinearKind::Up);
         let hidden = if ctx.host { silu_mul_host(gate, up) } else { silu(gate) * up };
         project(&self.down_proj, hidden, lora, layer, LinearKind::Down)
+    }
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    /// The whole MLP on host values: `x` read back once, the three products, their LoRA updates and
+    /// `silu(gate) · up` on the host, the result written back once. `None` (nothing done) unless every
+    /// product and every LoRA update of the layer run on the host.
+    fn forward_host(&self, x: &Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>) -> Option<Tensor<B, 3>> {
+        let [b, t, _] = x.dims();
+        let host_lora = |kind| ctx.host_lora(layer, kind);
+        let (gate_lora, up_lora, down_lora) =
+            (host_lora(LinearKind::Gate)?, host_lora(LinearKind::Up)?, host_lora(LinearKind::Down)?);
+        if ![&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|w| w.on_host(b * t)) {
+            return None;
+        }
+        let x_host = host_f32(x.clone())?;
+        let mut hidden = self.gate_proj.host_product(&x_host, t, gate_lora)?;
+        let up = self.up_proj.host_product(&x_host, t, up_lora)?;
+        silu_mul(&mut hidden, &up);
+        let y = self.down_proj.host_product(&hidden, t, down_lora)?;
+        let d = self.down_proj.dims()[1];
+        Some(Tensor::from_data(TensorData::new(y, [b, t, d]), &x.device()))
+    }
+}
+
+/// `gate ← silu(gate) · up` (`g / (1 + e^{−g}) · u`), on rayon's threads when long (prefill).
+fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let pass = |(g, u): (&mut [f32], &[f32])| {
+        for (a, &b) in g.iter_mut().zip(u) {
+            *a = *a / (1.0 + (-*a).exp()) * b;
+        }
+    };
+    if gate.len() > CHUNK {
+        gate.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(pass);
+    } else {
+        pass((gate, up));
     }
 }
 
@@ -774,9 +853,7 @@ fn silu_mul_host<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 
     let (dims, device) = (gate.dims(), gate.device());
     match (host_f32(gate.clone()), host_f32(up.clone())) {
         (Some(mut g), Some(u)) if g.len() == u.len() => {
-            for (a, &b) in g.iter_mut().zip(&u) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
-            }
+            silu_mul(&mut g, &u);
             Tensor::from_data(TensorData::new(g, dims), &device)
         }
         _ => silu(gate) * up,
