@@ -24,6 +24,7 @@ const LANES: usize = 16;
 const TILE: usize = 8;
 /// Keys per block of the online softmax.
 const BLOCK: usize = 64;
+const _: () = assert!(BLOCK.is_multiple_of(LANES), "whole vectors per block");
 /// Work (query rows × keys × head size) below which one thread does it all.
 const PARALLEL_MIN: usize = 1 << 17;
 
@@ -270,25 +271,43 @@ fn tile<const K: u8>(t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize)
         for i in 0..TILE {
             let (lo, hi) = (t.lo[i], t.hi[i]);
             let row = &mut p[i];
-            for (j, x) in row.iter_mut().enumerate() {
-                let key = j0 + j;
-                *x = if j < width && key >= lo && key <= hi { *x } else { f32::NEG_INFINITY };
+            // Most blocks of a long prompt are wholly visible to a row: no mask to apply.
+            if !(width == BLOCK && j0 >= lo && j0 + BLOCK - 1 <= hi) {
+                for (j, x) in row.iter_mut().enumerate() {
+                    let key = j0 + j;
+                    *x = if j < width && key >= lo && key <= hi { *x } else { f32::NEG_INFINITY };
+                }
             }
-            let block_max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            // Maximum and sum lane by lane (a running scalar would chain every key's operation).
+            let (chunks, _) = row.as_chunks_mut::<LANES>();
+            let mut lanes = [f32::NEG_INFINITY; LANES];
+            for chunk in chunks.iter() {
+                for (a, &b) in lanes.iter_mut().zip(chunk) {
+                    *a = a.max(b);
+                }
+            }
+            let block_max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let m_new = m[i].max(block_max);
             if m_new == f32::NEG_INFINITY {
                 row.fill(0.0); // nothing visible yet in this row
                 continue;
             }
-            for x in row.iter_mut() {
-                *x -= m_new;
-            }
-            for chunk in row.chunks_exact_mut(LANES) {
-                let chunk: &mut [f32; LANES] = chunk.try_into().expect("LANES values");
-                if fma { exp_lanes::<true>(chunk) } else { exp_lanes::<false>(chunk) }
+            let mut sums = [0.0f32; LANES];
+            for chunk in chunks.iter_mut() {
+                for x in chunk.iter_mut() {
+                    *x -= m_new;
+                }
+                if fma {
+                    exp_lanes::<true>(chunk)
+                } else {
+                    exp_lanes::<false>(chunk)
+                }
+                for (a, &b) in sums.iter_mut().zip(chunk.iter()) {
+                    *a += b;
+                }
             }
             let correction = (m[i] - m_new).exp(); // 0 on the first visible block
-            l[i] = l[i] * correction + row.iter().sum::<f32>();
+            l[i] = l[i] * correction + sums.iter().sum::<f32>();
             m[i] = m_new;
             if correction != 1.0 {
                 for x in &mut o[i * hd..(i + 1) * hd] {
