@@ -49,7 +49,7 @@ pub fn matmul_panels(
     if m == 0 || n == 0 {
         return Some(Vec::new());
     }
-    let panel = |p: usize| -> Vec<f32> {
+    let panel = |p: usize, out: &mut [f32]| {
         // W's rows p·32.. dequantised side by side, then packed [k][32] (missing rows zero): the
         // writes run along the packed rows, the reads across 32 rows that stay in cache.
         let mut rows = vec![0.0f32; NR * k];
@@ -62,36 +62,74 @@ pub fn matmul_panels(
                 *w = rows[c * k + kk];
             }
         }
-        let mut out = vec![0.0f32; m * NR];
-        rows_times_panel(x, m, k, &packed, &mut out);
-        out
+        rows_times_panel(x, m, k, &packed, out);
     };
-    Some(by_panels(m, n, NR, m * n * k >= 1 << 18, panel))
+    Some(by_panels(m, n, NR, m, m * n * k >= 1 << 18, panel))
 }
 
-/// The `[m, n]` product assembled from panels of `nr` output columns: `panel(p)` returns columns
-/// `p·nr..` of every row, `nr` values per row for at least `m` rows (columns past `n` are dropped).
-/// Panels run on rayon's threads when `parallel`.
+/// The `[m, n]` product assembled from panels of `nr` output columns: `panel(p, out)` writes columns
+/// `p·nr..` of every row into `out`, `nr` values per row for `rows` rows (at least `m`; columns past
+/// `n` and rows past `m` are dropped). Each thread reuses one such buffer and copies each panel it
+/// computes into its columns of the result. Panels run on rayon's threads when `parallel`.
 pub(crate) fn by_panels(
     m: usize,
     n: usize,
     nr: usize,
+    rows: usize,
     parallel: bool,
-    panel: impl Fn(usize) -> Vec<f32> + Sync + Send,
+    panel: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let panels = n.div_ceil(nr);
-    let results: Vec<Vec<f32>> = match parallel {
-        true => (0..panels).into_par_iter().map(panel).collect(),
-        false => (0..panels).map(panel).collect(),
-    };
+    assert!(rows >= m && nr > 0, "panels of {nr} columns over {rows} rows for {m}");
     let mut y = vec![0.0f32; m * n];
-    for (p, out) in results.iter().enumerate() {
-        let cols = nr.min(n - p * nr);
-        for (yr, or) in y.chunks_exact_mut(n).zip(out.chunks_exact(nr)) {
-            yr[p * nr..p * nr + cols].copy_from_slice(&or[..cols]);
+    let columns = Columns { ptr: y.as_mut_ptr(), m, n, _y: std::marker::PhantomData };
+    let run = |buffer: &mut Vec<f32>, p: usize| {
+        panel(p, buffer);
+        columns.write(p * nr, nr, buffer);
+    };
+    let panels = n.div_ceil(nr);
+    let buffer = || vec![0.0f32; rows * nr];
+    match parallel {
+        true => (0..panels).into_par_iter().for_each_init(buffer, run),
+        false => {
+            let mut b = buffer();
+            (0..panels).for_each(|p| run(&mut b, p));
         }
     }
     y
+}
+
+/// The result of [`by_panels`], written a panel of columns at a time from several threads: each
+/// panel's columns are its own, so the writes never meet.
+struct Columns<'y> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    _y: std::marker::PhantomData<&'y mut [f32]>,
+}
+
+// SAFETY: `Columns` hands out no references; `write` touches only the columns of the panel it is given,
+// and `by_panels` gives each panel to one task.
+#[allow(unsafe_code)]
+unsafe impl Send for Columns<'_> {}
+// SAFETY: as for `Send`.
+#[allow(unsafe_code)]
+unsafe impl Sync for Columns<'_> {}
+
+impl Columns<'_> {
+    /// Columns `first..first + nr` (those below `n`) of every row from `out` (`nr` values per row).
+    fn write(&self, first: usize, nr: usize, out: &[f32]) {
+        let cols = nr.min(self.n.saturating_sub(first));
+        assert!(out.len() >= self.m * nr, "a panel of {nr} columns for {} rows", self.m);
+        for i in 0..self.m {
+            let src = &out[i * nr..i * nr + cols];
+            // SAFETY: `i·n + first + cols <= m·n`, the length of the result `ptr` points to (borrowed
+            // for `'y`); no other task writes these columns (see the `Send` impl).
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(i * self.n + first), cols)
+            };
+        }
+    }
 }
 
 /// `out[i][j] = Σ_kk x[i][kk] · panel[kk][j]` for the `m` rows of `x` (`[m, k]`) and a packed panel
@@ -210,10 +248,8 @@ impl PackedMatrix {
         if m == 0 || n == 0 || k == 0 {
             return vec![0.0; m * n];
         }
-        by_panels(m, n, NR, m * n * k >= 1 << 18, |p| {
-            let mut out = vec![0.0f32; m * NR];
-            rows_times_panel(x, m, k, &self.panels[p * k * NR..(p + 1) * k * NR], &mut out);
-            out
+        by_panels(m, n, NR, m, m * n * k >= 1 << 18, |p, out| {
+            rows_times_panel(x, m, k, &self.panels[p * k * NR..(p + 1) * k * NR], out)
         })
     }
 }

@@ -17,6 +17,10 @@
 //! same sums.
 
 use super::{BLOCK, QMatrix, QuantFormat, dot};
+use rayon::prelude::*;
+
+/// Rows of activations from which [`Int8Rows::padded`] rounds on rayon's threads.
+const PARALLEL_ROWS: usize = 64;
 
 /// Activation values of one kernel group: 4 blocks of a Q4 format, 2 of Q8_0 (both: 64 bytes of
 /// weights).
@@ -45,24 +49,34 @@ pub(super) struct Int8Rows {
 impl Int8Rows {
     /// `x` (`[m, cols]`, `cols` a multiple of 32) rounded for weights in `format`.
     pub(super) fn new(format: QuantFormat, x: &[f32], cols: usize) -> Self {
+        Self::padded(format, x, cols, x.len().checked_div(cols).unwrap_or(0))
+    }
+
+    /// [`Self::new`] over `rows` rows (at least `x`'s): the rows past `x`'s are zeros (they round to
+    /// zeros). Many rows (prefill) are rounded on rayon's threads.
+    pub(super) fn padded(format: QuantFormat, x: &[f32], cols: usize, rows: usize) -> Self {
         let simd = Self::vnni();
         let nb = cols / BLOCK;
         let per_group = if format == QuantFormat::Q8_0 { GROUP_Q8 / BLOCK } else { GROUP_Q4 / BLOCK };
         let groups = nb.div_ceil(per_group);
         let stride = groups * per_group * BLOCK;
         let m = x.len().checked_div(cols).unwrap_or(0);
-        let mut rows = Self {
+        assert!(rows >= m, "{rows} rows for {m} rows of x");
+        let mut out = Self {
             nb,
             stride,
             per_group,
-            q: vec![0; m * stride],
-            scales: Vec::with_capacity(m * nb),
-            lane_scales: vec![0.0; m * groups * 16],
-            sums: Vec::with_capacity(m * nb),
+            q: vec![0; rows * stride],
+            scales: vec![0.0; rows * nb],
+            lane_scales: vec![0.0; rows * groups * 16],
+            sums: vec![0.0; rows * nb],
         };
+        if nb == 0 || m == 0 {
+            return out;
+        }
         let lanes = 16 / per_group;
-        for (i, xr) in x.chunks_exact(cols.max(1)).take(m).enumerate() {
-            let row = &mut rows.q[i * stride..(i + 1) * stride];
+        // One row: its values, block scales, block sums, lane scales, and its activations.
+        let round_row = |row: &mut [i8], scales: &mut [f32], sums: &mut [f32], lane_scales: &mut [f32], xr: &[f32]| {
             for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
                 let block: &[f32; BLOCK] = block.try_into().expect("a block of 32");
                 #[cfg(target_arch = "x86_64")]
@@ -82,13 +96,28 @@ impl Int8Rows {
                     row[at(0)..at(0) + 16].copy_from_slice(lo);
                     row[at(16)..at(16) + 16].copy_from_slice(hi);
                 }
-                rows.scales.push(d);
-                rows.sums.push(d * r.iter().map(|&v| i32::from(v)).sum::<i32>() as f32);
-                let lane0 = i * groups * 16 + (b / per_group) * 16 + (b % per_group) * lanes;
-                rows.lane_scales[lane0..lane0 + lanes].fill(d);
+                scales[b] = d;
+                sums[b] = d * r.iter().map(|&v| i32::from(v)).sum::<i32>() as f32;
+                let lane0 = (b / per_group) * 16 + (b % per_group) * lanes;
+                lane_scales[lane0..lane0 + lanes].fill(d);
             }
+        };
+        let (q, sc, su, ls) = (&mut out.q, &mut out.scales, &mut out.sums, &mut out.lane_scales);
+        if m >= PARALLEL_ROWS {
+            q.par_chunks_mut(stride)
+                .zip(sc.par_chunks_mut(nb))
+                .zip(su.par_chunks_mut(nb))
+                .zip(ls.par_chunks_mut(groups * 16).zip(x.par_chunks(cols)))
+                .with_min_len(PARALLEL_ROWS / 2)
+                .for_each(|(((row, sc), su), (ls, xr))| round_row(row, sc, su, ls, xr));
+        } else {
+            q.chunks_mut(stride)
+                .zip(sc.chunks_mut(nb))
+                .zip(su.chunks_mut(nb))
+                .zip(ls.chunks_mut(groups * 16).zip(x.chunks(cols)))
+                .for_each(|(((row, sc), su), (ls, xr))| round_row(row, sc, su, ls, xr));
         }
-        rows
+        out
     }
 
     /// Rows of `x`.
@@ -202,16 +231,9 @@ pub(super) fn gemm(q: &QMatrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
     }
     // Whole tiles of MR rows: the last one zero-padded (a row of zeros rounds to zeros).
     let m_pad = m.next_multiple_of(MR);
-    let acts = if m_pad == m {
-        Int8Rows::new(q.format, x, k)
-    } else {
-        let mut padded = vec![0.0f32; m_pad * k];
-        padded[..m * k].copy_from_slice(x);
-        Int8Rows::new(q.format, &padded, k)
-    };
-    let panel = |p: usize| -> Vec<f32> {
+    let acts = Int8Rows::padded(q.format, x, k, m_pad);
+    let panel = |p: usize, out: &mut [f32]| {
         let packed = Panel::new(q, p * NR);
-        let mut out = vec![0.0f32; m_pad * NR];
         for (t, c) in out.chunks_exact_mut(MR * NR).enumerate() {
             let c: &mut [f32; MR * NR] = c.try_into().expect("MR·NR outputs");
             #[cfg(target_arch = "x86_64")]
@@ -224,9 +246,8 @@ pub(super) fn gemm(q: &QMatrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (c, t);
         }
-        out
     };
-    Some(crate::gemm::by_panels(m, n, NR, m * n * k >= 1 << 18, panel))
+    Some(crate::gemm::by_panels(m, n, NR, m_pad, m * n * k >= 1 << 18, panel))
 }
 
 /// [`NR`] weight rows laid out for [`gemm`]: per block, 8 groups of four values (values 4g..4g + 4),
@@ -632,11 +653,12 @@ mod tests {
             return; // the gemm needs AVX-512 VNNI; `matmul_int8` takes the row kernel elsewhere
         }
         for format in FORMATS {
-            // Rows past a panel of 32, partial Q4 groups (3, 9 blocks), rows of x past a tile of 6.
+            // Rows past a panel of 32, partial Q4 groups (3, 9 blocks), rows of x past a tile of 6 (and
+            // enough of them, 67 and 130, that the rounding runs on rayon's threads).
             for (rows, cols) in [(37, 96), (70, 288), (32, 256)] {
                 let q =
                     QMatrix::from_ggml(format, rows, cols, &random_ggml(format, rows, cols, 4), "w").expect("valid");
-                for m in [1, 6, 9, 13, 40] {
+                for m in [1, 6, 9, 13, 40, 67, 130] {
                     let mut x = xs(m, cols, 70 + m as u64);
                     x[..BLOCK].fill(0.0);
                     let y = gemm(&q, &x, m).expect("VNNI");
