@@ -687,17 +687,19 @@ impl<B: Backend> BlockCtx<'_, B> {
         }
     }
 
-    /// The products of `x` with several linear layers of block `layer` (and their LoRA updates): on
-    /// the host from one read of `x` where all of them run there ([`Self::host`]), else one by one.
+    /// The products of `norm(x)` with several linear layers of block `layer` (and their LoRA
+    /// updates): on the host from one read of `x` (the norm too) where all of them run there
+    /// ([`Self::host`]), else with burn's norm and one by one.
     fn project_all<const N: usize>(
         &self,
         x: Tensor<B, 3>,
+        norm: &RmsNorm<B>,
         layer: usize,
         lins: [(&LinearWeight<B>, LinearKind); N],
     ) -> [Tensor<B, 3>; N] {
         let [b, t, _] = x.dims();
         let host = self.host && lins.iter().all(|(w, kind)| w.on_host(b * t) && self.host_lora(layer, *kind).is_some());
-        if host && let Some(x_host) = host_f32(x.clone()) {
+        if host && let Some(x_host) = host_rms_norm(norm, x.clone()) {
             let device = x.device();
             return lins.map(|(w, kind)| {
                 let lora = self.host_lora(layer, kind).flatten();
@@ -705,6 +707,7 @@ impl<B: Backend> BlockCtx<'_, B> {
                 Tensor::from_data(TensorData::new(y, [b, t, w.dims()[1]]), &device)
             });
         }
+        let x = norm.forward(x);
         lins.map(|(w, kind)| project(w, x.clone(), self.lora, layer, kind))
     }
 
@@ -724,13 +727,21 @@ impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, d]`
     /// - output: `[batch, seq, d]`
-    fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [b, n, t, hd]
         let [q, k, v] = ctx.project_all(
             x,
+            norm,
             layer,
             [(&self.q_proj, LinearKind::Q), (&self.k_proj, LinearKind::K), (&self.v_proj, LinearKind::V)],
         );
@@ -791,12 +802,13 @@ impl<B: Backend> LlamaAttention<B> {
 }
 
 impl<B: Backend> LlamaMlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, norm: &RmsNorm<B>, layer: usize, ctx: &BlockCtx<'_, B>) -> Tensor<B, 3> {
         if ctx.host
-            && let Some(y) = self.forward_host(&x, layer, ctx)
+            && let Some(y) = self.forward_host(&x, norm, layer, ctx)
         {
             return y;
         }
+        let x = norm.forward(x);
         let lora = ctx.lora;
         let gate = project(&self.gate_proj, x.clone(), lora, layer, LinearKind::Gate);
         let up = project(&self.up_proj, x, lora, layer, LinearKind::Up);
@@ -806,10 +818,16 @@ impl<B: Backend> LlamaMlp<B> {
 }
 
 impl<B: Backend> LlamaMlp<B> {
-    /// The whole MLP on host values: `x` read back once, the three products, their LoRA updates and
-    /// `silu(gate) · up` on the host, the result written back once. `None` (nothing done) unless every
+    /// The whole MLP on host values: `x` read back once, its norm, the three products, their LoRA
+    /// updates and `silu(gate) · up` on the host, the result written back once. `None` (nothing done) unless every
     /// product and every LoRA update of the layer run on the host.
-    fn forward_host(&self, x: &Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>) -> Option<Tensor<B, 3>> {
+    fn forward_host(
+        &self,
+        x: &Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+    ) -> Option<Tensor<B, 3>> {
         let [b, t, _] = x.dims();
         let host_lora = |kind| ctx.host_lora(layer, kind);
         let (gate_lora, up_lora, down_lora) =
@@ -817,7 +835,7 @@ impl<B: Backend> LlamaMlp<B> {
         if ![&self.gate_proj, &self.up_proj, &self.down_proj].iter().all(|w| w.on_host(b * t)) {
             return None;
         }
-        let x_host = host_f32(x.clone())?;
+        let x_host = host_rms_norm(norm, x.clone())?;
         let mut hidden = self.gate_proj.host_product(&x_host, t, gate_lora)?;
         let up = self.up_proj.host_product(&x_host, t, up_lora)?;
         silu_mul(&mut hidden, &up);
@@ -825,6 +843,41 @@ impl<B: Backend> LlamaMlp<B> {
         let d = self.down_proj.dims()[1];
         Some(Tensor::from_data(TensorData::new(y, [b, t, d]), &x.device()))
     }
+}
+
+/// `norm(x)` on the host (`x / √(mean(x²) + ε) · γ` per position, as burn's `RmsNorm` computes it),
+/// many positions on rayon's threads; `None` where the values cannot be read as f32.
+fn host_rms_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    const LANES: usize = 16;
+    let d = x.dims()[2];
+    let gamma = host_f32(norm.gamma.val())?;
+    let mut x = host_f32(x)?;
+    if d == 0 || gamma.len() != d {
+        return (d == 0).then_some(x);
+    }
+    let eps = norm.epsilon as f32;
+    let row = |r: &mut [f32]| {
+        // The sum of squares lane by lane (a running scalar would chain every addition).
+        let (chunks, tail) = r.as_chunks::<LANES>();
+        let mut lanes = [0.0f32; LANES];
+        for c in chunks {
+            for (a, &v) in lanes.iter_mut().zip(c) {
+                *a += v * v;
+            }
+        }
+        let ss = lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>();
+        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        for (v, &g) in r.iter_mut().zip(&gamma) {
+            *v = *v * inv * g;
+        }
+    };
+    if x.len() >= 64 * d {
+        x.par_chunks_mut(d).with_min_len(16).for_each(row);
+    } else {
+        x.chunks_mut(d).for_each(row);
+    }
+    Some(x)
 }
 
 /// `gate ← silu(gate) · up` (`g / (1 + e^{−g}) · u`), on rayon's threads when long (prefill).
@@ -862,8 +915,8 @@ fn silu_mul_host<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 
 
 impl<B: Backend> LlamaDecoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, layer: usize, ctx: &BlockCtx<'_, B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), layer, ctx, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), layer, ctx)
+        let x = x.clone() + self.self_attn.forward(x, &self.input_layernorm, layer, ctx, cache);
+        x.clone() + self.mlp.forward(x, &self.post_attention_layernorm, layer, ctx)
     }
 }
 
