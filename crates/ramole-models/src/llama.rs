@@ -637,6 +637,8 @@ struct Rope<B: Backend> {
     /// `[batch, 1, seq, head_dim / 2]`.
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
+    /// The same on the host (`cos`, `sin`), read on first use by [`Rope::apply_host`].
+    host: std::cell::OnceCell<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -647,7 +649,44 @@ impl<B: Backend> Rope<B> {
         let [n, half] = cos.dims();
         let ids = positions.clone().reshape([b * t]).clamp(0, n as i64 - 1);
         let gather = |table: &Tensor<B, 2>| table.clone().select(0, ids.clone()).reshape([b, 1, t, half]);
-        Self { cos: gather(cos), sin: gather(sin) }
+        Self { cos: gather(cos), sin: gather(sin), host: std::cell::OnceCell::new() }
+    }
+
+    /// [`Self::apply`] on host values `q` and `k` (`[batch, seq, heads, head_dim]`, with `q_heads` and
+    /// `k_heads` heads) in place; `false` (nothing done) where the tables cannot be read as f32 or do
+    /// not fit them.
+    fn apply_host(&self, q: &mut [f32], q_heads: usize, k: &mut [f32], k_heads: usize, head_dim: usize) -> bool {
+        let Some((cos, sin)) =
+            self.host.get_or_init(|| Some((host_f32(self.cos.clone())?, host_f32(self.sin.clone())?)))
+        else {
+            return false;
+        };
+        let half = head_dim / 2;
+        let fits = |x: &[f32], heads: usize| x.len() == cos.len() / half.max(1) * heads * head_dim;
+        if half == 0 || 2 * half != head_dim || !fits(q, q_heads) || !fits(k, k_heads) {
+            return false;
+        }
+        Self::rotate(q, q_heads, head_dim, cos, sin);
+        Self::rotate(k, k_heads, head_dim, cos, sin);
+        true
+    }
+
+    /// Rotates every head of `x` (`[positions, heads, head_dim]`) by its position's `cos`, `sin`.
+    fn rotate(x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
+        // Position p of row b is entry b·seq + p of the tables: one position's heads in a chunk of x.
+        for ((pos, c), s) in
+            x.chunks_exact_mut(heads * head_dim).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half))
+        {
+            for head in pos.chunks_exact_mut(head_dim) {
+                let (x1, x2) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (x1[i], x2[i]);
+                    x1[i] = a * c[i] - b * s[i];
+                    x2[i] = b * c[i] + a * s[i];
+                }
+            }
+        }
     }
 
     /// HF "rotate half" RoPE on `x` `[batch, heads, seq, head_dim]`.
@@ -698,17 +737,37 @@ impl<B: Backend> BlockCtx<'_, B> {
         lins: [(&LinearWeight<B>, LinearKind); N],
     ) -> [Tensor<B, 3>; N] {
         let [b, t, _] = x.dims();
-        let host = self.host && lins.iter().all(|(w, kind)| w.on_host(b * t) && self.host_lora(layer, *kind).is_some());
-        if host && let Some(x_host) = host_rms_norm(norm, x.clone()) {
+        if let Some(ys) = self.project_all_host(&x, norm, layer, lins) {
             let device = x.device();
-            return lins.map(|(w, kind)| {
-                let lora = self.host_lora(layer, kind).flatten();
-                let y = w.host_product(&x_host, t, lora).expect("checked: on the host");
+            let mut ys = ys.into_iter();
+            return lins.map(|(w, _)| {
+                let y = ys.next().expect("one product per layer");
                 Tensor::from_data(TensorData::new(y, [b, t, w.dims()[1]]), &device)
             });
         }
         let x = norm.forward(x);
         lins.map(|(w, kind)| project(w, x.clone(), self.lora, layer, kind))
+    }
+
+    /// [`Self::project_all`] where all of it runs on the host, the products as host values
+    /// (`[batch·seq, d_out]` each); `None` (nothing done) elsewhere.
+    fn project_all_host<const N: usize>(
+        &self,
+        x: &Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+        layer: usize,
+        lins: [(&LinearWeight<B>, LinearKind); N],
+    ) -> Option<[Vec<f32>; N]> {
+        let [b, t, _] = x.dims();
+        let host = self.host && lins.iter().all(|(w, kind)| w.on_host(b * t) && self.host_lora(layer, *kind).is_some());
+        if !host {
+            return None;
+        }
+        let x_host = host_rms_norm(norm, x.clone())?;
+        Some(lins.map(|(w, kind)| {
+            let lora = self.host_lora(layer, kind).flatten();
+            w.host_product(&x_host, t, lora).expect("checked: on the host")
+        }))
     }
 
     fn mask(&self) -> Tensor<B, 4> {
@@ -739,14 +798,26 @@ impl<B: Backend> LlamaAttention<B> {
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [b, n, t, hd]
-        let [q, k, v] = ctx.project_all(
-            x,
-            norm,
-            layer,
-            [(&self.q_proj, LinearKind::Q), (&self.k_proj, LinearKind::K), (&self.v_proj, LinearKind::V)],
-        );
-        let (q, k, v) = (heads(q, h), heads(k, kvh), heads(v, kvh));
-        let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
+        let lins = [(&self.q_proj, LinearKind::Q), (&self.k_proj, LinearKind::K), (&self.v_proj, LinearKind::V)];
+        let device = x.device();
+        let (q, k, v) = match ctx.project_all_host(&x, norm, layer, lins) {
+            // On the host: RoPE there too where it can, then the values to the backend once.
+            Some([mut q, mut k, v]) => {
+                let rotated = ctx.rope.apply_host(&mut q, h, &mut k, kvh, hd);
+                let t4 =
+                    |y: Vec<f32>, n: usize| heads(Tensor::from_data(TensorData::new(y, [b, t, n * hd]), &device), n);
+                let (q, k, v) = (t4(q, h), t4(k, kvh), t4(v, kvh));
+                match rotated {
+                    true => (q, k, v),
+                    false => (ctx.rope.apply(q), ctx.rope.apply(k), v),
+                }
+            }
+            None => {
+                let [q, k, v] = ctx.project_all(x, norm, layer, lins);
+                let (q, k, v) = (heads(q, h), heads(k, kvh), heads(v, kvh));
+                (ctx.rope.apply(q), ctx.rope.apply(k), v)
+            }
+        };
         cache.append(layer, k, v);
         let out = match Self::host_attention(&q, cache, layer, ctx) {
             Some(out) => {
