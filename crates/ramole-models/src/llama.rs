@@ -1177,3 +1177,42 @@ impl<B: Backend> LlamaForCausalLM<B> {
         self.tied
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramole_core::backend::{Selected, device};
+
+    /// RoPE on host values (the fast path of the CPU backends) rotates as burn's ops do, and refuses
+    /// values that do not fit its tables without touching them.
+    #[test]
+    fn rope_on_the_host_equals_burns() {
+        let dev = device();
+        let (b, t, h, kvh, hd, n) = (2, 3, 4, 2, 8, 16);
+        let half = hd / 2;
+        let table = |f: fn(f32) -> f32| {
+            let v: Vec<f32> = (0..n * half).map(|i| f(i as f32 * 0.1)).collect();
+            Tensor::<Selected, 2>::from_data(TensorData::new(v, [n, half]), &dev)
+        };
+        let (cos, sin) = (table(f32::cos), table(f32::sin));
+        let positions = Tensor::<Selected, 2, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 5, 6, 7], [b, t]), &dev);
+        let rope = Rope::new(&positions, &cos, &sin);
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len).map(|i| ((i * 7 + seed) % 13) as f32 / 6.0 - 1.0).collect()
+        };
+        let (mut q, mut k) = (values(b * t * h * hd, 1), values(b * t * kvh * hd, 3));
+        let with_burn = |x: &[f32], heads: usize| -> Vec<f32> {
+            let x = Tensor::<Selected, 3>::from_data(TensorData::new(x.to_vec(), [b, t, heads * hd]), &dev);
+            let x = x.reshape([b, t, heads, hd]).swap_dims(1, 2);
+            rope.apply(x).swap_dims(1, 2).into_data().iter::<f32>().collect()
+        };
+        let (want_q, want_k) = (with_burn(&q, h), with_burn(&k, kvh));
+        assert!(rope.apply_host(&mut q, h, &mut k, kvh, hd));
+        for (i, (g, w)) in q.iter().chain(&k).zip(want_q.iter().chain(&want_k)).enumerate() {
+            assert!((g - w).abs() <= 1e-6, "value {i}: {g} vs {w}");
+        }
+        let (mut short, mut k2) = (vec![1.0f32; 3], k.clone());
+        assert!(!rope.apply_host(&mut short, h, &mut k2, kvh, hd));
+        assert_eq!((short, k2), (vec![1.0f32; 3], k));
+    }
+}
