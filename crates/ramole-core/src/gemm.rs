@@ -6,7 +6,7 @@
 //! the 32 columns' values of one input position as two registers) and kept hot in cache while every
 //! row of `x` passes over it; panels run on rayon's threads. Where the CPU lacks AVX-512F,
 //! [`matmul_panels`] returns `None` and callers keep their other path (the backend's gemm on the
-//! dequantised matrix). [`reference`] is the plain f64 product it is tested against.
+//! dequantised matrix). [`reference`](mod@reference) is the plain f64 product it is tested against.
 //!
 //! [`PackedMatrix`] is an f32 weight packed that way once, when a model is loaded: its products (any
 //! number of rows, decoding included) run the same kernel straight over the stored panels.
