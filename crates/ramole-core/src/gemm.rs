@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 /// Rows of `x` per step of the kernel.
 const MR: usize = 12;
+const _: () = assert!(MR == 12, "rows_times_panel's steps list 1..=12 rows");
 /// Output columns (weight rows) per panel.
 const NR: usize = 32;
 
@@ -81,10 +82,14 @@ pub(crate) fn by_panels(
 ) -> Vec<f32> {
     assert!(rows >= m && nr > 0, "panels of {nr} columns over {rows} rows for {m}");
     let mut y = vec![0.0f32; m * n];
-    let columns = Columns { ptr: y.as_mut_ptr(), m, n, _y: std::marker::PhantomData };
+    let columns = Columns::new(&mut y, m, n);
     let run = |buffer: &mut Vec<f32>, p: usize| {
         panel(p, buffer);
-        columns.write(p * nr, nr, buffer);
+        // SAFETY: panel `p` (columns p·nr..) is computed and written by this task alone.
+        #[allow(unsafe_code)]
+        unsafe {
+            columns.write(p * nr, nr, buffer)
+        };
     };
     let panels = n.div_ceil(nr);
     let buffer = || vec![0.0f32; rows * nr];
@@ -98,8 +103,8 @@ pub(crate) fn by_panels(
     y
 }
 
-/// The result of [`by_panels`], written a panel of columns at a time from several threads: each
-/// panel's columns are its own, so the writes never meet.
+/// The result of [`by_panels`] (`[m, n]`, borrowed for `'y`), written a panel of columns at a time from
+/// several threads.
 struct Columns<'y> {
     ptr: *mut f32,
     m: usize,
@@ -107,27 +112,32 @@ struct Columns<'y> {
     _y: std::marker::PhantomData<&'y mut [f32]>,
 }
 
-// SAFETY: `Columns` hands out no references; `write` touches only the columns of the panel it is given,
-// and `by_panels` gives each panel to one task.
-#[allow(unsafe_code)]
-unsafe impl Send for Columns<'_> {}
-// SAFETY: as for `Send`.
+// SAFETY: `Columns` hands out no references; its only access is `write`, whose callers guarantee that
+// no two threads write the same columns.
 #[allow(unsafe_code)]
 unsafe impl Sync for Columns<'_> {}
 
-impl Columns<'_> {
+impl<'y> Columns<'y> {
+    /// `y` as `m` rows of `n`.
+    fn new(y: &'y mut [f32], m: usize, n: usize) -> Self {
+        assert_eq!(y.len(), m * n, "a result of [{m}, {n}]");
+        Self { ptr: y.as_mut_ptr(), m, n, _y: std::marker::PhantomData }
+    }
+
     /// Columns `first..first + nr` (those below `n`) of every row from `out` (`nr` values per row).
-    fn write(&self, first: usize, nr: usize, out: &[f32]) {
-        let cols = nr.min(self.n.saturating_sub(first));
+    ///
+    /// # Safety
+    /// No other thread writes any of these columns while this runs.
+    #[allow(unsafe_code)]
+    unsafe fn write(&self, first: usize, nr: usize, out: &[f32]) {
+        assert!(first < self.n, "column {first} of {}", self.n);
+        let cols = nr.min(self.n - first);
         assert!(out.len() >= self.m * nr, "a panel of {nr} columns for {} rows", self.m);
         for i in 0..self.m {
             let src = &out[i * nr..i * nr + cols];
-            // SAFETY: `i·n + first + cols <= m·n`, the length of the result `ptr` points to (borrowed
-            // for `'y`); no other task writes these columns (see the `Send` impl).
-            #[allow(unsafe_code)]
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(i * self.n + first), cols)
-            };
+            // SAFETY: `i·n + first + cols <= m·n`, the length of the slice `ptr` points to (borrowed
+            // for `'y`); no other thread writes these columns (the caller's guarantee).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(i * self.n + first), cols) };
         }
     }
 }
@@ -137,7 +147,7 @@ impl Columns<'_> {
 /// [`available`] (the caller checks).
 fn rows_times_panel(x: &[f32], m: usize, k: usize, panel: &[f32], out: &mut [f32]) {
     assert!(x.len() >= m * k && panel.len() >= k * NR && out.len() >= m * NR, "panel product bounds");
-    debug_assert!(available());
+    assert!(available(), "the panel kernel needs AVX-512F");
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! step {

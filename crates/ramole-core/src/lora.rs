@@ -492,7 +492,7 @@ impl<B: Backend> LoraStack<B> {
         self.host.meta.len()
     }
 
-    /// The per-row update of `plan` for this layer, in the layout [`RowLayout::choose`] picks.
+    /// The per-row update of `plan` for this layer, in the layout [`RowLayout::for_backend`] picks.
     ///
     /// Fusion rows need all their adapters that target this layer to share rank and scale, and
     /// either all or none of them to target it.
@@ -507,7 +507,8 @@ impl<B: Backend> LoraStack<B> {
 
     /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] and
     /// [`RowLayout::Host`] take only `single` and `mixture` rows; a plan with fusion or routed rows
-    /// falls back to [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]). `gate` is the layer's gate, which
+    /// falls back to [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]), as does `Host` under
+    /// autodiff. `gate` is the layer's gate, which
     /// [`Composition::Gate`] rows need (others ignore it).
     pub fn rows_in(
         &self,
@@ -517,7 +518,8 @@ impl<B: Backend> LoraStack<B> {
     ) -> Result<RowLora<B>, CoreError> {
         match layout {
             RowLayout::Shared if !plan.needs_gathered() => self.shared_rows(plan),
-            RowLayout::Host if !plan.needs_gathered() => {
+            // Host values carry no gradients: under autodiff the device layouts serve.
+            RowLayout::Host if !plan.needs_gathered() && !B::ad_enabled(&self.device) => {
                 self.check_columns(plan)?;
                 Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows().iter().map(|r| r.entries.clone()))))
             }
@@ -1000,12 +1002,11 @@ impl<B: Backend> RowLora<B> {
                 (h * coef.clone()).reshape([rows * seq, r]).matmul(b.clone()).reshape([rows, seq, d_out])
             }
             Self::Host(host) => {
-                let [rows, seq, d_in] = x.dims();
+                let [rows, seq, _] = x.dims();
                 let d_out = host.dims()[1];
                 let device = x.device();
                 let x = x.into_data().convert::<f32>().into_vec::<f32>().expect("activations as f32");
                 let mut y = vec![0f32; rows * seq * d_out];
-                assert_eq!(x.len(), rows * seq * d_in, "activations of the LoRA rows");
                 host.add_to(&x, seq, &mut y);
                 Tensor::from_data(TensorData::new(y, [rows, seq, d_out]), &device)
             }

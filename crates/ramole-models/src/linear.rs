@@ -1,6 +1,6 @@
-//! Layers whose weights are either f32 tensors on the device or kept quantized on the host
-//! ([`ramole_core::quant::QMatrix`]): the linear layers and the token embedding of a Llama loaded from
-//! a GGUF file.
+//! Layers whose weights are f32 tensors on the device, kept quantized on the host
+//! ([`ramole_core::quant::QMatrix`]: the linear layers and the token embedding of a Llama loaded from
+//! a GGUF file) or f32 packed on the host ([`PackedMatrix`]).
 //!
 //! Kept quantized, SmolLM2-135M's Q4_1/Q8_0 file is 0.10 GB in memory instead of 0.65 GB in f32 (the
 //! tied embedding is one matrix for the lookup and the LM head), and a decoding step reads that much.
@@ -42,8 +42,8 @@ pub enum WeightFormat {
     /// needs the weights as tensors) and GPU backends.
     Dense,
     /// Matrices stored in a block format the host kernel multiplies (GGUF Q4_0, Q4_1, Q8_0) are kept in
-    /// it; the other linear weights are packed f32 on the host where the CPU has AVX-512F
-    /// ([`PackedMatrix`]); every other weight is f32 on the device. Each product over host weights
+    /// it; on the CPU backends the other linear weights are packed f32 on the host where the CPU has
+    /// AVX-512F ([`PackedMatrix`]); every other weight is f32 on the device. Each product over host weights
     /// reads the activations back to the host, so this is for CPU backends. The activations stay f32:
     /// the model computes what the dequantised one computes up to f32 rounding.
     Quantized,

@@ -727,8 +727,7 @@ impl<B: Backend> BlockCtx<'_, B> {
     }
 
     /// The products of `norm(x)` with several linear layers of block `layer` (and their LoRA
-    /// updates): on the host from one read of `x` (the norm too) where all of them run there
-    /// ([`Self::host`]), else with burn's norm and one by one.
+    /// updates), with burn's norm and one product at a time.
     fn project_all<const N: usize>(
         &self,
         x: Tensor<B, 3>,
@@ -736,21 +735,13 @@ impl<B: Backend> BlockCtx<'_, B> {
         layer: usize,
         lins: [(&LinearWeight<B>, LinearKind); N],
     ) -> [Tensor<B, 3>; N] {
-        let [b, t, _] = x.dims();
-        if let Some(ys) = self.project_all_host(&x, norm, layer, lins) {
-            let device = x.device();
-            let mut ys = ys.into_iter();
-            return lins.map(|(w, _)| {
-                let y = ys.next().expect("one product per layer");
-                Tensor::from_data(TensorData::new(y, [b, t, w.dims()[1]]), &device)
-            });
-        }
         let x = norm.forward(x);
         lins.map(|(w, kind)| project(w, x.clone(), self.lora, layer, kind))
     }
 
-    /// [`Self::project_all`] where all of it runs on the host, the products as host values
-    /// (`[batch·seq, d_out]` each); `None` (nothing done) elsewhere.
+    /// [`Self::project_all`] on the host from one read of `x` (the norm too) where every product and
+    /// LoRA update runs there ([`Self::host`]): the products as host values (`[batch·seq, d_out]`
+    /// each); `None` (nothing done) elsewhere.
     fn project_all_host<const N: usize>(
         &self,
         x: &Tensor<B, 3>,
@@ -916,8 +907,9 @@ impl<B: Backend> LlamaMlp<B> {
     }
 }
 
-/// `norm(x)` on the host (`x / √(mean(x²) + ε) · γ` per position, as burn's `RmsNorm` computes it),
-/// many positions on rayon's threads; `None` where the values cannot be read as f32.
+/// `norm(x)` on the host, `x · (1 / √(mean(x²) + ε)) · γ` per position (transformers' order; burn's
+/// `RmsNorm` divides by the root instead, within an ulp), many positions on rayon's threads; `None`
+/// where the values cannot be read as f32.
 fn host_rms_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Option<Vec<f32>> {
     use rayon::prelude::*;
     const LANES: usize = 16;
@@ -1038,10 +1030,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
             ));
         }
         let held = |q| QuantizedWeight { matrix: Arc::new(q), activations: format.activations() };
-        // An f32 matrix `[out, in]` on the host, packed for the panel kernel where it runs (AVX-512F);
-        // else on the device as `[in, out]`.
+        // An f32 matrix `[out, in]` on the host, packed for the panel kernel where it runs (a CPU
+        // backend, AVX-512F); else on the device as `[in, out]`.
+        let packs = quantized && ramole_core::backend::runs_on_host::<B>();
         let f32_linear = |w: HostTensor| -> LinearWeight<B> {
-            if quantized
+            if packs
                 && let [n, k] = w.shape[..]
                 && let Some(p) = PackedMatrix::pack(&w.data, n, k)
             {
