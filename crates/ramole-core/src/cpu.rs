@@ -33,3 +33,18 @@ impl Kernel {
 pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
+
+/// Pseudo-random values in `[-0.5, 0.5)` for the kernels' tests: a linear congruential sequence from
+/// `seed`, its top 24 bits as the fraction.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    const A: u64 = 6_364_136_223_846_793_005;
+    const C: u64 = 1_442_695_040_888_963_407;
+    let mut state = seed.wrapping_mul(A).wrapping_add(C);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(A).wrapping_add(C);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}

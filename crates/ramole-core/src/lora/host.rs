@@ -271,17 +271,8 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_values as values;
     use crate::lora::{Composition, LoraFactors, MixPlan, RowMix, reference};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
 
     fn factors(rank: usize, d_in: usize, d_out: usize, seed: u64) -> LoraFactors {
         LoraFactors {
