@@ -20,10 +20,11 @@
 //! - **shared**, the stack itself plus the mapping matrix spread over the rank columns
 //!   (`[rows, 1, U·r_max]`): two 2-D matmuls and a product. It reads each adapter once per step
 //!   however many rows use it, which wins when rows mix adapters that other rows use too.
-//! - **host** (the CPU backends, single and mixture rows): [`HostRows`], one kernel call per layer in
+//! - **host** (the CPU backends, every composition): [`HostRows`], one kernel call per layer in
 //!   which each token reads its row's adapters from the stack in place (as Punica's BGMV does on a
-//!   GPU): no per-row copies, no products with adapters a row does not use, and no tensor ops (a
-//!   linear kept quantized adds the update to its product on the host).
+//!   GPU) and weighs them itself (Arrow's and the gate's per-token weights in the same pass): no
+//!   per-row copies, no products with adapters a row does not use, and no tensor ops (a linear kept
+//!   quantized adds the update to its product on the host).
 //!
 //! Either way the cost per layer does not grow with the number of adapters a row uses by a loop. The
 //! update depends only on the batch's adapters, not on the tokens, so it is built once per batch and
@@ -403,6 +404,33 @@ impl<B: Backend> GateLayer<B> {
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
     }
+
+    /// Whether the gate fits a layer `[d_out, d_in]`.
+    fn check(&self, d_in: usize, d_out: usize) -> Result<(), CoreError> {
+        let [r_g, g_in] = self.a.dims();
+        let [g_out, r_b] = self.b.dims();
+        if g_in != d_in || g_out != d_out || r_b != r_g {
+            return Err(CoreError::Shape {
+                what: "gate factors".into(),
+                expected: format!("A_g [r_g, {d_in}] and B_g [{d_out}, r_g]"),
+                got: format!("A_g [{r_g}, {g_in}] and B_g [{g_out}, {r_b}]"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The factors on the host, checked against a layer `[d_out, d_in]`.
+    fn to_host(&self, d_in: usize, d_out: usize) -> Result<GateFactors, CoreError> {
+        self.check(d_in, d_out)?;
+        let values = |t: &Tensor<B, 2>| {
+            t.to_data().convert::<f32>().into_vec::<f32>().map_err(|e| CoreError::Shape {
+                what: "gate factors".into(),
+                expected: "f32 values".into(),
+                got: format!("{e:?}"),
+            })
+        };
+        Ok(GateFactors { a: values(&self.a)?, b: values(&self.b)?, rank: self.rank() })
+    }
 }
 
 /// Stacks the factors of the batch's unique adapters for a layer of shape `[d_out, d_in]`
@@ -448,7 +476,8 @@ fn host_stack(adapters: &[Option<&LoraFactors>], d_in: usize, d_out: usize) -> R
         }
         meta.push(Some((r, f.scale)));
     }
-    Ok(Some(HostStack { a, bt, meta, d_in, d_out, r_max }))
+    let protos = adapters.iter().map(|f| f.and_then(|f| f.proto.clone())).collect();
+    Ok(Some(HostStack { a, bt, meta, protos, d_in, d_out, r_max }))
 }
 
 /// The unique adapters of a batch for one linear layer, stacked for batched ops: on the host
@@ -458,8 +487,6 @@ fn host_stack(adapters: &[Option<&LoraFactors>], d_in: usize, d_out: usize) -> R
 #[derive(Debug, Clone)]
 pub struct LoraStack<B: Backend> {
     host: Arc<HostStack>,
-    /// Per adapter: its Arrow prototype `[d_in]` for this layer, when it has one.
-    protos: Vec<Option<Vec<f32>>>,
     device: B::Device,
 }
 
@@ -474,8 +501,7 @@ impl<B: Backend> LoraStack<B> {
         device: &B::Device,
     ) -> Result<Option<Self>, CoreError> {
         let Some(host) = host_stack(adapters, d_in, d_out)? else { return Ok(None) };
-        let protos = adapters.iter().map(|f| f.and_then(|f| f.proto.clone())).collect();
-        Ok(Some(Self { host: Arc::new(host), protos, device: device.clone() }))
+        Ok(Some(Self { host: Arc::new(host), device: device.clone() }))
     }
 
     /// The stack on the device: `a` `[U + 1, r_max, d_in]`, `b` `[U + 1, r_max, d_out]`.
@@ -505,10 +531,10 @@ impl<B: Backend> LoraStack<B> {
         self.rows_in(plan, RowLayout::for_backend::<B>(plan, self.n_unique()), gate)
     }
 
-    /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] and
-    /// [`RowLayout::Host`] take only `single` and `mixture` rows; a plan with fusion or routed rows
-    /// falls back to [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]), as does `Host` under
-    /// autodiff. `gate` is the layer's gate, which
+    /// The per-row update of `plan` for this layer, in the given layout. [`RowLayout::Shared`] takes
+    /// only `single` and `mixture` rows: a plan with fusion or routed rows falls back to
+    /// [`RowLayout::Gathered`] ([`MixPlan::needs_gathered`]), as does [`RowLayout::Host`] under
+    /// autodiff (host values carry no gradients). `gate` is the layer's gate, which
     /// [`Composition::Gate`] rows need (others ignore it).
     pub fn rows_in(
         &self,
@@ -519,9 +545,17 @@ impl<B: Backend> LoraStack<B> {
         match layout {
             RowLayout::Shared if !plan.needs_gathered() => self.shared_rows(plan),
             // Host values carry no gradients: under autodiff the device layouts serve.
-            RowLayout::Host if !plan.needs_gathered() && !B::ad_enabled(&self.device) => {
+            RowLayout::Host if !B::ad_enabled(&self.device) => {
                 self.check_columns(plan)?;
-                Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows().iter().map(|r| r.entries.clone()))))
+                // The gate's factors come to the host only when a gate row adapts this layer.
+                let gated = plan.rows().iter().any(|r| {
+                    r.composition == Composition::Gate && r.entries.iter().any(|&(u, _)| self.host.meta[u].is_some())
+                });
+                let gate = match gate {
+                    Some(g) if gated => Some(g.to_host(self.host.d_in, self.host.d_out)?),
+                    _ => None,
+                };
+                Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows(), gate.as_ref())?))
             }
             _ => self.gathered_rows(plan, gate),
         }
@@ -633,25 +667,10 @@ impl<B: Backend> LoraStack<B> {
             let mut m = vec![0f32; n * cols];
             let mut scale = vec![0f32; n];
             for (i, &r) in fusion_rows.iter().enumerate() {
-                let entries = &plan.rows()[r].entries;
-                let targeting: Vec<_> =
-                    entries.iter().filter_map(|&(u, w)| self.host.meta[u].map(|meta| (u, w, meta))).collect();
-                if targeting.is_empty() {
-                    continue; // no adapter of this row touches this layer
-                }
-                if targeting.len() != entries.len() {
-                    return Err(CoreError::Composition(format!(
-                        "row {r}: fusion of adapters with different target modules"
-                    )));
-                }
-                let (_, _, (r0, s0)) = targeting[0];
-                if let Some((_, _, (rk, sk))) = targeting.iter().find(|(_, _, (rk, sk))| *rk != r0 || *sk != s0) {
-                    return Err(CoreError::Composition(format!(
-                        "row {r}: fusion needs equal ranks and scales, got rank {r0} scale {s0} and rank {rk} scale {sk}"
-                    )));
-                }
-                scale[i] = s0;
-                for (u, w, _) in targeting {
+                // None: no adapter of this row touches this layer.
+                let Some(fusion) = self.host.fusion_of(r, &plan.rows()[r].entries)? else { continue };
+                scale[i] = fusion.scale;
+                for (u, w) in fusion.entries {
                     m[i * cols + u] = w;
                 }
             }
@@ -714,7 +733,7 @@ impl<B: Backend> LoraStack<B> {
             for (j, &(u, _)) in slots.iter().enumerate() {
                 slot_bias[r * k + j] = 0.0;
                 if let Composition::Arrow(_) = row.composition {
-                    let proto = self.protos[u].as_ref().ok_or_else(|| {
+                    let proto = self.host.protos[u].as_ref().ok_or_else(|| {
                         CoreError::Composition(format!(
                             "row {r}: unique adapter {u} has no Arrow prototype (load it with its prototypes)"
                         ))
@@ -753,15 +772,8 @@ impl<B: Backend> LoraStack<B> {
                 ));
             }
             (true, Some(g)) => {
-                let [r_g, g_in] = g.a.dims();
-                let [g_out, r_b] = g.b.dims();
-                if g_in != d_in || g_out != self.host.d_out || r_b != r_g {
-                    return Err(CoreError::Shape {
-                        what: "gate factors".into(),
-                        expected: format!("A_g [r_g, {d_in}] and B_g [{}, r_g]", self.host.d_out),
-                        got: format!("A_g [{r_g}, {g_in}] and B_g [{g_out}, {r_b}]"),
-                    });
-                }
+                g.check(d_in, self.host.d_out)?;
+                let r_g = g.rank();
                 // P = B_row · B_g: slot i's key is kᵢ = B_gᵀ vᵢ = Σ_{c ∈ slot i} h_c P_c.
                 let [rows, cols, _] = b.dims();
                 let b_g = g.b.clone().unsqueeze_dim::<3>(0).expand([rows, self.host.d_out, r_g]);
@@ -918,8 +930,9 @@ pub enum RowLayout {
     Shared,
     /// On the host, one kernel call per layer that reads each row's adapters from the stack in place
     /// ([`HostRows`]): neither the per-row copies of [`RowLayout::Gathered`] nor the products with
-    /// every adapter of [`RowLayout::Shared`]. For the CPU backends (elsewhere the activations make a
-    /// round trip to the host). Single and mixture rows only.
+    /// every adapter of [`RowLayout::Shared`]; routed rows' per-token weights computed in the same
+    /// pass, fusion rows' averaged pairs built once. For the CPU backends (elsewhere the activations
+    /// make a round trip to the host). Every composition; not under autodiff.
     Host,
 }
 
@@ -936,14 +949,9 @@ impl RowLayout {
     }
 
     /// The layout for backend `B`: [`RowLayout::Host`] on the host CPU backends
-    /// ([`crate::backend::runs_on_host`]) for plans of single and mixture rows, else
-    /// [`RowLayout::choose`].
+    /// ([`crate::backend::runs_on_host`]), else [`RowLayout::choose`].
     pub fn for_backend<B: Backend>(plan: &MixPlan, n_unique: usize) -> Self {
-        if crate::backend::runs_on_host::<B>() && !plan.needs_gathered() {
-            Self::Host
-        } else {
-            Self::choose(plan, n_unique)
-        }
+        if crate::backend::runs_on_host::<B>() { Self::Host } else { Self::choose(plan, n_unique) }
     }
 }
 
