@@ -66,5 +66,21 @@ fn quant(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, quant);
+/// f32 weights packed at load (`ramole_core::gemm::PackedMatrix`, AVX-512F only) at the 58 M random
+/// Llama's shapes for its B=16 × 64 prefill (1 024 rows): the kernel's share of issue 8's batch prefill.
+fn packed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("packed_f32");
+    group.sample_size(10);
+    let m = 1024;
+    for (name, n, k) in [("q_512x512", 512, 512), ("gate_up_1376x512", 1376, 512), ("down_512x1376", 512, 1376)] {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 50_000.0 - 0.01).collect();
+        let Some(packed) = ramole_core::gemm::PackedMatrix::pack(&w, n, k) else { return };
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
+        group.throughput(criterion::Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| b.iter(|| packed.matmul(&x, m)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, quant, packed);
 criterion_main!(benches);

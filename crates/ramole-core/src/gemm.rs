@@ -9,7 +9,10 @@
 //! dequantised matrix). [`reference`](mod@reference) is the plain f64 product it is tested against.
 //!
 //! [`PackedMatrix`] is an f32 weight packed that way once, when a model is loaded: its products (any
-//! number of rows, decoding included) run the same kernel straight over the stored panels.
+//! number of rows, decoding included) run the same kernel straight over the stored panels, in blocks of
+//! 192 rows of `x` (a block stays in L2 while every panel passes over it) written straight into the
+//! result. Either way the kernel takes the input 256 columns at a time, so that the slice of a panel it
+//! reads (32 KiB) stays in L1.
 
 use rayon::prelude::*;
 
@@ -18,6 +21,9 @@ const MR: usize = 12;
 const _: () = assert!(MR == 12, "rows_times_panel's steps list 1..=12 rows");
 /// Output columns (weight rows) per panel.
 const NR: usize = 32;
+/// Rows of `x` per block of [`PackedMatrix::matmul`] (16 steps of MR): with `k` up to a few thousand,
+/// a block stays in L2 while every panel passes over it.
+const MC: usize = 192;
 
 /// Whether [`matmul_panels`] runs here (AVX-512F detected at run time).
 pub fn available() -> bool {
@@ -140,68 +146,158 @@ impl<'y> Columns<'y> {
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(i * self.n + first), cols) };
         }
     }
+
+    /// Hands rows `row..row + rows`, columns `first..first + nr` (those below `n`, at most NR) to
+    /// `write(c, ldc, cols)`: `c` points to the first of them, `ldc` is the row stride, `cols` the
+    /// columns' count.
+    ///
+    /// # Safety
+    /// No other thread touches these rows' columns while this runs, and `write` touches nothing but
+    /// them.
+    #[allow(unsafe_code)]
+    unsafe fn product(&self, row: usize, rows: usize, first: usize, write: impl FnOnce(*mut f32, usize, usize)) {
+        assert!(first < self.n && row + rows <= self.m, "rows {row}.. and column {first} of [{}, {}]", self.m, self.n);
+        let cols = NR.min(self.n - first);
+        // SAFETY: `row·n + first < m·n`, inside the slice `ptr` points to.
+        write(unsafe { self.ptr.add(row * self.n + first) }, self.n, cols)
+    }
 }
 
 /// `out[i][j] = Σ_kk x[i][kk] · panel[kk][j]` for the `m` rows of `x` (`[m, k]`) and a packed panel
-/// (`[k, NR]`), MR rows per step and the last `m % MR` in one smaller step. Only where
-/// [`available`] (the caller checks).
+/// (`[k, NR]`) into `out` (`[m, NR]`). Only where [`available`] (the caller checks).
 fn rows_times_panel(x: &[f32], m: usize, k: usize, panel: &[f32], out: &mut [f32]) {
     assert!(x.len() >= m * k && panel.len() >= k * NR && out.len() >= m * NR, "panel product bounds");
     assert!(available(), "the panel kernel needs AVX-512F");
+    // SAFETY: `out` holds `m` rows of NR (asserted) and is borrowed mutably here.
+    #[allow(unsafe_code)]
+    unsafe {
+        panel_product(x, m, k, panel, out.as_mut_ptr(), NR, NR)
+    };
+}
+
+/// Columns of the input per block of the kernel: a block's `KC × NR` panel slice (32 KiB) stays in L1
+/// while every row step passes over it.
+const KC: usize = 256;
+
+/// `c[i][j] = Σ_kk x[i][kk] · panel[kk][j]` for the `m` rows of `x` (`[m, k]`), a packed panel
+/// (`[k, NR]`) and `cols ≤ NR` columns of the result, written through `c` at a row stride of `ldc`:
+/// the input in blocks of [`KC`] columns (the first block stores, the others add), MR rows per step
+/// and the last `m % MR` in one smaller step.
+///
+/// # Safety
+/// The CPU has AVX-512F ([`available`]); `c` points to `m` rows of `ldc ≥ cols` values that nothing
+/// else reads or writes while this runs (columns `cols..ldc` of each row are not touched).
+#[allow(unsafe_code)]
+unsafe fn panel_product(x: &[f32], m: usize, k: usize, panel: &[f32], c: *mut f32, ldc: usize, cols: usize) {
+    assert!(x.len() >= m * k && panel.len() >= k * NR && cols <= NR && cols <= ldc, "panel product bounds");
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! step {
-            ($rows:expr, $a:expr, $c:expr, $($r:literal)*) => {
+            ($rows:expr, $($r:literal)*) => {
                 match $rows {
-                    // SAFETY: the callers run this only where `available()` (AVX-512F); `a` holds
-                    // `r` rows of `k`, `panel` `k` rows of NR, `c` `r` rows of NR (asserted above).
-                    $($r => unsafe { kernel_avx512::<$r>($a, k, panel, $c) },)*
+                    $($r => kernel_avx512::<$r> as unsafe fn(Block<'_>),)*
                     _ => unreachable!("1..=MR rows per step"),
                 }
             };
         }
+        if k == 0 {
+            for i in 0..m {
+                // SAFETY: row `i < m` of `c` holds `cols` values (the caller's guarantee).
+                unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, cols) };
+            }
+            return;
+        }
         let mut i = 0;
         while i < m {
             let rows = MR.min(m - i);
-            let (a, c) = (&x[i * k..(i + rows) * k], &mut out[i * NR..(i + rows) * NR]);
-            #[allow(unsafe_code)]
-            {
-                step!(rows, a, c, 1 2 3 4 5 6 7 8 9 10 11 12);
+            let kernel = step!(rows, 1 2 3 4 5 6 7 8 9 10 11 12);
+            for first in (0..k).step_by(KC) {
+                let kc = KC.min(k - first);
+                let block = Block {
+                    a: &x[i * k + first..(i + rows - 1) * k + first + kc],
+                    lda: k,
+                    kc,
+                    b: &panel[first * NR..(first + kc) * NR],
+                    // SAFETY: row `i < m` of `c` (the caller's guarantee).
+                    c: unsafe { c.add(i * ldc) },
+                    ldc,
+                    cols,
+                    accumulate: first > 0,
+                };
+                // SAFETY: AVX-512F (the caller's guarantee); `a` holds `rows` rows of `kc` at stride
+                // `k`, `b` `kc` rows of NR, and `c` `rows` rows of `cols` at stride `ldc` that only
+                // this call touches (the caller's guarantee).
+                unsafe { kernel(block) };
             }
             i += rows;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, m, k, panel, out);
+    let _ = (x, m, k, panel, c, ldc, cols);
 }
 
-/// `c[i][j] = Σ_kk a[i][kk] · b[kk][j]` for `R ≤ MR` rows of `a` (`[R, k]`) and a packed panel `b`
-/// (`[k, NR]`): 2·R accumulators of 16 lanes.
+/// One call of the kernel: `R` rows of `a` (`kc` values each at a row stride of `lda`), a panel slice
+/// `b` (`[kc, NR]`), and `cols` columns of `R` result rows at `c` (row stride `ldc`), stored or, with
+/// `accumulate`, added to.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Block<'a> {
+    a: &'a [f32],
+    lda: usize,
+    kc: usize,
+    b: &'a [f32],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+}
+
+/// `c[i][j] (+)= Σ_kk a[i][kk] · b[kk][j]` for `R ≤ MR` rows: 2·R accumulators of 16 lanes, the
+/// result's columns past `cols` masked off.
+///
+/// # Safety
+/// AVX-512F; `c` points to `R` rows of at least `cols` values at stride `ldc` that nothing else
+/// touches meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const R: usize>(a: &[f32], k: usize, b: &[f32], c: &mut [f32]) {
+unsafe fn kernel_avx512<const R: usize>(blk: Block<'_>) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= R * k && b.len() >= k * NR && c.len() >= R * NR, "kernel bounds");
+    let Block { a, lda, kc, b, c, ldc, cols, accumulate } = blk;
+    assert!(a.len() >= (R - 1) * lda + kc && b.len() >= kc * NR && cols <= NR, "kernel bounds");
+    let mask = |from: usize| -> __mmask16 {
+        let n = cols.saturating_sub(from).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    if accumulate {
+        for (i, r) in acc.iter_mut().enumerate() {
+            // SAFETY: row `i < R` of `c`, its first `cols` values (the masks), the caller's guarantee.
+            unsafe {
+                r[0] = _mm512_maskz_loadu_ps(m0, c.add(i * ldc));
+                r[1] = _mm512_maskz_loadu_ps(m1, c.add(i * ldc + 16));
+            }
+        }
+    }
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    for kk in 0..k {
-        // SAFETY: `kk·NR + 32 <= k·NR <= b.len()` and `i·k + kk < R·k <= a.len()` (asserted).
+    for kk in 0..kc {
+        // SAFETY: `kk·NR + 32 <= kc·NR <= b.len()` and `i·lda + kk < (R − 1)·lda + kc <= a.len()`
+        // (asserted).
         unsafe {
             let b0 = _mm512_loadu_ps(bp.add(kk * NR));
             let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i * k + kk));
+                let av = _mm512_set1_ps(*ap.add(i * lda + kk));
                 r[0] = _mm512_fmadd_ps(av, b0, r[0]);
                 r[1] = _mm512_fmadd_ps(av, b1, r[1]);
             }
         }
     }
     for (i, r) in acc.iter().enumerate() {
-        // SAFETY: `i·NR + 32 <= R·NR <= c.len()`.
+        // SAFETY: as for the loads.
         unsafe {
-            _mm512_storeu_ps(c.as_mut_ptr().add(i * NR), r[0]);
-            _mm512_storeu_ps(c.as_mut_ptr().add(i * NR + 16), r[1]);
+            _mm512_mask_storeu_ps(c.add(i * ldc), m0, r[0]);
+            _mm512_mask_storeu_ps(c.add(i * ldc + 16), m1, r[1]);
         }
     }
 }
@@ -258,9 +354,31 @@ impl PackedMatrix {
         if m == 0 || n == 0 || k == 0 {
             return vec![0.0; m * n];
         }
-        by_panels(m, n, NR, m, m * n * k >= 1 << 18, |p, out| {
-            rows_times_panel(x, m, k, &self.panels[p * k * NR..(p + 1) * k * NR], out)
-        })
+        assert!(available(), "a PackedMatrix exists only where AVX-512F does");
+        // Blocks of MC rows, one after the other (a block of x stays in L2 while the panels pass);
+        // within a block the panels run on rayon's threads, each writing its own columns of y.
+        let mut y = vec![0.0f32; m * n];
+        let columns = Columns::new(&mut y, m, n);
+        let parallel = m * n * k >= 1 << 18;
+        for first in (0..m).step_by(MC) {
+            let rows = MC.min(m - first);
+            let task = |p: usize| {
+                let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
+                // SAFETY: AVX-512F (asserted); rows `first..first + rows`, columns `p·NR..` of y,
+                // which only this task writes.
+                #[allow(unsafe_code)]
+                unsafe {
+                    columns.product(first, rows, p * NR, |c, ldc, cols| {
+                        panel_product(&x[first * k..(first + rows) * k], rows, k, panel, c, ldc, cols)
+                    })
+                };
+            };
+            match parallel {
+                true => (0..n.div_ceil(NR)).into_par_iter().for_each(task),
+                false => (0..n.div_ceil(NR)).for_each(task),
+            }
+        }
+        y
     }
 }
 
@@ -290,14 +408,14 @@ mod tests {
 
     #[test]
     fn packed_matrices_match_the_reference_at_every_row_count() {
-        for (k, n) in [(64, 70), (37, 33), (1, 5), (512, 32), (0, 3)] {
+        for (k, n) in [(64, 70), (37, 33), (1, 5), (512, 32), (0, 3), (600, 70)] {
             let w = values(n * k, 7);
             let Some(packed) = PackedMatrix::pack(&w, n, k) else {
                 assert!(!available(), "None only without AVX-512F");
                 return;
             };
             assert_eq!((packed.rows(), packed.cols()), (n, k));
-            for m in [0, 1, 2, 5, 11, 12, 13, 16, 25, 40] {
+            for m in [0, 1, 2, 5, 11, 12, 13, 16, 25, 40, 200, 397] {
                 let x = values(m * k, m as u32 + 1);
                 let got = packed.matmul(&x, m);
                 let want = reference::matmul(&x, m, k, &w, n);
