@@ -16,10 +16,8 @@
 use rayon::prelude::*;
 
 use crate::CoreError;
-use crate::cpu::{Kernel, madd};
+use crate::cpu::{Kernel, LANES, exp_lanes};
 
-/// Lanes of one vector step (one AVX-512 register, two AVX2 ones).
-const LANES: usize = 16;
 /// Query rows per tile: they share every pass over a block of keys.
 const TILE: usize = 8;
 /// Keys per block of the online softmax.
@@ -456,33 +454,6 @@ mod simd {
         _mm256_set1_ps,
         _mm256_setzero_ps
     );
-}
-
-/// `eˣ` of each lane for `x ≤ 0` (softmax's shifted scores; `-∞` gives 0): Cephes' `expf` (`x` split
-/// into `n·ln 2 + r`, a degree-5 polynomial in `r`, `2ⁿ` from the exponent bits) in arithmetic that
-/// vectorises. Relative error a few units in the last place.
-#[inline(always)]
-fn exp_lanes<const FMA: bool>(x: &mut [f32; LANES]) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer in the low mantissa bits
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
-    for v in x.iter_mut() {
-        let xi = *v;
-        let c = xi.max(-87.0);
-        let t = madd::<FMA>(c, LOG2E, ROUND);
-        let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
-        let n = t - ROUND;
-        let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, c));
-        let mut poly = P[0];
-        for &coef in &P[1..] {
-            poly = madd::<FMA>(poly, r, coef);
-        }
-        let y = madd::<FMA>(poly, r * r, r) + 1.0;
-        let scale = f32::from_bits(((n_int + 127) as u32) << 23);
-        *v = if xi < -87.0 { 0.0 } else { y * scale };
-    }
 }
 
 /// The plain computation the kernel is held to.

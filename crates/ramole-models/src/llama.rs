@@ -900,7 +900,7 @@ impl<B: Backend> LlamaMlp<B> {
         let x_host = host_rms_norm(norm, x.clone())?;
         let mut hidden = self.gate_proj.host_product(&x_host, t, gate_lora)?;
         let up = self.up_proj.host_product(&x_host, t, up_lora)?;
-        silu_mul(&mut hidden, &up);
+        ramole_core::activation::silu_mul(&mut hidden, &up);
         let y = self.down_proj.host_product(&hidden, t, down_lora)?;
         let d = self.down_proj.dims()[1];
         Some(Tensor::from_data(TensorData::new(y, [b, t, d]), &x.device()))
@@ -943,22 +943,6 @@ fn host_rms_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Option<Vec<f
     Some(x)
 }
 
-/// `gate ← silu(gate) · up` (`g / (1 + e^{−g}) · u`), on rayon's threads when long (prefill).
-fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
-    let pass = |(g, u): (&mut [f32], &[f32])| {
-        for (a, &b) in g.iter_mut().zip(u) {
-            *a = *a / (1.0 + (-*a).exp()) * b;
-        }
-    };
-    if gate.len() > CHUNK {
-        gate.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(pass);
-    } else {
-        pass((gate, up));
-    }
-}
-
 /// `silu(gate) · up` in one pass over host memory (`g / (1 + e^{−g}) · u`), for the CPU backends:
 /// burn's `silu` is seven element-wise passes there (its sigmoid goes through a logarithm).
 ///
@@ -969,7 +953,7 @@ fn silu_mul_host<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 
     let (dims, device) = (gate.dims(), gate.device());
     match (host_f32(gate.clone()), host_f32(up.clone())) {
         (Some(mut g), Some(u)) if g.len() == u.len() => {
-            silu_mul(&mut g, &u);
+            ramole_core::activation::silu_mul(&mut g, &u);
             Tensor::from_data(TensorData::new(g, dims), &device)
         }
         _ => silu(gate) * up,

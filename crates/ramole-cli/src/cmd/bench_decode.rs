@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let stats = run_scenario(&engine, s)?;
             tps[i] = stats.decode_tokens_per_sec();
             println!(
-                "round {round} {:>8}: decode {:7.1} tok/s ({} steps, {:.2} s) | prefill {:.2} s | LoRA build {:.3} s",
+                "round {round} {:>8}: decode {:7.1} tok/s ({} steps, {:.2} s) | prefill {:.3} s | LoRA build {:.3} s",
                 s.label, tps[i], stats.decode_steps, stats.decode_secs, stats.prefill_secs, stats.lora_secs
             );
         }
