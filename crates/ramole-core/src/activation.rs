@@ -1,9 +1,10 @@
 //! Element-wise activations on host values, for the CPU backends' host block.
 //!
-//! [`silu_mul`] is the Llama MLP's `silu(gate) · up` in one pass: `e^{−|g|}` from the vectorised
-//! [`exp_lanes`](crate::cpu::exp_lanes) (a few ulp), then `σ(g) = 1 / (1 + e^{−g})` for `g ≥ 0` and
-//! `e^{g} / (1 + e^{g})` below (so no exponential overflows), compiled for AVX2+FMA where the CPU has
-//! them (detected at run time) and as plain arithmetic elsewhere.
+//! [`silu_mul`] is the Llama MLP's `silu(gate) · up` in one pass: `e^{−|g|}` over 16 lanes at a time
+//! (Cephes' `expf` in arithmetic that vectorises, a few ulp, shared with the attention kernel's
+//! softmax), then `σ(g) = 1 / (1 + e^{−g})` for `g ≥ 0` and `e^{g} / (1 + e^{g})` below (so no
+//! exponential overflows), compiled for AVX2+FMA where the CPU has them (detected at run time) and as
+//! plain arithmetic elsewhere.
 
 use rayon::prelude::*;
 
