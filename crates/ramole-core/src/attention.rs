@@ -3,8 +3,8 @@
 //! memory stays linear in the sequence, and key blocks a tile's queries may not see are skipped.
 //!
 //! [`causal`] reads the keys and values where the KV cache keeps them (`[rows, kv_heads, capacity,
-//! head_dim]`, positions `0..past + seq` written) and the queries after RoPE (`[rows, heads, seq,
-//! head_dim]`), and returns `[rows, seq, heads · head_dim]`, the layout the output projection takes.
+//! head_dim]`, positions `0..past + seq` written) and the queries after RoPE as the query projection lays them out (`[rows, seq,
+//! heads, head_dim]`), and returns `[rows, seq, heads · head_dim]`, the layout the output projection takes.
 //! Grouped-query attention reads each KV head once for the query heads of its group. The mask is the
 //! left-padded causal one of the engine's batches: row `b` has `pads[b]` padding slots at the start;
 //! a query at slot `s` sees the keys `pads[b]..=s`, and a padding query (`s < pads[b]`) only itself.
@@ -94,7 +94,7 @@ fn visible(pad: usize, slot: usize) -> (usize, usize) {
 /// `1/√head_dim`).
 ///
 /// # Shapes
-/// - `q`: `[rows, heads, seq, head_dim]` (contiguous)
+/// - `q`: `[rows, seq, heads, head_dim]` (contiguous: the layout of the query projection's output)
 /// - `k`, `v`: `[rows, kv_heads, capacity, head_dim]` (contiguous; positions `0..past + seq` read)
 /// - `pads`: `[rows]`
 /// - output: `[rows, seq, heads · head_dim]`
@@ -156,7 +156,7 @@ fn causal_with(
         let mut t = Tile { q: vec![0.0; TILE * hd], lo: [1; TILE], hi: [0; TILE], n };
         for i in 0..n {
             let (head, pos) = (g * rep + (r0 + i) / s.seq, (r0 + i) % s.seq);
-            let src = ((b * s.heads + head) * s.seq + pos) * hd;
+            let src = ((b * s.seq + pos) * s.heads + head) * hd;
             for (d, &x) in q[src..src + hd].iter().enumerate() {
                 t.q[d * TILE + i] = x * scale;
             }
@@ -481,7 +481,7 @@ pub mod reference {
             for h in 0..s.heads {
                 let kv = (b * s.kv_heads + h / rep) * s.capacity * hd;
                 for t in 0..s.seq {
-                    let qr = &q[((b * s.heads + h) * s.seq + t) * hd..][..hd];
+                    let qr = &q[((b * s.seq + t) * s.heads + h) * hd..][..hd];
                     let (lo, hi) = visible(pads[b], s.past + t);
                     let scores: Vec<f64> = (lo..=hi)
                         .map(|j| {

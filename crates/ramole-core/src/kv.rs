@@ -62,6 +62,51 @@ impl<B: Backend> KvBuffer<B> {
         buf
     }
 
+    /// [`Self::new`] from host values laid out `[rows, t, heads, head_dim]` (`dims`), the layout of the
+    /// key and value projections' output: on the candle backend written straight into the buffer (one
+    /// pass), elsewhere through a tensor.
+    ///
+    /// # Panics
+    /// If `values` does not hold `dims`' product.
+    pub fn from_host(values: &[f32], dims: [usize; 4], capacity: usize, device: &B::Device) -> Self {
+        let [rows, t, heads, hd] = dims;
+        assert_eq!(values.len(), rows * t * heads * hd, "keys or values of [{rows}, {t}, {heads}, {hd}]");
+        #[cfg(feature = "candle")]
+        if let Some(c) = candle::Buffer::from_host::<B>(values, dims, capacity.max(t)) {
+            return Self { burn: None, candle: Some(c), dims: [rows, heads, hd], len: t, device: device.clone() };
+        }
+        Self::new(heads_first_tensor(values, dims, device), capacity)
+    }
+
+    /// [`Self::append`] from host values laid out `[rows, t, heads, head_dim]`.
+    ///
+    /// # Panics
+    /// If `values` is not `t` positions of this buffer's rows and heads.
+    pub fn append_host(&mut self, values: &[f32], t: usize) {
+        let [rows, heads, hd] = self.dims;
+        let dims = [rows, t, heads, hd];
+        assert_eq!(values.len(), rows * t * heads * hd, "keys or values of [{rows}, {t}, {heads}, {hd}]");
+        #[cfg(feature = "candle")]
+        if let Some(c) = &mut self.candle
+            && c.append_host(self.len, values, dims)
+        {
+            self.len += t;
+            return;
+        }
+        let value = heads_first_tensor(values, dims, &self.device);
+        self.append(value);
+    }
+
+    /// Whether this backend's buffers are host memory that [`Self::with_host`] reads in place (the
+    /// candle backend's, in f32, without autodiff).
+    pub fn holds_host_values() -> bool {
+        #[cfg(feature = "candle")]
+        if candle::is_candle_f32::<B>() {
+            return true;
+        }
+        false
+    }
+
     /// Positions written.
     pub fn len(&self) -> usize {
         self.len
@@ -152,6 +197,26 @@ impl<B: Backend> KvBuffer<B> {
     }
 }
 
+/// Host values `[rows, t, heads, head_dim]` as a tensor `[rows, heads, t, head_dim]`.
+fn heads_first_tensor<B: Backend>(values: &[f32], dims: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+    Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(values.to_vec(), dims), device).swap_dims(1, 2)
+}
+
+/// Writes host values `[rows, t, heads, head_dim]` (`dims`) into `dst`, laid out `[rows, heads, cap,
+/// head_dim]`, at positions `offset..offset + t`.
+#[cfg_attr(not(feature = "candle"), allow(dead_code))]
+fn scatter_heads_first(values: &[f32], dims: [usize; 4], dst: &mut [f32], cap: usize, offset: usize) {
+    let [rows, t, heads, hd] = dims;
+    for b in 0..rows {
+        for p in 0..t {
+            for h in 0..heads {
+                let src = &values[((b * t + p) * heads + h) * hd..][..hd];
+                dst[((b * heads + h) * cap + offset + p) * hd..][..hd].copy_from_slice(src);
+            }
+        }
+    }
+}
+
 #[cfg(feature = "candle")]
 #[allow(deprecated)] // burn-candle: the default CPU backend (docs/architecture.md says why)
 mod candle {
@@ -171,7 +236,7 @@ mod candle {
         tensor: candle_core::Tensor,
     }
 
-    fn is_candle_f32<B: Backend>() -> bool {
+    pub(super) fn is_candle_f32<B: Backend>() -> bool {
         use std::any::TypeId;
         TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<CandleTensor>()
             && TypeId::of::<B::FloatElem>() == TypeId::of::<f32>()
@@ -200,6 +265,29 @@ mod candle {
             Some(Self { tensor })
         }
 
+        /// A buffer of `capacity` positions holding host values `[rows, t, heads, head_dim]` (`dims`)
+        /// at its first `t`: the values scattered into one zeroed allocation.
+        pub(super) fn from_host<B: Backend>(values: &[f32], dims: [usize; 4], capacity: usize) -> Option<Self> {
+            if !is_candle_f32::<B>() {
+                return None;
+            }
+            let [rows, _, heads, hd] = dims;
+            let mut data = vec![0.0f32; rows * heads * capacity * hd];
+            super::scatter_heads_first(values, dims, &mut data, capacity, 0);
+            let tensor = candle_core::Tensor::from_vec(data, (rows, heads, capacity, hd), &Device::Cpu).ok()?;
+            Some(Self { tensor })
+        }
+
+        /// Writes host values `[rows, t, heads, head_dim]` at `offset` (growing the buffer when
+        /// needed); false when candle refuses it.
+        pub(super) fn append_host(&mut self, offset: usize, values: &[f32], dims: [usize; 4]) -> bool {
+            let [rows, t, heads, hd] = dims;
+            let mut data = vec![0.0f32; rows * heads * t * hd];
+            super::scatter_heads_first(values, dims, &mut data, t, 0);
+            let Ok(src) = candle_core::Tensor::from_vec(data, (rows, heads, t, hd), &Device::Cpu) else { return false };
+            self.append_src(offset, &src)
+        }
+
         pub(super) fn capacity(&self) -> usize {
             self.tensor.dims()[2]
         }
@@ -207,8 +295,15 @@ mod candle {
         /// Writes `value` at `offset` (growing the buffer when needed); false when candle refuses it
         /// (the caller then falls back to burn's ops).
         pub(super) fn append<B: Backend>(&mut self, offset: usize, value: &Tensor<B, 4>) -> bool {
-            let Some(src) = to_candle(value) else { return false };
-            let [rows, heads, t, hd] = value.dims();
+            match to_candle(value) {
+                Some(src) => self.append_src(offset, &src),
+                None => false,
+            }
+        }
+
+        /// Writes `src` (`[rows, heads, t, head_dim]`, contiguous) at `offset`, growing when needed.
+        fn append_src(&mut self, offset: usize, src: &candle_core::Tensor) -> bool {
+            let Ok((rows, heads, t, hd)) = src.dims4() else { return false };
             let end = offset + t;
             if end > self.capacity() {
                 let grown = (2 * self.capacity()).max(end);
@@ -221,7 +316,7 @@ mod candle {
                 }
                 self.tensor = buf;
             }
-            self.tensor.slice_set(&src, 2, offset).is_ok()
+            self.tensor.slice_set(src, 2, offset).is_ok()
         }
 
         pub(super) fn with_host<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -276,6 +371,32 @@ mod tests {
             }
             assert_eq!(buf.len(), expected.dims()[2]);
             assert!(buf.capacity() >= buf.len());
+        }
+    }
+
+    /// Host values `[rows, t, heads, head_dim]` written with `from_host` / `append_host` (within and
+    /// past the capacity) read back as the same values written through tensors.
+    #[test]
+    fn host_writes_equal_tensor_writes() {
+        let dev = device();
+        let (rows, heads, hd) = (2, 3, 4);
+        let host_values =
+            |t: usize, start: f32| -> Vec<f32> { (0..rows * t * heads * hd).map(|i| start + i as f32).collect() };
+        let as_tensor = |v: &[f32], t: usize| {
+            Tensor::<Selected, 4>::from_data(TensorData::new(v.to_vec(), [rows, t, heads, hd]), &dev).swap_dims(1, 2)
+        };
+        for capacity in [0, 3, 8] {
+            let first = host_values(3, 0.0);
+            let mut by_host = KvBuffer::<Selected>::from_host(&first, [rows, 3, heads, hd], capacity, &dev);
+            let mut by_tensor = KvBuffer::new(as_tensor(&first, 3), capacity);
+            for step in 0..5 {
+                let t = 1 + step % 3;
+                let new = host_values(t, 1000.0 * (step + 1) as f32);
+                by_host.append_host(&new, t);
+                by_tensor.append(as_tensor(&new, t));
+                assert_eq!(by_host.len(), by_tensor.len());
+                assert_eq!(host(by_host.view()), host(by_tensor.view()), "capacity {capacity}, step {step}");
+            }
         }
     }
 

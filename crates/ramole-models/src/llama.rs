@@ -567,6 +567,37 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// [`Self::append`] from host values `[batch, seq, kv_heads, head_dim]` (`dims`), the projections'
+    /// layout.
+    fn append_host(&mut self, layer: usize, k: &[f32], v: &[f32], dims: [usize; 4], device: &B::Device) {
+        match &mut self.layers[layer] {
+            Some((kb, vb)) => {
+                kb.append_host(k, dims[1]);
+                vb.append_host(v, dims[1]);
+            }
+            slot @ None => {
+                let buffer = |x: &[f32]| KvBuffer::from_host(x, dims, self.capacity, device);
+                *slot = Some((buffer(k), buffer(v)));
+            }
+        }
+    }
+
+    /// Whether `layer` takes `past` cached positions' worth of host values next: its buffers hold
+    /// exactly `past` positions in host memory the attention kernel reads in place, or it is empty
+    /// (`past` 0) and the backend's buffers are such memory.
+    fn takes_host(&self, layer: usize, past: usize) -> bool {
+        match self.layers.get(layer) {
+            Some(None) => past == 0 && KvBuffer::<B>::holds_host_values(),
+            Some(Some((kb, vb))) => {
+                kb.len() == past
+                    && kb.capacity() == vb.capacity()
+                    && kb.with_host(|_| ()).is_some()
+                    && vb.with_host(|_| ()).is_some()
+            }
+            None => false,
+        }
+    }
+
     /// The whole written sequence of `layer`'s keys and values, `[batch, kv_heads, len, head_dim]` each
     /// (views: no copy); `None` before anything was appended there.
     fn views(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
@@ -656,11 +687,10 @@ impl<B: Backend> Rope<B> {
     /// `k_heads` heads) in place; `false` (nothing done) where the tables cannot be read as f32 or do
     /// not fit them.
     fn apply_host(&self, q: &mut [f32], q_heads: usize, k: &mut [f32], k_heads: usize, head_dim: usize) -> bool {
-        let Some((cos, sin)) =
-            self.host.get_or_init(|| Some((host_f32(self.cos.clone())?, host_f32(self.sin.clone())?)))
-        else {
+        if !self.host_ready() {
             return false;
-        };
+        }
+        let Some((cos, sin)) = self.host.get().and_then(Option::as_ref) else { return false };
         let half = head_dim / 2;
         let fits = |x: &[f32], heads: usize| x.len() == cos.len() / half.max(1) * heads * head_dim;
         if half == 0 || 2 * half != head_dim || !fits(q, q_heads) || !fits(k, k_heads) {
@@ -669,6 +699,11 @@ impl<B: Backend> Rope<B> {
         Self::rotate(q, q_heads, head_dim, cos, sin);
         Self::rotate(k, k_heads, head_dim, cos, sin);
         true
+    }
+
+    /// Whether the tables can be read on the host ([`Self::apply_host`] reads them once).
+    fn host_ready(&self) -> bool {
+        self.host.get_or_init(|| Some((host_f32(self.cos.clone())?, host_f32(self.sin.clone())?))).is_some()
     }
 
     /// Rotates every head of `x` (`[positions, heads, head_dim]`) by its position's `cos`, `sin`.
@@ -787,7 +822,6 @@ impl<B: Backend> LlamaAttention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = h / kvh;
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [b, n, t, hd]
         let lins = [(&self.q_proj, LinearKind::Q), (&self.k_proj, LinearKind::K), (&self.v_proj, LinearKind::V)];
         let device = x.device();
@@ -820,16 +854,32 @@ impl<B: Backend> LlamaAttention<B> {
                 }
                 Tensor::from_data(TensorData::new(out, [b, t, h * hd]), &q.device())
             }
-            None => {
-                let (k, v) = cache.views(layer).expect("keys and values appended just above"); // [b, kvh, s, hd]
-                // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
-                let q = q.reshape([b, kvh, rep * t, hd]);
-                let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask(); // [b, kvh, rep·t, s]
-                let out = softmax(scores, 3).matmul(v); // [b, kvh, rep·t, hd]
-                out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd])
-            }
+            None => Self::burn_attention(q, kvh, cache, layer, ctx),
         };
         project(&self.o_proj, out, ctx.lora, layer, LinearKind::O)
+    }
+
+    /// Attention with burn's ops over the cache's views of `layer`, after this step's keys and values
+    /// were appended.
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, seq, head_dim]` (after RoPE)
+    /// - output: `[batch, seq, heads · head_dim]`
+    fn burn_attention(
+        q: Tensor<B, 4>,
+        kvh: usize,
+        cache: &KvCache<B>,
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+    ) -> Tensor<B, 3> {
+        let [b, h, t, hd] = q.dims();
+        let rep = h / kvh;
+        let (k, v) = cache.views(layer).expect("keys and values appended before attention"); // [b, kvh, s, hd]
+        // Query heads of one KV group side by side: [b, kvh, rep·t, hd] (no copy of K/V per head).
+        let q = q.reshape([b, kvh, rep * t, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + ctx.mask(); // [b, kvh, rep·t, s]
+        let out = softmax(scores, 3).matmul(v); // [b, kvh, rep·t, hd]
+        out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd])
     }
 
     /// Attention by the host kernel ([`ramole_core::attention`]: no score matrix held, the cache read
@@ -844,6 +894,19 @@ impl<B: Backend> LlamaAttention<B> {
             return None;
         }
         let [b, h, t, hd] = q.dims();
+        Self::host_attention_values(&host_f32(q.clone().swap_dims(1, 2))?, [b, t, h, hd], cache, layer, ctx)
+    }
+
+    /// [`Self::host_attention`] for queries as host values `[batch, seq, heads, head_dim]` (`dims`),
+    /// the query projection's layout.
+    fn host_attention_values(
+        q: &[f32],
+        dims: [usize; 4],
+        cache: &KvCache<B>,
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+    ) -> Option<Vec<f32>> {
+        let [b, t, h, hd] = dims;
         let (kb, vb) = cache.layers.get(layer)?.as_ref()?;
         let [_, kv_heads, _] = kb.dims();
         let shape = AttentionShape {
@@ -858,8 +921,7 @@ impl<B: Backend> LlamaAttention<B> {
         if kb.len() != ctx.attn.past + t || vb.capacity() != kb.capacity() || !hd.is_multiple_of(16) {
             return None;
         }
-        let qh = host_f32(q.clone())?;
-        kb.with_host(|k| vb.with_host(|v| attention::causal(&qh, k, v, &shape, &ctx.attn.pads)))??.ok()
+        kb.with_host(|k| vb.with_host(|v| attention::causal(q, k, v, &shape, &ctx.attn.pads)))??.ok()
     }
 }
 
@@ -911,11 +973,15 @@ impl<B: Backend> LlamaMlp<B> {
 /// `RmsNorm` divides by the root instead, within an ulp), many positions on rayon's threads; `None`
 /// where the values cannot be read as f32.
 fn host_rms_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Option<Vec<f32>> {
+    let d = x.dims()[2];
+    host_rms_norm_values(norm, host_f32(x)?, d)
+}
+
+/// [`host_rms_norm`] of host values `x` (positions of `d` values).
+fn host_rms_norm_values<B: Backend>(norm: &RmsNorm<B>, mut x: Vec<f32>, d: usize) -> Option<Vec<f32>> {
     use rayon::prelude::*;
     const LANES: usize = 16;
-    let d = x.dims()[2];
     let gamma = host_f32(norm.gamma.val())?;
-    let mut x = host_f32(x)?;
     if d == 0 || gamma.len() != d {
         return (d == 0).then_some(x);
     }
@@ -965,6 +1031,78 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         let x = x.clone() + self.self_attn.forward(x, &self.input_layernorm, layer, ctx, cache);
         x.clone() + self.mlp.forward(x, &self.post_attention_layernorm, layer, ctx)
     }
+
+    /// Whether [`Self::forward_host`] runs block `layer` for `tokens` new tokens: a CPU backend, every
+    /// product and LoRA update of the block on the host, RoPE's tables readable there, and the layer's
+    /// KV buffers host memory the attention kernel reads in place.
+    fn runs_on_host(&self, tokens: usize, layer: usize, ctx: &BlockCtx<'_, B>, cache: &KvCache<B>) -> bool {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let lins = [
+            (&a.q_proj, LinearKind::Q),
+            (&a.k_proj, LinearKind::K),
+            (&a.v_proj, LinearKind::V),
+            (&a.o_proj, LinearKind::O),
+            (&m.gate_proj, LinearKind::Gate),
+            (&m.up_proj, LinearKind::Up),
+            (&m.down_proj, LinearKind::Down),
+        ];
+        ctx.host
+            && a.head_dim.is_multiple_of(16)
+            && lins.iter().all(|(w, kind)| w.on_host(tokens) && ctx.host_lora(layer, *kind).is_some())
+            && cache.takes_host(layer, ctx.attn.past)
+            && ctx.rope.host_ready()
+    }
+
+    /// The block on host values, where [`Self::runs_on_host`]: `x` (`[batch·seq, d]`, `dims` = `[batch,
+    /// seq, d]`) is updated in place through the norms, the seven products and their LoRA updates,
+    /// RoPE, the KV cache's write, the attention kernel, `silu(gate)·up` and both residual additions,
+    /// with no tensor made or read on the way.
+    fn forward_host(
+        &self,
+        x: &mut [f32],
+        dims: [usize; 3],
+        layer: usize,
+        ctx: &BlockCtx<'_, B>,
+        cache: &mut KvCache<B>,
+    ) {
+        let [b, t, d] = dims;
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let (h, kvh, hd) = (a.n_heads, a.n_kv_heads, a.head_dim);
+        let lora = |kind| ctx.host_lora(layer, kind).flatten();
+        let product = |w: &LinearWeight<B>, x: &[f32], kind| {
+            w.host_product(x, t, lora(kind)).expect("runs_on_host: every product on the host")
+        };
+        let norm =
+            |n: &RmsNorm<B>, x: &[f32]| host_rms_norm_values(n, x.to_vec(), d).expect("runs_on_host: f32 values");
+        let xn = norm(&self.input_layernorm, x);
+        let (mut q, mut k) = (product(&a.q_proj, &xn, LinearKind::Q), product(&a.k_proj, &xn, LinearKind::K));
+        let v = product(&a.v_proj, &xn, LinearKind::V);
+        let device = &ctx.attn.device;
+        if !ctx.rope.apply_host(&mut q, h, &mut k, kvh, hd) {
+            // runs_on_host read the tables: only values that do not fit them come here.
+            let rotate = |y: Vec<f32>, n: usize| {
+                let y = Tensor::<B, 4>::from_data(TensorData::new(y, [b, t, n, hd]), device).swap_dims(1, 2);
+                host_f32(ctx.rope.apply(y).swap_dims(1, 2)).expect("f32 values")
+            };
+            (q, k) = (rotate(q, h), rotate(k, kvh));
+        }
+        cache.append_host(layer, &k, &v, [b, t, kvh, hd], device);
+        let out = LlamaAttention::host_attention_values(&q, [b, t, h, hd], cache, layer, ctx).unwrap_or_else(|| {
+            let q = Tensor::<B, 4>::from_data(TensorData::new(q, [b, t, h, hd]), device).swap_dims(1, 2);
+            host_f32(LlamaAttention::burn_attention(q, kvh, cache, layer, ctx)).expect("f32 values")
+        });
+        add_into(x, &product(&a.o_proj, &out, LinearKind::O));
+        let xn = norm(&self.post_attention_layernorm, x);
+        let mut hidden = product(&m.gate_proj, &xn, LinearKind::Gate);
+        ramole_core::activation::silu_mul(&mut hidden, &product(&m.up_proj, &xn, LinearKind::Up));
+        add_into(x, &product(&m.down_proj, &hidden, LinearKind::Down));
+    }
+}
+
+/// `x += y`, element by element.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "a residual of the block's width");
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
 /// The RoPE tables of a model, `[max_position_embeddings, head_dim / 2]` each: built once per model.
@@ -1133,9 +1271,31 @@ impl<B: Backend> LlamaForCausalLM<B> {
             host: ramole_core::backend::runs_on_host::<B>(),
             lora: lora.filter(|l| !l.is_empty()),
         };
+        let [b, t] = tokens.dims();
         let mut x = self.model.embed_tokens.forward(tokens); // [b, t, d]
+        let d = x.dims()[2];
+        let device = x.device();
+        // Blocks that run on the host pass host values from one to the next (no tensor between them).
+        let mut on_host: Option<Vec<f32>> = None;
         for (i, layer) in self.model.layers.iter().enumerate() {
+            if layer.runs_on_host(b * t, i, &ctx, cache) {
+                let values = match on_host.take() {
+                    Some(values) => Some(values),
+                    None => host_f32(x.clone()),
+                };
+                if let Some(mut values) = values {
+                    layer.forward_host(&mut values, [b, t, d], i, &ctx, cache);
+                    on_host = Some(values);
+                    continue;
+                }
+            }
+            if let Some(values) = on_host.take() {
+                x = Tensor::from_data(TensorData::new(values, [b, t, d]), &device);
+            }
             x = layer.forward(x, i, &ctx, cache);
+        }
+        if let Some(values) = on_host {
+            x = Tensor::from_data(TensorData::new(values, [b, t, d]), &device);
         }
         self.model.norm.forward(x)
     }
