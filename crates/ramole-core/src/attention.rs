@@ -3,11 +3,12 @@
 //! memory stays linear in the sequence, and key blocks a tile's queries may not see are skipped.
 //!
 //! [`causal`] reads the keys and values where the KV cache keeps them (`[rows, kv_heads, capacity,
-//! head_dim]`, positions `0..past + seq` written) and the queries after RoPE as the query projection lays them out (`[rows, seq,
-//! heads, head_dim]`), and returns `[rows, seq, heads · head_dim]`, the layout the output projection takes.
-//! Grouped-query attention reads each KV head once for the query heads of its group. The mask is the
-//! left-padded causal one of the engine's batches: row `b` has `pads[b]` padding slots at the start;
-//! a query at slot `s` sees the keys `pads[b]..=s`, and a padding query (`s < pads[b]`) only itself.
+//! head_dim]`, positions `0..past + seq` written) and the queries after RoPE as the query projection
+//! lays them out (`[rows, seq, heads, head_dim]`), and returns `[rows, seq, heads · head_dim]`, the
+//! layout the output projection takes. Grouped-query attention reads each KV head once for the query
+//! heads of its group. The mask is the left-padded causal one of the engine's batches: row `b` has
+//! `pads[b]` padding slots at the start; a query at slot `s` sees the keys `pads[b]..=s`, and a padding
+//! query (`s < pads[b]`) only itself.
 //!
 //! The products run as fused multiply-adds over 16 lanes on AVX-512F or AVX2+FMA when the CPU has them
 //! (detected at run time), as plain arithmetic elsewhere; [`reference::causal`] is the plain f64

@@ -1,4 +1,5 @@
-//! The instruction sets the host kernels (`quant`, `attention`, `gemm`) pick from at run time.
+//! The instruction sets the host kernels (`quant`, `attention`, `gemm`, `lora`, `activation`) pick from
+//! at run time, and what several of them share (the vectorised exponential).
 
 /// Which implementation of a host kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

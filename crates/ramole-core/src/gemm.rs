@@ -21,8 +21,8 @@ const MR: usize = 12;
 const _: () = assert!(MR == 12, "rows_times_panel's steps list 1..=12 rows");
 /// Output columns (weight rows) per panel.
 const NR: usize = 32;
-/// Rows of `x` per block of [`PackedMatrix::matmul`] (16 steps of MR): with `k` up to a few thousand,
-/// a block stays in L2 while every panel passes over it.
+/// Rows of `x` per block of [`PackedMatrix::matmul`] (16 steps of MR): with `k` up to about 2 500 (768
+/// KiB of a 2 MiB L2 at `k` = 1 024), a block stays in L2 while every panel passes over it.
 const MC: usize = 192;
 
 /// Whether [`matmul_panels`] runs here (AVX-512F detected at run time).
@@ -109,8 +109,8 @@ pub(crate) fn by_panels(
     y
 }
 
-/// The result of [`by_panels`] (`[m, n]`, borrowed for `'y`), written a panel of columns at a time from
-/// several threads.
+/// The result of [`by_panels`] or [`PackedMatrix::matmul`] (`[m, n]`, borrowed for `'y`), written a
+/// panel of columns at a time from several threads.
 struct Columns<'y> {
     ptr: *mut f32,
     m: usize,
@@ -118,8 +118,8 @@ struct Columns<'y> {
     _y: std::marker::PhantomData<&'y mut [f32]>,
 }
 
-// SAFETY: `Columns` hands out no references; its only access is `write`, whose callers guarantee that
-// no two threads write the same columns.
+// SAFETY: `Columns` hands out no references; its only accesses are `write` and `product` (a raw pointer
+// to a panel's columns), whose callers guarantee that no two threads touch the same columns at once.
 #[allow(unsafe_code)]
 unsafe impl Sync for Columns<'_> {}
 
@@ -273,9 +273,13 @@ unsafe fn kernel_avx512<const R: usize>(blk: Block<'_>) {
     if accumulate {
         for (i, r) in acc.iter_mut().enumerate() {
             // SAFETY: row `i < R` of `c`, its first `cols` values (the masks), the caller's guarantee.
+            // The second half's address is formed only when it holds columns (`cols > 16`), so that
+            // no pointer leaves the result.
             unsafe {
                 r[0] = _mm512_maskz_loadu_ps(m0, c.add(i * ldc));
-                r[1] = _mm512_maskz_loadu_ps(m1, c.add(i * ldc + 16));
+                if cols > 16 {
+                    r[1] = _mm512_maskz_loadu_ps(m1, c.add(i * ldc + 16));
+                }
             }
         }
     }
@@ -297,7 +301,9 @@ unsafe fn kernel_avx512<const R: usize>(blk: Block<'_>) {
         // SAFETY: as for the loads.
         unsafe {
             _mm512_mask_storeu_ps(c.add(i * ldc), m0, r[0]);
-            _mm512_mask_storeu_ps(c.add(i * ldc + 16), m1, r[1]);
+            if cols > 16 {
+                _mm512_mask_storeu_ps(c.add(i * ldc + 16), m1, r[1]);
+            }
         }
     }
 }

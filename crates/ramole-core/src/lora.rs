@@ -217,8 +217,9 @@ impl MixPlan {
         m
     }
 
-    /// Whether some row needs [`RowLayout::Gathered`]: a fusion row (its own averaged pair) or a routed
-    /// row (Arrow or gate: per-token weights over its own slots).
+    /// Whether some row rules out [`RowLayout::Shared`] (which then falls back to
+    /// [`RowLayout::Gathered`]): a fusion row (its own averaged pair) or a routed row (Arrow or gate:
+    /// per-token weights over its own slots). [`RowLayout::Host`] takes every row.
     pub fn needs_gathered(&self) -> bool {
         self.rows.iter().any(|r| r.composition == Composition::Fusion || r.composition.is_routed())
     }
@@ -548,14 +549,9 @@ impl<B: Backend> LoraStack<B> {
             RowLayout::Host if !B::ad_enabled(&self.device) => {
                 self.check_columns(plan)?;
                 // The gate's factors come to the host only when a gate row adapts this layer.
-                let gated = plan.rows().iter().any(|r| {
-                    r.composition == Composition::Gate && r.entries.iter().any(|&(u, _)| self.host.meta[u].is_some())
-                });
-                let gate = match gate {
-                    Some(g) if gated => Some(g.to_host(self.host.d_in, self.host.d_out)?),
-                    _ => None,
-                };
-                Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows(), gate.as_ref())?))
+                let (d_in, d_out) = (self.host.d_in, self.host.d_out);
+                let gate = || gate.map(|g| g.to_host(d_in, d_out)).transpose();
+                Ok(RowLora::Host(HostRows::new(self.host.clone(), plan.rows(), gate)?))
             }
             _ => self.gathered_rows(plan, gate),
         }
@@ -937,8 +933,8 @@ pub enum RowLayout {
 }
 
 impl RowLayout {
-    /// The layout that reads less memory per decoding step, within a compute bound: [`Shared`] when
-    /// the batch has no fusion or Arrow row, its unique adapters are at most half the slots its rows use, and
+    /// The device layout that reads less memory per decoding step, within a compute bound: [`Shared`]
+    /// when the batch has no fusion, Arrow or gate row, its unique adapters are at most half the slots its rows use, and
     /// there are at most 64 of them; [`Gathered`] otherwise.
     ///
     /// [`Shared`]: RowLayout::Shared

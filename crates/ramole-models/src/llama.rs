@@ -582,14 +582,16 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Whether `layer` takes `past` cached positions' worth of host values next: its buffers hold
-    /// exactly `past` positions in host memory the attention kernel reads in place, or it is empty
-    /// (`past` 0) and the backend's buffers are such memory.
-    fn takes_host(&self, layer: usize, past: usize) -> bool {
+    /// Whether `layer` takes host values of `rows` rows of `kv_heads` heads of `head_dim` (`dims`) after
+    /// `past` cached positions: its buffers hold exactly that in host memory the attention kernel reads
+    /// in place, or it is empty (`past` 0) and the backend's buffers are such memory.
+    fn takes_host(&self, layer: usize, past: usize, dims: [usize; 3]) -> bool {
         match self.layers.get(layer) {
             Some(None) => past == 0 && KvBuffer::<B>::holds_host_values(),
             Some(Some((kb, vb))) => {
                 kb.len() == past
+                    && kb.dims() == dims
+                    && vb.dims() == dims
                     && kb.capacity() == vb.capacity()
                     && kb.with_host(|_| ()).is_some()
                     && vb.with_host(|_| ()).is_some()
@@ -1049,7 +1051,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         ctx.host
             && a.head_dim.is_multiple_of(16)
             && lins.iter().all(|(w, kind)| w.on_host(tokens) && ctx.host_lora(layer, *kind).is_some())
-            && cache.takes_host(layer, ctx.attn.past)
+            && cache.takes_host(layer, ctx.attn.past, [ctx.attn.pads.len(), a.n_kv_heads, a.head_dim])
             && ctx.rope.host_ready()
     }
 

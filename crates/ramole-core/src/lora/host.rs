@@ -132,13 +132,19 @@ pub struct HostRows {
 }
 
 impl HostRows {
-    /// The update of `rows` (a validated [`MixPlan`](super::MixPlan)'s rows) for this layer. `gate` is
-    /// the layer's gate, which gate rows need when one of their adapters adapts the layer. Errors as
-    /// the gathered layout's: a fusion row whose adapters differ in rank, scale or target modules, an
-    /// Arrow row's adapter without a prototype, a gate row without a fitting gate.
-    pub(crate) fn new(stack: Arc<HostStack>, rows: &[RowMix], gate: Option<&GateFactors>) -> Result<Self, CoreError> {
+    /// The update of `rows` (a validated [`MixPlan`](super::MixPlan)'s rows) for this layer. `gate`
+    /// gives the layer's gate on the host; it is called only when a gate row has an adapter that
+    /// adapts the layer. Errors as the gathered layout's: a fusion row whose adapters differ in rank,
+    /// scale or target modules, an Arrow row's adapter without a prototype, a gate row without a
+    /// fitting gate.
+    pub(crate) fn new(
+        stack: Arc<HostStack>,
+        rows: &[RowMix],
+        gate: impl FnOnce() -> Result<Option<GateFactors>, CoreError>,
+    ) -> Result<Self, CoreError> {
         let (d_in, d_out, r_max) = (stack.d_in, stack.d_out, stack.r_max);
         let mut fused = Pairs::default();
+        let mut n_fused = 0;
         let mut host_rows = Vec::with_capacity(rows.len());
         for (r, row) in rows.iter().enumerate() {
             // The row's adapters that adapt this layer, with `coef(weight, scale)`.
@@ -161,7 +167,8 @@ impl HostRows {
                     let slots = match stack.fusion_of(r, &row.entries)? {
                         None => Vec::new(),
                         Some(Fusion { entries, rank, scale }) => {
-                            let n = fused.a.len() / (r_max * d_in).max(1);
+                            let n = n_fused;
+                            n_fused += 1;
                             fused.a.resize((n + 1) * r_max * d_in, 0.0);
                             fused.bt.resize((n + 1) * r_max * d_out, 0.0);
                             let (a, bt) = (&mut fused.a[n * r_max * d_in..], &mut fused.bt[n * r_max * d_out..]);
@@ -192,17 +199,17 @@ impl HostRows {
             });
         }
         let gated = |row: &HostRow| matches!(row.route, Route::Gate { .. }) && !row.slots.is_empty();
-        let gate = match (host_rows.iter().any(gated), gate) {
-            // Without adapters here, gate rows add nothing whatever their weights.
-            (false, _) => None,
-            (true, None) => {
-                return Err(CoreError::Composition(
-                    "a `gate` row needs a gate for every layer its adapters adapt; this layer has none".into(),
-                ));
-            }
-            (true, Some(g)) => {
+        // Without adapters here, gate rows add nothing whatever their weights: no gate is needed.
+        let gate = match host_rows.iter().any(gated) {
+            false => None,
+            true => {
+                let Some(g) = gate()? else {
+                    return Err(CoreError::Composition(
+                        "a `gate` row needs a gate for every layer its adapters adapt; this layer has none".into(),
+                    ));
+                };
                 let used = host_rows.iter().filter(|r| gated(r)).flat_map(|r| r.slots.iter().map(|s| s.unique));
-                Some(Arc::new(HostGate::new(&stack, g, used)?))
+                Some(Arc::new(HostGate::new(&stack, &g, used)?))
             }
         };
         Ok(Self { stack, fused: Arc::new(fused), gate, rows: host_rows })
@@ -617,7 +624,7 @@ mod tests {
             let gate = GateFactors { a: values(3 * d_in, 11), b: values(d_out * 3, 12), rank: 3 };
             let plan = MixPlan::new(rows, refs.len()).expect("plan");
             let stack = super::super::host_stack(&refs, d_in, d_out).expect("stack").expect("targets");
-            let host = HostRows::new(Arc::new(stack), plan.rows(), Some(&gate)).expect("rows");
+            let host = HostRows::new(Arc::new(stack), plan.rows(), || Ok(Some(gate.clone()))).expect("rows");
             let n = plan.rows().len();
             let x = values(n * seq * d_in, 7);
             let zero_w = vec![0f32; d_out * d_in];
@@ -689,7 +696,7 @@ mod tests {
         let f = factors(2, 20, 18, 1);
         let stack = super::super::host_stack(&[Some(&f)], 20, 18).expect("stack").expect("targets");
         let mix = |entries| RowMix { composition: Composition::Mixture, entries };
-        let host = HostRows::new(Arc::new(stack), &[mix(vec![]), mix(vec![(0, 0.0)])], None).expect("rows");
+        let host = HostRows::new(Arc::new(stack), &[mix(vec![]), mix(vec![(0, 0.0)])], || Ok(None)).expect("rows");
         let mut y = values(2 * 18, 3);
         let y0 = y.clone();
         host.add_to(&values(2 * 20, 4), 1, &mut y);
@@ -706,8 +713,9 @@ mod tests {
         let refs = [Some(&bare), Some(&other), None];
         let stack = Arc::new(super::super::host_stack(&refs, d_in, d_out).expect("stack").expect("targets"));
         let row = |composition, entries| vec![RowMix { composition, entries }];
-        let build =
-            |rows: &[RowMix], gate| HostRows::new(stack.clone(), rows, gate).map(|_| ()).map_err(|e| e.to_string());
+        let build = |rows: &[RowMix], gate: Option<&GateFactors>| {
+            HostRows::new(stack.clone(), rows, || Ok(gate.cloned())).map(|_| ()).map_err(|e| e.to_string())
+        };
         let arrow = Composition::Arrow(ArrowParams::default());
         assert!(build(&row(arrow, vec![(0, 1.0)]), None).is_err_and(|e| e.contains("no Arrow prototype")));
         assert!(build(&row(arrow, vec![(1, 1.0)]), None).is_ok());
