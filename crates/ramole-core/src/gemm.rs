@@ -130,6 +130,13 @@ impl<'y> Columns<'y> {
         Self { ptr: y.as_mut_ptr(), m, n, _y: std::marker::PhantomData }
     }
 
+    /// The spare capacity of the empty `y` as `m` rows of `n`, for a caller that writes every value
+    /// and then sets the length.
+    fn unwritten(y: &'y mut Vec<f32>, m: usize, n: usize) -> Self {
+        assert!(y.is_empty() && y.capacity() >= m * n, "room for a result of [{m}, {n}]");
+        Self { ptr: y.as_mut_ptr(), m, n, _y: std::marker::PhantomData }
+    }
+
     /// Columns `first..first + nr` (those below `n`) of every row from `out` (`nr` values per row).
     ///
     /// # Safety
@@ -362,9 +369,11 @@ impl PackedMatrix {
         }
         assert!(available(), "a PackedMatrix exists only where AVX-512F does");
         // Blocks of MC rows, one after the other (a block of x stays in L2 while the panels pass);
-        // within a block the panels run on rayon's threads, each writing its own columns of y.
-        let mut y = vec![0.0f32; m * n];
-        let columns = Columns::new(&mut y, m, n);
+        // within a block the panels run on rayon's threads, each writing its own columns of y. Every
+        // value of y is stored once by the first block of input columns, so y starts unwritten (no
+        // pass zeroing it first).
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        let columns = Columns::unwritten(&mut y, m, n);
         let parallel = m * n * k >= 1 << 18;
         for first in (0..m).step_by(MC) {
             let rows = MC.min(m - first);
@@ -384,6 +393,14 @@ impl PackedMatrix {
                 false => (0..n.div_ceil(NR)).for_each(task),
             }
         }
+        // SAFETY: the capacity is m·n (asserted by `unwritten`), and every value is written: each row
+        // block's panels cover columns 0..n of its rows (the last panel's `cols` = n − p·NR, the
+        // kernel's masks store exactly `cols` columns), the row blocks cover rows 0..m, and the first
+        // block of input columns stores (k > 0 here).
+        #[allow(unsafe_code)]
+        unsafe {
+            y.set_len(m * n)
+        };
         y
     }
 }
