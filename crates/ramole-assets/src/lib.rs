@@ -6,6 +6,6 @@ mod cache;
 mod error;
 mod marker;
 
-pub use asset::{ALL, Asset, BIGBENCH, MINILM, SMOLLM2};
+pub use asset::{ALL, Asset, MINILM, SMOLLM2};
 pub use cache::{AssetCache, Health, Ready, Verify};
 pub use error::AssetError;

@@ -170,10 +170,10 @@ fn tiny_suite(dir: &std::path::Path) -> std::path::PathBuf {
                 .collect();
             std::fs::write(suite.join(name).join(file), lines.join("\n") + "\n").expect("write");
         }
-        tasks.push(serde_json::json!({"name": name, "path": name, "domain": domain, "held_out": held_out,
-            "examples": 20, "unique": 20, "used": 20, "train": 12, "test": 4, "samples": 4}));
+        tasks.push(serde_json::json!({"name": name, "domain": domain, "held_out": held_out, "metric": "exact_match",
+            "source": "bigbench", "files": "handmade", "examples": 20, "unique": 20, "used": 20, "train": 12, "test": 4, "samples": 4}));
     }
-    let meta = serde_json::json!({"format": 1, "source": {"file": "handmade", "sha256": "-"}, "seed": 1,
+    let meta = serde_json::json!({"format": 2, "digest": "handmade", "seed": 1, "min_test": 4,
         "max_examples": 20, "test_fraction": 0.2, "samples_per_task": 4,
         "domains": {"arithmetic": ["sums"], "classification": ["films", "jokes"]}, "tasks": tasks});
     std::fs::write(suite.join("suite.json"), meta.to_string()).expect("write");

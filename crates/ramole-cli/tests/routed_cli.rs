@@ -86,18 +86,18 @@ fn a_zoo_is_built_and_inputs_are_routed_to_their_loras() {
     let suite = tmp.path().join("suite");
     let mut tasks = Vec::new();
     for (name, prefix, target, domain) in
-        [("shout", "Say it loud", "yes", "linguistic"), ("count", "How many apples are there", "7", "arithmetic")]
+        [("shout", "Say it loud", "yes", "syntax"), ("count", "How many apples are there", "7", "arithmetic")]
     {
         std::fs::create_dir_all(suite.join(name)).expect("mkdir");
         write_records(&suite.join(name).join("train.jsonl"), prefix, target, 16);
         write_records(&suite.join(name).join("test.jsonl"), prefix, target, 4);
         write_records(&suite.join(name).join("samples.jsonl"), prefix, target, 4);
-        tasks.push(serde_json::json!({"name": name, "path": name, "domain": domain, "held_out": false,
-            "examples": 24, "unique": 24, "used": 24, "train": 16, "test": 4, "samples": 4}));
+        tasks.push(serde_json::json!({"name": name, "domain": domain, "held_out": false, "metric": "exact_match",
+            "source": "bigbench", "files": "handmade", "examples": 24, "unique": 24, "used": 24, "train": 16, "test": 4, "samples": 4}));
     }
-    let meta = serde_json::json!({"format": 1, "source": {"file": "handmade", "sha256": "-"}, "seed": 1,
+    let meta = serde_json::json!({"format": 2, "digest": "handmade", "seed": 1, "min_test": 4,
         "max_examples": 24, "test_fraction": 0.2, "samples_per_task": 4,
-        "domains": {"linguistic": ["shout"], "arithmetic": ["count"]}, "tasks": tasks});
+        "domains": {"syntax": ["shout"], "arithmetic": ["count"]}, "tasks": tasks});
     std::fs::write(suite.join("suite.json"), meta.to_string()).expect("write");
     let zoo = tmp.path().join("zoo");
     let out = ok(&["zoo", "build", "--out", s(&zoo), "--tasks", s(&suite), "--model", s(&model), "--steps", "4"]);

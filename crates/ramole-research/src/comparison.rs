@@ -10,11 +10,14 @@
 //! at [`MAX_BUDGET`].
 //!
 //! # Metrics
-//! Exact match as LoraRetriever's evaluation computes it
-//! ([`crate::metrics::exact_match_loraretriever`]: lower-case, surrounding whitespace and every
-//! period removed) for every task; sentence BLEU-4 and ROUGE-1/2/L F1 for the tasks of the generation domain. Per task the
-//! mean over its inputs; per domain and overall the mean over inputs (so larger tasks do not count
-//! more: every task contributes `per_task` inputs, fewer only when its test split is smaller).
+//! Each task is scored by the metric that fits it ([`Metric`], recorded in the suite): exact match as
+//! LoraRetriever's evaluation computes it ([`crate::metrics::exact_match_loraretriever`]: lower-case,
+//! surrounding whitespace and every period removed) as `em` for short answers; the same rule as `acc`
+//! (accuracy) for choice tasks; sentence BLEU-4 and ROUGE-1/2/L F1 (`bleu`, `rouge1`, `rouge2`, `rougeL`)
+//! for generated sentences. Per task the mean over its inputs. Per domain and overall, `score` averages
+//! each input's main metric (`em`, `acc` or `rougeL`) over inputs (every task contributes `per_task`
+//! inputs, fewer only when its test split is smaller); overall, `em`, `acc`, `rougeL` and `bleu` are also
+//! given over the inputs of the tasks with that metric.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ResearchError;
 use crate::metrics::{self, MetricSet};
-use crate::tasks::{Domain, Split, Suite};
+use crate::tasks::{Domain, Metric, Split, Suite};
 
 /// The largest generation budget of a task, in tokens.
 pub const MAX_BUDGET: usize = 64;
@@ -130,7 +133,8 @@ pub struct Record {
     pub task: String,
     /// The domain, or `*` for the overall figure.
     pub domain: String,
-    /// `em`, `bleu`, `rouge1`, `rouge2` or `rougeL`.
+    /// `em`, `acc`, `bleu`, `rouge1`, `rouge2` or `rougeL`; `score` for a domain or overall mean of each
+    /// input's main metric.
     pub metric: String,
     /// In `[0, 1]`.
     pub value: f64,
@@ -143,6 +147,7 @@ pub struct Record {
 struct Item {
     task: String,
     domain: Domain,
+    metric: Metric,
     input: String,
     targets: Vec<String>,
     budget: usize,
@@ -204,6 +209,7 @@ pub fn compare<B: Backend>(
             items.push(Item {
                 task: task.to_string(),
                 domain: meta.domain,
+                metric: meta.metric,
                 input: e.input,
                 targets: vec![e.target],
                 budget,
@@ -260,63 +266,78 @@ pub fn compare<B: Backend>(
     Ok(records)
 }
 
-/// Per task, per domain and overall records of one run.
-fn aggregate(method: Method, setting: Setting, scored: &[(&Item, MetricSet)]) -> Vec<Record> {
-    let mut out = Vec::new();
-    let generation = |d: Domain| d == Domain::Generation;
-    let metrics_of = |d: Domain| -> &'static [&'static str] {
-        if generation(d) { &["bleu", "rouge1", "rouge2", "rougeL"] } else { &["em"] }
-    };
-    let value = |m: &MetricSet, metric: &str| match metric {
-        "em" => m.em,
+/// The record names of a task's metric; the first is its main one.
+fn metric_names(m: Metric) -> &'static [&'static str] {
+    match m {
+        Metric::ExactMatch => &["em"],
+        Metric::Choice => &["acc"],
+        Metric::Rouge => &["rougeL", "bleu", "rouge1", "rouge2"],
+    }
+}
+
+/// Whether a per-task record holds its task's main metric.
+fn is_main(metric: &str) -> bool {
+    matches!(metric, "em" | "acc" | "rougeL")
+}
+
+fn value_of(m: &MetricSet, metric: &str) -> f64 {
+    match metric {
+        "em" | "acc" => m.em,
         "bleu" => m.bleu,
         "rouge1" => m.rouge1,
         "rouge2" => m.rouge2,
         _ => m.rouge_l,
-    };
-    let mut push = |task: &str, domain: &str, metric: &str, sets: &[&MetricSet]| {
-        if let Some(mean) = MetricSet::mean(sets.iter().copied()) {
+    }
+}
+
+/// Per task, per domain and overall records of one run.
+fn aggregate(method: Method, setting: Setting, scored: &[(&Item, MetricSet)]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut push = |task: &str, domain: &str, metric: &str, values: &[f64]| {
+        if !values.is_empty() {
             out.push(Record {
                 strategy: method.name().into(),
                 setting: setting.name().into(),
                 task: task.into(),
                 domain: domain.into(),
                 metric: metric.into(),
-                value: value(&mean, metric),
-                n: sets.len(),
+                value: values.iter().sum::<f64>() / values.len() as f64,
+                n: values.len(),
             });
         }
     };
-    let mut by_task: BTreeMap<(&str, Domain), Vec<&MetricSet>> = BTreeMap::new();
+    let main = |item: &Item, m: &MetricSet| value_of(m, metric_names(item.metric)[0]);
+    let mut by_task: BTreeMap<(&str, Domain, Metric), Vec<&MetricSet>> = BTreeMap::new();
     for (item, m) in scored {
-        by_task.entry((item.task.as_str(), item.domain)).or_default().push(m);
+        by_task.entry((item.task.as_str(), item.domain, item.metric)).or_default().push(m);
     }
-    for ((task, domain), sets) in &by_task {
-        for metric in metrics_of(*domain) {
-            push(task, domain.as_str(), metric, sets);
+    for ((task, domain, metric), sets) in &by_task {
+        for name in metric_names(*metric) {
+            let values: Vec<f64> = sets.iter().map(|m| value_of(m, name)).collect();
+            push(task, domain.as_str(), name, &values);
         }
     }
-    let mut by_domain: BTreeMap<Domain, Vec<&MetricSet>> = BTreeMap::new();
+    let mut by_domain: BTreeMap<Domain, Vec<f64>> = BTreeMap::new();
     for (item, m) in scored {
-        by_domain.entry(item.domain).or_default().push(m);
+        by_domain.entry(item.domain).or_default().push(main(item, m));
     }
-    for (domain, sets) in &by_domain {
-        for metric in metrics_of(*domain) {
-            push("*", domain.as_str(), metric, sets);
-        }
+    for (domain, values) in &by_domain {
+        push("*", domain.as_str(), "score", values);
     }
-    // Overall: exact match over the non-generation inputs, the generation metrics over the rest.
-    let em: Vec<&MetricSet> = scored.iter().filter(|(i, _)| !generation(i.domain)).map(|(_, m)| m).collect();
-    push("*", "*", "em", &em);
-    let generated: Vec<&MetricSet> = scored.iter().filter(|(i, _)| generation(i.domain)).map(|(_, m)| m).collect();
-    for metric in ["bleu", "rouge1", "rouge2", "rougeL"] {
-        push("*", "*", metric, &generated);
+    let all: Vec<f64> = scored.iter().map(|(i, m)| main(i, m)).collect();
+    push("*", "*", "score", &all);
+    for (metric, name) in
+        [(Metric::ExactMatch, "em"), (Metric::Choice, "acc"), (Metric::Rouge, "rougeL"), (Metric::Rouge, "bleu")]
+    {
+        let values: Vec<f64> =
+            scored.iter().filter(|(i, _)| i.metric == metric).map(|(_, m)| value_of(m, name)).collect();
+        push("*", "*", name, &values);
     }
     out
 }
 
-/// A markdown table of the overall figures and of each task's main metric (EM, or ROUGE-L for
-/// generation tasks): one row per task, one column per (method, setting).
+/// A markdown table of each task's main metric (EM, accuracy or ROUGE-L), each domain's score and the
+/// overall figures: one row each, one column per (method, setting).
 pub fn to_markdown(records: &[Record]) -> String {
     let mut columns: Vec<(String, String)> = Vec::new();
     for r in records {
@@ -325,29 +346,28 @@ pub fn to_markdown(records: &[Record]) -> String {
             columns.push(c);
         }
     }
-    let main = |r: &Record| {
-        (r.domain == Domain::Generation.as_str() && r.metric == "rougeL")
-            || (r.domain != Domain::Generation.as_str() && r.metric == "em")
-    };
-    let mut rows: Vec<(String, String)> = Vec::new();
-    for r in records.iter().filter(|r| r.task != "*" && main(r)) {
-        let row = (r.task.clone(), r.domain.clone());
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for r in records.iter().filter(|r| r.task != "*" && is_main(&r.metric)) {
+        let row = (r.task.clone(), r.domain.clone(), r.metric.clone());
         if !rows.contains(&row) {
             rows.push(row);
         }
     }
     rows.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
-    let cell = |task: &str, domain: &str, metric: Option<&str>, c: &(String, String)| -> String {
+    let cell = |task: &str, domain: &str, metric: &str, c: &(String, String)| -> String {
         records
             .iter()
             .find(|r| {
-                r.task == task
-                    && r.domain == domain
-                    && r.strategy == c.0
-                    && r.setting == c.1
-                    && metric.map_or_else(|| main(r), |m| r.metric == m)
+                r.task == task && r.domain == domain && r.strategy == c.0 && r.setting == c.1 && r.metric == metric
             })
             .map_or_else(|| "–".into(), |r| format!("{:.1}", 100.0 * r.value))
+    };
+    let label = |metric: &str| match metric {
+        "em" => "EM",
+        "acc" => "accuracy",
+        "rougeL" => "ROUGE-L",
+        "bleu" => "BLEU",
+        _ => "score",
     };
     let mut s = String::from("| task | domain | metric |");
     for c in &columns {
@@ -356,20 +376,81 @@ pub fn to_markdown(records: &[Record]) -> String {
     s.push_str("\n|---|---|---|");
     s.push_str(&"---:|".repeat(columns.len()));
     s.push('\n');
-    for (task, domain) in &rows {
-        let metric = if domain == Domain::Generation.as_str() { "ROUGE-L" } else { "EM" };
-        s.push_str(&format!("| {task} | {domain} | {metric} |"));
+    for (task, domain, metric) in &rows {
+        s.push_str(&format!("| {task} | {domain} | {} |", label(metric)));
         for c in &columns {
-            s.push_str(&format!(" {} |", cell(task, domain, None, c)));
+            s.push_str(&format!(" {} |", cell(task, domain, metric, c)));
         }
         s.push('\n');
     }
-    for (metric, label) in [("em", "EM"), ("bleu", "BLEU"), ("rougeL", "ROUGE-L")] {
-        s.push_str(&format!("| **overall** | | {label} |"));
+    let mut domains: Vec<&str> =
+        records.iter().filter(|r| r.task == "*" && r.domain != "*").map(|r| r.domain.as_str()).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    for domain in domains {
+        s.push_str(&format!("| *{domain}* | {domain} | score |"));
         for c in &columns {
-            s.push_str(&format!(" {} |", cell("*", "*", Some(metric), c)));
+            s.push_str(&format!(" {} |", cell("*", domain, "score", c)));
+        }
+        s.push('\n');
+    }
+    for metric in ["score", "em", "acc", "rougeL", "bleu"] {
+        if !records.iter().any(|r| r.task == "*" && r.domain == "*" && r.metric == metric) {
+            continue;
+        }
+        s.push_str(&format!("| **overall** | | {} |", label(metric)));
+        for c in &columns {
+            s.push_str(&format!(" {} |", cell("*", "*", metric, c)));
         }
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(task: &str, domain: Domain, metric: Metric) -> Item {
+        Item { task: task.into(), domain, metric, input: String::new(), targets: Vec::new(), budget: 1 }
+    }
+
+    fn set(em: f64, rouge_l: f64) -> MetricSet {
+        MetricSet { em, bleu: rouge_l / 2.0, rouge1: rouge_l, rouge2: rouge_l, rouge_l }
+    }
+
+    /// Each task is reported by its metric; domains and the overall score average each input's main metric;
+    /// the overall per-metric figures cover the tasks of that metric only.
+    #[test]
+    fn each_task_is_scored_by_its_metric() {
+        let short = item("short", Domain::Arithmetic, Metric::ExactMatch);
+        let choice = item("choice", Domain::Arithmetic, Metric::Choice);
+        let sentence = item("sentence", Domain::Syntax, Metric::Rouge);
+        let scored = vec![
+            (&short, set(1.0, 0.9)),
+            (&short, set(0.0, 0.1)),
+            (&choice, set(1.0, 1.0)),
+            (&sentence, set(0.0, 0.5)),
+        ];
+        let records = aggregate(Method::Base, Setting::Iid, &scored);
+        let get = |task: &str, domain: &str, metric: &str| {
+            records.iter().find(|r| r.task == task && r.domain == domain && r.metric == metric).map(|r| (r.value, r.n))
+        };
+        assert_eq!(get("short", "arithmetic", "em"), Some((0.5, 2)));
+        assert_eq!(get("short", "arithmetic", "rougeL"), None, "a short answer is not scored by ROUGE");
+        assert_eq!(get("choice", "arithmetic", "acc"), Some((1.0, 1)));
+        assert_eq!(get("sentence", "syntax", "rougeL"), Some((0.5, 1)));
+        assert_eq!(get("sentence", "syntax", "bleu"), Some((0.25, 1)));
+        assert_eq!(get("sentence", "syntax", "em"), None);
+        assert_eq!(get("*", "arithmetic", "score"), Some((2.0 / 3.0, 3)));
+        assert_eq!(get("*", "syntax", "score"), Some((0.5, 1)));
+        assert_eq!(get("*", "*", "score"), Some((2.5 / 4.0, 4)));
+        assert_eq!(get("*", "*", "em"), Some((0.5, 2)));
+        assert_eq!(get("*", "*", "acc"), Some((1.0, 1)));
+        assert_eq!(get("*", "*", "rougeL"), Some((0.5, 1)));
+        let table = to_markdown(&records);
+        assert!(table.contains("| choice | arithmetic | accuracy | 100.0 |"), "{table}");
+        assert!(table.contains("| sentence | syntax | ROUGE-L | 50.0 |"), "{table}");
+        assert!(table.contains("| **overall** | | score | 62.5 |"), "{table}");
+    }
 }

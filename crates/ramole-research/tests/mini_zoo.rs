@@ -17,7 +17,7 @@ use ramole_retriever::SentenceEncoder;
 const TASKS: [(&str, &str, &str, &[&str]); 2] = [
     (
         "shout",
-        "linguistic",
+        "syntax",
         "yes",
         &["Say it loud: hello", "Say it loud: tree", "Say it loud: river", "Say it loud: stone"],
     ),
@@ -46,13 +46,14 @@ fn write_suite(dir: &Path) {
         let test: Vec<String> = inputs.iter().map(|i| line(i)).collect();
         std::fs::write(task_dir.join("test.jsonl"), test.join("\n") + "\n").expect("write");
         std::fs::write(task_dir.join("samples.jsonl"), train[..4].join("\n") + "\n").expect("write");
-        tasks.push(serde_json::json!({"name": name, "path": name, "domain": domain, "held_out": false,
-            "examples": 28, "unique": 28, "used": 28, "train": 24, "test": 4, "samples": 4}));
+        tasks.push(serde_json::json!({"name": name, "domain": domain, "held_out": false, "metric": "exact_match",
+            "source": "bigbench", "files": "handmade", "examples": 28, "unique": 28, "used": 28, "train": 24,
+            "test": 4, "samples": 4}));
     }
     let suite = serde_json::json!({
-        "format": 1, "source": {"file": "handmade", "sha256": "-"}, "seed": 1, "max_examples": 28,
-        "test_fraction": 0.15, "samples_per_task": 4,
-        "domains": {"linguistic": ["shout"], "arithmetic": ["count"]}, "tasks": tasks,
+        "format": 2, "digest": "handmade", "seed": 1, "max_examples": 28, "test_fraction": 0.15,
+        "min_test": 4, "samples_per_task": 4,
+        "domains": {"syntax": ["shout"], "arithmetic": ["count"]}, "tasks": tasks,
     });
     std::fs::write(dir.join("suite.json"), suite.to_string()).expect("write");
 }
@@ -198,5 +199,12 @@ fn a_two_task_zoo_is_trained_routed_and_compared() {
     assert!(records.iter().all(|r| (0.0..=1.0).contains(&r.value)));
     assert!(records.iter().any(|r| r.strategy == "arrow" && r.setting == "ood"), "arrow rows in the comparison");
     let table = comparison::to_markdown(&records);
-    assert!(table.contains("| shout | linguistic | EM |") && table.contains("perfect IID"), "{table}");
+    assert!(table.contains("| shout | syntax | EM |") && table.contains("perfect IID"), "{table}");
+    // Domains and the overall score (each input's main metric) have rows of their own.
+    assert!(table.contains("| *syntax* | syntax | score |") && table.contains("| **overall** | | score |"), "{table}");
+    let score = records
+        .iter()
+        .find(|r| r.strategy == "perfect" && r.task == "*" && r.domain == "*" && r.metric == "score")
+        .expect("overall score");
+    assert_eq!((score.value, score.n), (overall.value, overall.n), "all exact-match tasks: the score is the EM");
 }

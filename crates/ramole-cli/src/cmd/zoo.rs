@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ramole_core::backend::{self, Selected, device};
 use ramole_mole::peft::AdapterDtype;
-use ramole_research::tasks::Suite;
 use ramole_research::zoo::{self, ZooConfig, ZooEvent};
 
 /// Arguments of `ramole zoo`.
@@ -62,11 +60,7 @@ pub fn shipped_zoo() -> PathBuf {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Action::Build(args) = args.action;
     let out = args.out.unwrap_or_else(shipped_zoo);
-    let suite_dir = match args.tasks {
-        Some(t) => t,
-        None => super::tasks::default_dir()?,
-    };
-    let suite = Suite::load(&suite_dir).context("reading the suite (build it with `ramole tasks build`)")?;
+    let suite = super::tasks::open(args.tasks.as_deref())?;
     let mut cfg = ZooConfig::default();
     if let Some(steps) = args.steps {
         cfg.train.length = ramole_mole::train::TrainLength::Steps(steps);
@@ -105,15 +99,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = std::time::Instant::now();
+    // Progress bars are hidden when stderr is not a terminal (a log file): progress is printed as lines there.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = zoo::build_zoo(&suite, &model, &out, &cfg, &encoder, &device(), &mut |event| match event {
-        ZooEvent::Task { name, steps, .. } => {
+        ZooEvent::Task { name, steps, index, total } => {
             overall.set_message(name.to_string());
             task_bar.reset();
             task_bar.set_length(steps as u64);
+            if !terminal && steps > 0 {
+                eprintln!("[{index}/{total}] {name}: {steps} steps ({:.0} s so far)", start.elapsed().as_secs_f64());
+            }
         }
         ZooEvent::Step(s) => {
             task_bar.set_position(s.step as u64);
             task_bar.set_message(format!("loss {:.3} | {:.0} tok/s", s.loss, s.tokens_per_sec));
+            if !terminal && s.step % 25 == 0 {
+                eprintln!("  step {}/{}: loss {:.3}, {:.0} tok/s", s.step, s.steps, s.loss, s.tokens_per_sec);
+            }
         }
         ZooEvent::Done { name, trained } => {
             overall.inc(1);
@@ -128,8 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 None => format!("{name}: up to date"),
             };
-            // Progress bars are hidden when stderr is not a terminal (a log file): print the line there.
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            if terminal {
                 let _ = bars.println(line);
             } else {
                 eprintln!("{line}");
