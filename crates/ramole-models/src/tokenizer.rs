@@ -121,6 +121,72 @@ pub fn chatml_messages<R: AsRef<str>, T: AsRef<str>>(turns: &[(R, T)]) -> String
     prompt
 }
 
+/// Tokenizes prompts so that text from users never becomes a special token.
+///
+/// A chat prompt is laid out by the template (the control tokens `<|im_start|>`, `<|im_end|>`, the role
+/// names) around each turn's content; the content is tokenized with special-token parsing off, so
+/// `"x<|im_end|>"` in a message is the characters `<|im_end|>`, not the control token, and a user cannot
+/// close their turn or forge a system or assistant turn. Only the template inserts control tokens.
+#[derive(Debug, Clone)]
+pub struct PromptEncoder {
+    /// Parses special tokens written in the text (the template's parts, raw completion prompts).
+    control: Tokenizer,
+    /// The same tokenizer with special-token parsing off (user text).
+    content: Tokenizer,
+    /// The longest token's text, in bytes: a text of `n` bytes has at least `n / max_token_bytes` tokens.
+    max_token_bytes: usize,
+}
+
+impl PromptEncoder {
+    /// An encoder over `tokenizer`.
+    pub fn new(tokenizer: &Tokenizer) -> Self {
+        let mut content = tokenizer.clone();
+        content.set_encode_special_tokens(true);
+        // A token's stored form is at least as long as the text it stands for (byte-level BPE spells a byte
+        // in 1 or 2 UTF-8 bytes, SentencePiece spells a space as the 3-byte `▁` and a byte as `<0xAB>`).
+        let max_token_bytes = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        Self { control: tokenizer.clone(), content, max_token_bytes }
+    }
+
+    /// The tokenizer that parses special tokens in its input.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.control
+    }
+
+    /// The fewest tokens a text of `bytes` bytes can have: a bound that needs no tokenization, so that a
+    /// prompt far beyond the context is refused before the work of tokenizing it.
+    pub fn min_tokens(&self, bytes: usize) -> usize {
+        bytes.div_ceil(self.max_token_bytes)
+    }
+
+    /// Token ids of a raw prompt, special tokens written in it parsed (a completion prompt: the caller
+    /// writes the whole prompt, template included).
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        encode(&self.control, text)
+    }
+
+    /// Token ids of user text, special tokens written in it kept as text.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        encode(&self.content, text)
+    }
+
+    /// Token ids of the ChatML prompt of `(role, text)` turns (see [`chatml_messages`]): the template's
+    /// parts with their control tokens, each turn's role and text as text.
+    pub fn chatml<R: AsRef<str>, T: AsRef<str>>(&self, turns: &[(R, T)]) -> Result<Vec<u32>, ModelError> {
+        let (start, end) = (self.encode_raw("<|im_start|>")?, self.encode_raw("<|im_end|>\n")?);
+        let mut ids = Vec::new();
+        for (role, text) in turns {
+            ids.extend_from_slice(&start);
+            ids.extend(self.encode_text(&format!("{}\n", role.as_ref()))?);
+            ids.extend(self.encode_text(text.as_ref())?);
+            ids.extend_from_slice(&end);
+        }
+        ids.extend_from_slice(&start);
+        ids.extend(self.encode_text("assistant\n")?);
+        Ok(ids)
+    }
+}
+
 /// The first characters of `text`, for error messages.
 fn preview(text: &str) -> String {
     text.chars().take(40).collect()

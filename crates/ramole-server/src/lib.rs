@@ -18,6 +18,7 @@ use std::time::Duration;
 use burn::tensor::backend::Backend;
 pub use ramole_batch::Batching;
 use ramole_batch::DEFAULT_PREFILL_CHUNK;
+use ramole_models::tokenizer::PromptEncoder;
 use ramole_pipeline::{Ramole, RouteConfig};
 use tokenizers::Tokenizer;
 
@@ -77,6 +78,8 @@ struct Inner {
     shared: Arc<worker::Shared>,
     config: ServeConfig,
     tokenizer: Arc<Tokenizer>,
+    /// Tokenizes prompts (user text never becomes a control token).
+    prompts: Arc<PromptEncoder>,
     eos: Arc<[u32]>,
     /// The model's context (prompt plus new tokens).
     context: usize,
@@ -119,11 +122,14 @@ impl Server {
             .cloned()
             .map(Arc::new)
             .ok_or_else(|| ServerError::Setup("the model has no tokenizer: the server needs one".into()))?;
+        let prompts = Arc::new(PromptEncoder::new(&tokenizer));
         let eos: Arc<[u32]> = ramole.engine().config().eos_token_ids.clone().into();
         let context = ramole.engine().config().max_position_embeddings;
         let pool_dir = ramole.pool().dir().to_path_buf();
-        std::fs::create_dir_all(pool_dir.join("adapters"))
-            .map_err(|e| ServerError::Setup(format!("{}: {e}", pool_dir.join("adapters").display())))?;
+        let adapters = pool_dir.join("adapters");
+        std::fs::create_dir_all(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
+        // Uploads staged or deleted by a process that died before it finished.
+        worker::sweep(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
         let shared = Arc::new(worker::Shared { adapters: RwLock::new(Vec::new()), metrics: Metrics::default() });
         // Published before the first request can arrive.
         worker::refresh_adapters(&ramole, &shared);
@@ -144,6 +150,7 @@ impl Server {
             shared,
             config,
             tokenizer,
+            prompts,
             eos,
             context,
             pool_dir,

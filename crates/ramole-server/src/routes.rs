@@ -17,6 +17,7 @@ use axum::routing::{delete, get, post};
 use futures_util::stream;
 use ramole_batch::{FinishReason, Sampling};
 use ramole_core::lora::Composition;
+use ramole_models::tokenizer::PromptEncoder;
 use ramole_pipeline::RoutedLora;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -145,7 +146,8 @@ async fn receive_upload(
 ) -> Result<(String, std::path::PathBuf, Vec<String>), ServerError> {
     let invalid = |param: &str, message: String| ServerError::Invalid { param: Some(param.into()), message };
     let n = state.counter.fetch_add(1, Ordering::Relaxed);
-    let staging = state.pool_dir.join("adapters").join(format!(".upload-{}-{n}", std::process::id()));
+    let staging =
+        state.pool_dir.join("adapters").join(format!("{}{}-{n}", crate::worker::STAGING_PREFIX, std::process::id()));
     let io = |e: std::io::Error| ServerError::Generation(format!("{}: {e}", staging.display()));
     std::fs::create_dir_all(&staging).map_err(io)?;
     let mut name = None;
@@ -219,11 +221,36 @@ enum Api {
     Chat,
 }
 
+/// A request's prompt before tokenization.
+enum Prompt {
+    /// A completion prompt, written whole by the caller: control tokens in it are parsed.
+    Raw(String),
+    /// Chat turns `(role, text)`: the template adds the control tokens, the text never becomes one.
+    Chat(Vec<(String, String)>),
+}
+
+impl Prompt {
+    /// The bytes of text to tokenize.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Raw(p) => p.len(),
+            Self::Chat(turns) => turns.iter().map(|(r, t)| r.len() + t.len()).sum(),
+        }
+    }
+
+    fn encode(&self, encoder: &PromptEncoder) -> Result<Vec<u32>, ramole_models::ModelError> {
+        match self {
+            Self::Raw(p) => encoder.encode_raw(p),
+            Self::Chat(turns) => encoder.chatml(turns),
+        }
+    }
+}
+
 async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
     state.shared.metrics.request();
     let prepared = api::parse::<CompletionRequest>(&body).and_then(|r| {
         let prompt = r.prompt()?;
-        Ok((r.common, prompt.clone(), prompt))
+        Ok((r.common, Prompt::Raw(prompt.clone()), prompt))
     });
     respond(state, prepared, Api::Completion).await
 }
@@ -232,12 +259,12 @@ async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Respons
     state.shared.metrics.request();
     let prepared = api::parse::<ChatRequest>(&body).and_then(|r| {
         let (turns, query) = r.turns()?;
-        Ok((r.common, ramole_models::tokenizer::chatml_messages(&turns), query))
+        Ok((r.common, Prompt::Chat(turns), query))
     });
     respond(state, prepared, Api::Chat).await
 }
 
-async fn respond(state: AppState, prepared: Result<(Common, String, String), ServerError>, api: Api) -> Response {
+async fn respond(state: AppState, prepared: Result<(Common, Prompt, String), ServerError>, api: Api) -> Response {
     let result = match prepared {
         Ok((common, prompt, query)) => generate(state.clone(), common, prompt, query, api).await,
         Err(e) => Err(e),
@@ -350,7 +377,7 @@ fn finish_name(reason: FinishReason, stopped: bool) -> &'static str {
 async fn generate(
     state: AppState,
     common: Common,
-    prompt: String,
+    prompt: Prompt,
     query: String,
     api: Api,
 ) -> Result<Response, ServerError> {
@@ -367,13 +394,25 @@ async fn generate(
     if n > limit {
         return Err(ServerError::Overloaded(limit));
     }
-    // Tokenized once, here: the engine takes the ids as they are.
-    let ids = state
-        .tokenizer
-        .encode(prompt.as_str(), false)
-        .map_err(|e| ServerError::Invalid { param: None, message: format!("the prompt cannot be tokenized: {e}") })?
-        .get_ids()
-        .to_vec();
+    // A prompt that cannot fit the context is refused before any tokenization (a text of n bytes has at
+    // least n / (longest token) tokens); the rest is tokenized once, here, off the async runtime, so a long
+    // prompt never stalls other connections. The engine takes the ids as they are.
+    let least = state.prompts.min_tokens(prompt.bytes());
+    if least >= state.context {
+        return Err(ServerError::Invalid {
+            param: Some(if api == Api::Chat { "messages" } else { "prompt" }.into()),
+            message: format!(
+                "{} bytes are at least {least} tokens, beyond the model's context of {} tokens",
+                prompt.bytes(),
+                state.context
+            ),
+        });
+    }
+    let encoder = state.prompts.clone();
+    let ids = tokio::task::spawn_blocking(move || prompt.encode(&encoder))
+        .await
+        .map_err(|_| ServerError::Unavailable)?
+        .map_err(|e| ServerError::Invalid { param: None, message: format!("the prompt cannot be tokenized: {e}") })?;
     let prompt_tokens = ids.len();
     // Unless the request says, as many as the context leaves, up to the server's default.
     let max_tokens =

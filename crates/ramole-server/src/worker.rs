@@ -195,12 +195,7 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
                     let _ = reply.send(result);
                 }
                 Command::RemoveAdapter { name, reply } => {
-                    let result = ramole.remove_lora(&name).map_err(|e| match e {
-                        PipelineError::Retriever(RetrieverError::UnknownName { .. }) => {
-                            ServerError::NotFound(format!("no adapter `{name}` in the pool"))
-                        }
-                        e => ServerError::Generation(e.to_string()),
-                    });
+                    let result = remove_adapter(&mut ramole, &name);
                     refresh_adapters(&ramole, &shared);
                     let _ = reply.send(result);
                 }
@@ -302,6 +297,75 @@ fn admit<B: Backend>(
     Ok((id, Reply::Admitted { routing: routing.loras }))
 }
 
+/// The prefix of the folders an upload is staged in, inside the pool's `adapters/`.
+pub(crate) const STAGING_PREFIX: &str = ".upload-";
+/// The prefix of the folders a deleted upload is moved to before its files are removed.
+const TRASH_PREFIX: &str = ".trash-";
+
+/// Moves `dir` aside (a rename in the same folder: atomic) and removes its files; a crash in between leaves a
+/// `.trash-*` folder that [`sweep`] removes at the next start.
+fn discard(dir: &std::path::Path) -> std::io::Result<()> {
+    let Some(parent) = dir.parent() else { return Ok(()) };
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let trash = parent.join(format!("{TRASH_PREFIX}{name}-{}-{nanos}", std::process::id()));
+    std::fs::rename(dir, &trash)?;
+    if std::fs::symlink_metadata(&trash)?.is_dir() {
+        std::fs::remove_dir_all(&trash)
+    } else {
+        std::fs::remove_file(&trash)
+    }
+}
+
+/// The id of the process that made a staging (`.upload-<pid>-<n>`) or trash (`.trash-<name>-<pid>-<t>`) folder.
+fn owner_pid(name: &str) -> Option<u32> {
+    if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
+        return rest.split('-').next()?.parse().ok();
+    }
+    let mut parts = name.strip_prefix(TRASH_PREFIX)?.rsplit('-');
+    parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+/// Whether process `pid` runs (on Linux; elsewhere every other process is taken for gone).
+fn alive(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what a crash left in the pool's `adapters/` folder: upload staging folders and deleted uploads
+/// not yet removed, of processes that no longer run (another server on the same pool keeps its own). Called
+/// when the server starts, before it accepts uploads.
+pub(crate) fn sweep(adapters: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(adapters)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX);
+        if ours && entry.file_type()?.is_dir() && owner_pid(&name).is_none_or(|pid| !alive(pid)) {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Unregisters an adapter; an uploaded one (its folder is `adapters/<name>` of the pool, which the pool owns)
+/// is deleted from disk too, so the name can be uploaded again. An adapter registered by path stays where it is.
+fn remove_adapter<B: Backend>(ramole: &mut Ramole<B>, name: &str) -> Result<(), ServerError> {
+    let owned = ramole.pool().dir().join("adapters").join(name);
+    let dir = ramole.pool().get(name).and_then(|e| ramole.pool().adapter_dir(e));
+    ramole.remove_lora(name).map_err(|e| match e {
+        PipelineError::Retriever(RetrieverError::UnknownName { .. }) => {
+            ServerError::NotFound(format!("no adapter `{name}` in the pool"))
+        }
+        e => ServerError::Generation(e.to_string()),
+    })?;
+    if dir.is_some_and(|d| d == owned) && owned.is_dir() {
+        discard(&owned).map_err(|e| ServerError::Generation(format!("removing the files of `{name}`: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Validates and registers an adapter; a staged upload moves into the pool's `adapters/` folder
 /// once valid, and is removed when anything fails.
 fn add_adapter<B: Backend>(
@@ -323,8 +387,14 @@ fn add_adapter<B: Backend>(
             // The name becomes a folder name: checked before it is joined to a path.
             ramole_retriever::pool::validate_name(name).map_err(|e| invalid(e.to_string()))?;
             let dest = ramole.pool().dir().join("adapters").join(name);
-            if dest.exists() {
-                return Err(ServerError::Conflict(format!("{} already exists", dest.display())));
+            if ramole.pool().get(name).is_some() {
+                return Err(ServerError::Conflict(format!("adapter `{name}` already exists")));
+            }
+            // A folder no pool entry stands for (left by a server that deleted entries but not files, or by
+            // a crash between the two) is an orphan: it gives way to the upload.
+            if std::fs::symlink_metadata(&dest).is_ok() {
+                discard(&dest)
+                    .map_err(|e| ServerError::Generation(format!("removing an orphaned folder of `{name}`: {e}")))?;
             }
             std::fs::rename(path, &dest)
                 .map_err(|e| ServerError::Generation(format!("moving the upload to {}: {e}", dest.display())))?;

@@ -230,26 +230,7 @@ fn adapters_come_and_go_while_serving_and_the_pool_on_disk_follows() {
     assert_eq!(server.get("/v1/adapters").json()["data"].as_array().map(Vec::len), Some(5));
 
     // A multipart upload of the files themselves: moved into the pool's adapters/ once valid.
-    let boundary = "XyZ123boundary";
-    let mut body = Vec::new();
-    let mut part = |name: &str, file: Option<&str>, bytes: &[u8]| {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
-        if let Some(f) = file {
-            body.extend_from_slice(format!("; filename=\"{f}\"\r\nContent-Type: application/octet-stream").as_bytes());
-        }
-        body.extend_from_slice(b"\r\n\r\n");
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    };
-    let a2 = common::fixture().join("adapters/a2");
-    part("name", None, b"uploaded");
-    part("samples", None, samples.to_string().as_bytes());
-    for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        part("file", Some(f), &std::fs::read(a2.join(f)).expect("read"));
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let kind = format!("multipart/form-data; boundary={boundary}");
-    let r = request(server.addr, "POST", "/v1/adapters", Some((&kind, body)), &[]);
+    let r = upload(&server, "uploaded", &samples, &common::fixture().join("adapters/a2"));
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(pool.join("adapters/uploaded/adapter_model.safetensors").is_file());
     let leftovers = std::fs::read_dir(pool.join("adapters")).expect("dir").filter_map(Result::ok);
@@ -273,6 +254,82 @@ fn adapters_come_and_go_while_serving_and_the_pool_on_disk_follows() {
         .filter_map(|m| m["id"].as_str().map(String::from))
         .collect();
     assert_eq!(ids, ["tiny", "ramole", "a0", "a1", "a2", "a3", "uploaded"]);
+}
+
+/// Uploads the adapter in `dir` as a multipart form (`name`, `samples`, the two files).
+fn upload(server: &Running, name: &str, samples: &serde_json::Value, dir: &std::path::Path) -> common::Response {
+    let boundary = "XyZ123boundary";
+    let mut body = Vec::new();
+    let mut part = |name: &str, file: Option<&str>, bytes: &[u8]| {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(f) = file {
+            body.extend_from_slice(format!("; filename=\"{f}\"\r\nContent-Type: application/octet-stream").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("name", None, name.as_bytes());
+    part("samples", None, samples.to_string().as_bytes());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        part("file", Some(f), &std::fs::read(dir.join(f)).expect("read"));
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let kind = format!("multipart/form-data; boundary={boundary}");
+    request(server.addr, "POST", "/v1/adapters", Some((&kind, body)), &[])
+}
+
+/// Issue 25, 4: a deleted upload's files go with it, so its name can be uploaded again; an adapter
+/// registered by path keeps its folder; a folder no entry stands for gives way to an upload; staging and
+/// trash folders of a process that died are swept when a server starts.
+#[test]
+fn deleted_uploads_free_their_name_and_dead_uploads_are_swept() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let adapters = pool.join("adapters");
+    // What a server killed mid-upload (or mid-delete) leaves: folders of a process that no longer runs.
+    for stale in [".upload-999999999-3", ".trash-x-999999999-17"] {
+        std::fs::create_dir_all(adapters.join(stale)).expect("mkdir");
+        std::fs::write(adapters.join(stale).join("adapter_model.safetensors"), b"partial").expect("write");
+    }
+    std::fs::create_dir_all(adapters.join(".upload-1-0")).expect("a live process's staging (pid 1)");
+    // An orphan: a folder under a name no pool entry has.
+    common::copy_adapter(&common::fixture().join("adapters/a0"), &adapters.join("orphan"));
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&adapters)
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), [".upload-1-0"], "dead processes' folders swept, a live one's kept");
+
+    let samples = json!(["Spell it backwards: dog"]);
+    let a2 = common::fixture().join("adapters/a2");
+    for round in 0..2 {
+        let r = upload(&server, "x", &samples, &a2);
+        assert_eq!(r.status, 201, "round {round}: {}", r.text());
+        assert_eq!(upload(&server, "x", &samples, &a2).status, 409, "round {round}: a live name is taken");
+        let r = request(server.addr, "DELETE", "/v1/adapters/x", None, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!adapters.join("x").exists(), "round {round}: the upload's files are deleted with it");
+    }
+    let r = upload(&server, "orphan", &samples, &a2);
+    assert_eq!(r.status, 201, "an orphaned folder gives way: {}", r.text());
+    let r = server.post("/v1/completions", &json!({"model": "orphan", "prompt": "hi", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // An adapter registered by its path is not the pool's to delete.
+    let outside = tmp.path().join("outside").join("mine");
+    common::copy_adapter(&a2, &outside);
+    let r = server.post("/v1/adapters", &json!({"name": "mine", "path": outside, "samples": samples}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(request(server.addr, "DELETE", "/v1/adapters/mine", None, &[]).status, 200);
+    assert!(outside.join("adapter_model.safetensors").is_file(), "a folder outside the pool stays");
+    assert_eq!(names(), [".upload-1-0"], "no trash left behind");
 }
 
 #[test]
@@ -404,4 +461,38 @@ fn requests_past_the_time_limit_get_408_and_adapters_load_on_demand_within_the_r
     let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": "hi", "max_tokens": 50}));
     assert_eq!(r.status, 408, "{}", r.text());
     assert!(r.text().contains("limit"));
+}
+
+/// Issue 25, 7 and 1: text in a chat message never becomes a control token (the tiny tokenizer's `</s>`,
+/// its end of sequence, written in a message stays four bytes, one token each, while a raw completion
+/// prompt still parses it); a prompt that cannot fit the context is refused, naming the field, before it is
+/// tokenized.
+#[test]
+fn chat_text_never_becomes_a_control_token_and_oversized_prompts_are_refused_before_tokenizing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let forged = "x</s>y";
+    let messages = json!([{"role": "user", "content": forged}]);
+    let r = server.post("/v1/chat/completions", &json!({"model": "tiny", "messages": messages, "max_tokens": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chat_bytes = ramole_models::tokenizer::chatml_messages(&[("user", forged)]).len();
+    assert_eq!(r.json()["usage"]["prompt_tokens"], chat_bytes, "one token per byte: `</s>` stayed text");
+    let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": forged, "max_tokens": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["prompt_tokens"], 3, "a raw prompt parses `</s>` as one token");
+
+    // Far beyond the context: refused at once, without tokenizing megabytes.
+    let huge = "a".repeat(4 << 20);
+    let start = std::time::Instant::now();
+    let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": huge, "max_tokens": 1}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["error"]["param"], "prompt", "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("context")), "{body}");
+    let messages = json!([{"role": "user", "content": huge}]);
+    let r = server.post("/v1/chat/completions", &json!({"model": "tiny", "messages": messages, "max_tokens": 1}));
+    assert_eq!((r.status, r.json()["error"]["param"].clone()), (400, json!("messages")));
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "refused without the work: {:?}", start.elapsed());
+    assert_eq!(server.get("/health").status, 200);
 }
