@@ -71,6 +71,24 @@ impl ServerError {
         }
     }
 
+    /// The same error with every occurrence of the server folder `dir` in its message written as `label`:
+    /// client-facing errors do not show where the server keeps its files.
+    pub fn redact(self, dir: &std::path::Path, label: &str) -> Self {
+        let dir = dir.to_string_lossy();
+        if dir.is_empty() || dir == "/" {
+            return self;
+        }
+        let clean = |s: String| s.replace(dir.as_ref(), label);
+        match self {
+            Self::Invalid { param, message } => Self::Invalid { param, message: clean(message) },
+            Self::NotFound(m) => Self::NotFound(clean(m)),
+            Self::Conflict(m) => Self::Conflict(clean(m)),
+            Self::Generation(m) => Self::Generation(clean(m)),
+            Self::Setup(m) => Self::Setup(clean(m)),
+            other => other,
+        }
+    }
+
     /// The OpenAI-style body: `{"error": {"message", "type", "param", "code"}}`.
     pub fn body(&self) -> serde_json::Value {
         let param = match self {

@@ -50,6 +50,10 @@ pub struct ServeConfig {
     pub default_max_tokens: usize,
     /// How `model: "ramole"` routes (strategy, top-k, weights), unless the request says otherwise.
     pub route: RouteConfig,
+    /// Folders under which `POST /v1/adapters {"path"}` may register an adapter already on the server
+    /// (symbolic links followed, none may lead out); empty: registration by path is off and adapters
+    /// arrive only as uploaded files.
+    pub adapter_roots: Vec<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -65,6 +69,7 @@ impl Default for ServeConfig {
             max_body_bytes: 64 << 20,
             default_max_tokens: 256,
             route: RouteConfig::default(),
+            adapter_roots: Vec::new(),
         }
     }
 }
@@ -109,7 +114,12 @@ impl Server {
     where
         Ramole<B>: Send + 'static,
     {
+        let mut config = config;
         config.route.validate().map_err(|e| ServerError::Setup(e.to_string()))?;
+        for root in &mut config.adapter_roots {
+            *root = std::fs::canonicalize(&*root)
+                .map_err(|e| ServerError::Setup(format!("adapter root {}: {e}", root.display())))?;
+        }
         if config.max_batch == 0 {
             return Err(ServerError::Setup("--max-batch must be at least 1".into()));
         }

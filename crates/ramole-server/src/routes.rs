@@ -62,7 +62,35 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
 /// The response of a failed request, counted by kind in `/metrics`.
 fn failed(state: &Inner, error: ServerError) -> Response {
     state.shared.metrics.error(error.kind());
-    error.into_response()
+    error.redact(&state.pool_dir, "<pool>").into_response()
+}
+
+/// The folder of an adapter registered by its path on the server (JSON `path`): only under one of the
+/// configured adapter roots (none: registration by path is off), resolved with every symbolic link
+/// followed, and so are its two files. Whatever the reason a path is refused, the answer is the same, so that
+/// a client cannot probe which files exist on the server.
+fn confine(roots: &[std::path::PathBuf], path: &std::path::Path) -> Result<std::path::PathBuf, ServerError> {
+    if roots.is_empty() {
+        return Err(ServerError::Invalid {
+            param: Some("path".into()),
+            message: "registering an adapter by a path on the server is off: upload its files (multipart), or \
+                      start the server with --adapter-root DIR"
+                .into(),
+        });
+    }
+    let refused = || ServerError::Invalid {
+        param: Some("path".into()),
+        message: "not an adapter folder under the server's adapter roots".into(),
+    };
+    let dir = std::fs::canonicalize(path).map_err(|_| refused())?;
+    let root = roots.iter().find(|r| dir.starts_with(r)).ok_or_else(refused)?;
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        let real = std::fs::canonicalize(dir.join(file)).map_err(|_| refused())?;
+        if !real.starts_with(root) || !real.is_file() {
+            return Err(refused());
+        }
+    }
+    Ok(dir)
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -130,7 +158,8 @@ async fn add_adapter_inner(state: &AppState, request: Request) -> Result<crate::
     } else {
         let body = Bytes::from_request(request, &()).await.map_err(|e| too_large_or_invalid(&e.to_string()))?;
         let upload: AdapterUpload = api::parse(&body)?;
-        (upload.name, upload.path, false, upload.samples)
+        let dir = confine(&state.config.adapter_roots, &upload.path)?;
+        (upload.name, dir, false, upload.samples)
     };
     ask(state, |reply| Command::AddAdapter { name, path, staged, samples, reply }).await?
 }

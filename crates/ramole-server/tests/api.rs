@@ -185,7 +185,8 @@ fn completions_chat_streams_and_routing_answer_as_the_engine_does() {
 fn adapters_come_and_go_while_serving_and_the_pool_on_disk_follows() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, pool) = setup(tmp.path());
-    let server = Running::start(common::ramole(&model, &pool), config());
+    let roots = ServeConfig { adapter_roots: vec![tmp.path().to_path_buf()], ..config() };
+    let server = Running::start(common::ramole(&model, &pool), roots);
     let samples = json!(["Spell it backwards: dog", "Spell it backwards: cat"]);
 
     // A folder on the server.
@@ -220,11 +221,12 @@ fn adapters_come_and_go_while_serving_and_the_pool_on_disk_follows() {
         (json!({"name": "rev", "path": folder, "samples": samples}), 409, "already"),
         (json!({"name": "empty", "path": folder, "samples": []}), 400, "sample"),
         (json!({"name": "../x", "path": folder, "samples": samples}), 400, "name"),
-        (json!({"name": "gone", "path": tmp.path().join("nothing"), "samples": samples}), 400, "gone"),
+        (json!({"name": "gone", "path": tmp.path().join("nothing"), "samples": samples}), 400, "adapter roots"),
     ] {
         let r = server.post("/v1/adapters", &body);
         assert_eq!(r.status, status, "{body}: {}", r.text());
         assert!(r.text().contains(needle), "{body}: {}", r.text());
+        assert!(!r.text().contains(pool.to_string_lossy().as_ref()), "no server path in an error: {}", r.text());
     }
     assert_eq!(entries(), before);
     assert_eq!(server.get("/v1/adapters").json()["data"].as_array().map(Vec::len), Some(5));
@@ -286,6 +288,8 @@ fn upload(server: &Running, name: &str, samples: &serde_json::Value, dir: &std::
 fn deleted_uploads_free_their_name_and_dead_uploads_are_swept() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, pool) = setup(tmp.path());
+    let config = || ServeConfig { adapter_roots: vec![tmp.path().join("outside")], ..config() };
+    std::fs::create_dir_all(tmp.path().join("outside")).expect("mkdir");
     let adapters = pool.join("adapters");
     // What a server killed mid-upload (or mid-delete) leaves: folders of a process that no longer runs.
     for stale in [".upload-999999999-3", ".trash-x-999999999-17"] {
@@ -495,4 +499,57 @@ fn chat_text_never_becomes_a_control_token_and_oversized_prompts_are_refused_bef
     assert_eq!((r.status, r.json()["error"]["param"].clone()), (400, json!("messages")));
     assert!(start.elapsed() < std::time::Duration::from_secs(20), "refused without the work: {:?}", start.elapsed());
     assert_eq!(server.get("/health").status, 200);
+}
+
+/// Issue 25, 8: an adapter is registered by a server path only under a configured root (off by default),
+/// symbolic links may not lead out of it, and every refusal reads the same, so a client cannot probe the
+/// server's files.
+#[test]
+fn adapters_by_path_only_under_an_adapter_root_and_no_probing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let root = tmp.path().join("root");
+    common::copy_adapter(&common::fixture().join("adapters/a2"), &root.join("good"));
+    let samples = json!(["Spell it backwards: dog"]);
+    let register = |server: &Running, name: &str, path: &std::path::Path| {
+        server.post("/v1/adapters", &json!({"name": name, "path": path, "samples": samples}))
+    };
+    // Off by default.
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let r = register(&server, "good", &root.join("good"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("--adapter-root"), "{}", r.text());
+    server.stop();
+
+    let server =
+        Running::start(common::ramole(&model, &pool), ServeConfig { adapter_roots: vec![root.clone()], ..config() });
+    assert_eq!(register(&server, "good", &root.join("good")).status, 201);
+    // Outside the root, missing, a file, a symlinked folder or file leading out: one answer for all.
+    let outside = tmp.path().join("outside");
+    common::copy_adapter(&common::fixture().join("adapters/a2"), &outside);
+    std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+    std::fs::create_dir_all(root.join("half")).expect("mkdir");
+    std::fs::copy(outside.join("adapter_config.json"), root.join("half/adapter_config.json")).expect("copy");
+    std::os::unix::fs::symlink("/etc/passwd", root.join("half/adapter_model.safetensors")).expect("symlink");
+    let mut bodies = Vec::new();
+    for (name, path) in [
+        ("out", outside.clone()),
+        ("missing", root.join("nothing")),
+        ("etc", std::path::PathBuf::from("/etc")),
+        ("passwd", std::path::PathBuf::from("/etc/passwd")),
+        ("link", root.join("link")),
+        ("half", root.join("half")),
+        ("dots", root.join("../outside")),
+    ] {
+        let r = register(&server, name, &path);
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        bodies.push(r.json()["error"]["message"].clone());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "every refusal reads the same: {bodies:?}");
+    let listed = server.get("/v1/models").json().to_string();
+    assert!(
+        ["out", "missing", "etc", "passwd", "link", "half", "dots"]
+            .iter()
+            .all(|n| !listed.contains(&format!("\"{n}\"")))
+    );
 }

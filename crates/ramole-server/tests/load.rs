@@ -64,6 +64,7 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
         max_batch: 8,
         max_queue: CLIENTS,
         prefill_chunk: 32,
+        adapter_roots: vec![tmp.path().to_path_buf()],
         ..Default::default()
     };
     let server = Running::start(common::ramole(&model, &pool), config);

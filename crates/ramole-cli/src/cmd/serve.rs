@@ -38,9 +38,18 @@ pub struct Args {
     /// Most adapters kept loaded (least recently used unloaded first; the others load on demand).
     #[arg(long, value_parser = super::args::usize_in(1, 1_000_000))]
     pub max_resident_adapters: Option<usize>,
-    /// Bearer token that every request but `/health` must carry.
-    #[arg(long)]
+    /// Bearer token that every request but `/health` must carry [default: `$RAMOLE_API_KEY`]. A key on the
+    /// command line is visible to other users of the machine (`ps`): prefer `--api-key-file` or the variable.
+    #[arg(long, env = "RAMOLE_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// A file holding the bearer token (its first line, surrounding whitespace removed).
+    #[arg(long)]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// A folder under which `POST /v1/adapters {"path"}` may register adapters already on the server
+    /// (repeatable; symbolic links may not lead out). Without one, registration by path is off and adapters
+    /// arrive only as uploaded files.
+    #[arg(long = "adapter-root")]
+    pub adapter_roots: Vec<std::path::PathBuf>,
     /// Longest a request may take, queueing included, in seconds (1–86400).
     #[arg(long, default_value_t = 300, value_parser = super::args::usize_in(1, 86_400))]
     pub request_timeout: usize,
@@ -67,6 +76,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => super::engine::DEFAULT_MODEL_ID.rsplit('/').next().unwrap_or("base").to_string(),
         (None, Some(_)) => model.file_stem().map_or_else(|| "base".into(), |s| s.to_string_lossy().into_owned()),
     };
+    let api_key = match &args.api_key_file {
+        Some(file) => {
+            let text = ramole_core::fs::read_text(file, 64 << 10)
+                .with_context(|| format!("--api-key-file {}", file.display()))?;
+            let key = text.lines().next().unwrap_or_default().trim().to_string();
+            anyhow::ensure!(!key.is_empty(), "--api-key-file {}: the file holds no key", file.display());
+            Some(key)
+        }
+        None => args.api_key.clone().filter(|k| !k.is_empty()),
+    };
+    let loopback = args.host == "localhost" || args.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if api_key.is_none() && !loopback {
+        eprintln!(
+            "warning: serving on {} without an API key: anyone who reaches this address can generate and change \
+             the adapter pool (give --api-key-file FILE or set RAMOLE_API_KEY)",
+            args.host
+        );
+    }
     let mut ramole = super::run::load(&args.pool, args.gate.gate.as_deref())?;
     ramole.set_max_resident(args.max_resident_adapters);
     let config = ServeConfig {
@@ -75,11 +102,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         prefill_chunk: args.prefill_chunk,
         batching: ramole_server::Batching::Continuous,
         max_queue: args.max_queue,
-        api_key: args.api_key.clone(),
+        api_key: api_key.clone(),
         request_timeout: Duration::from_secs(args.request_timeout as u64),
         max_body_bytes: args.max_body_mib << 20,
         default_max_tokens: args.default_max_tokens,
         route,
+        adapter_roots: args.adapter_roots.clone(),
     };
     let adapters = ramole.servable().len();
     let server = Server::new(ramole, config)?;
@@ -97,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "serving {model_name} with {adapters} LoRA(s) on http://{addr}/v1 (model \"ramole\": {} over the top {}; {})",
             route.strategy,
             route.top_k,
-            if args.api_key.is_some() { "API key required" } else { "no API key" }
+            if api_key.is_some() { "API key required" } else { "no API key" }
         );
         server.serve(listener, ramole_server::shutdown_signal()).await?;
         eprintln!("stopped");
