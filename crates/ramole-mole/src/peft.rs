@@ -15,6 +15,15 @@ const MAX_ADAPTER_CONFIG_BYTES: u64 = 16 << 20;
 /// The largest LoRA rank accepted.
 pub const MAX_RANK: usize = 1 << 16;
 
+/// The largest scale `s` (`lora_alpha / r`, or `/ √r` with rsLoRA) accepted: LoRAs in use have scales of
+/// about 0.1 to 64; beyond this the update cannot be a trained one and would only overflow activations.
+pub const MAX_SCALE: f64 = 4096.0;
+
+/// The largest Frobenius norm of one layer's update `s · B · A` accepted (bounded from the factors as
+/// `|s| · ‖B‖ · ‖A‖`, which is at least the update's norm): trained LoRAs stay far below (tens at most), and
+/// an update this large would turn every activation it touches into infinities.
+pub const MAX_UPDATE_NORM: f64 = 1e5;
+
 /// The parts of `adapter_config.json` that determine the computation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterConfig {
@@ -24,7 +33,8 @@ pub struct AdapterConfig {
     pub lora_alpha: f64,
     /// rsLoRA scaling (`alpha / √r` instead of `alpha / r`).
     pub use_rslora: bool,
-    /// The modules named by `target_modules` (informational: the weights decide what is adapted).
+    /// The modules named by `target_modules` (a list; a single string, a pattern, is not kept). The weights
+    /// must adapt exactly these modules when the list is given ([`LoraAdapter::load`] checks it).
     pub target_modules: Vec<String>,
 }
 
@@ -110,17 +120,19 @@ impl AdapterConfig {
             .and_then(Value::as_f64)
             .filter(|a| a.is_finite())
             .ok_or_else(|| config("missing or invalid `lora_alpha`".into()))?;
+        let use_rslora = v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+        let scale = if use_rslora { lora_alpha / (r as f64).sqrt() } else { lora_alpha / r as f64 };
+        if scale.abs() > MAX_SCALE {
+            return Err(config(format!(
+                "`lora_alpha` {lora_alpha} with `r` {r} gives the scale {scale:e}, beyond the limit of {MAX_SCALE}"
+            )));
+        }
         let target_modules = match v.get("target_modules") {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => vec![],
         };
-        Ok(Self {
-            r,
-            lora_alpha,
-            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
-            target_modules,
-        })
+        Ok(Self { r, lora_alpha, use_rslora, target_modules })
     }
 }
 
@@ -178,11 +190,19 @@ impl LoraAdapter {
             halves.entry((layer, kind)).or_default()[side] = Some(t.data);
         }
         let mut layers = BTreeMap::new();
+        let frobenius = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
         for ((layer, kind), [a, b]) in halves {
             let module = format!("model.layers.{layer}.{}", kind.path());
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(tensor_err(&module, "lora_A and lora_B must both be present".into()));
             };
+            let bound = f64::from(config.scale()).abs() * frobenius(&a) * frobenius(&b);
+            if bound.is_nan() || bound > MAX_UPDATE_NORM {
+                return Err(tensor_err(
+                    &module,
+                    format!("the update s·B·A may reach a norm of {bound:e}, beyond the limit of {MAX_UPDATE_NORM:e}"),
+                ));
+            }
             layers.insert(
                 (layer, kind),
                 LoraFactors { a, b, rank: config.r, scale: config.scale(), proto: None }.with_prototype(),
@@ -190,6 +210,21 @@ impl LoraAdapter {
         }
         if layers.is_empty() {
             return Err(tensor_err("*", "the adapter holds no LoRA weights".into()));
+        }
+        // `target_modules` and the weights must agree: a module listed without weights, or weights of a
+        // module not listed, is an adapter saved wrongly (or edited by hand).
+        if !config.target_modules.is_empty() {
+            let adapted: std::collections::BTreeSet<&str> = layers.keys().map(|(_, k)| k.name()).collect();
+            // PEFT names modules by their last component (`q_proj`) or by a longer path ending in it.
+            let listed: std::collections::BTreeSet<&str> =
+                config.target_modules.iter().map(|t| t.rsplit('.').next().unwrap_or(t)).collect();
+            if adapted != listed && !listed.contains("all-linear") {
+                let config_path = dir.join("adapter_config.json");
+                return Err(MoleError::Config {
+                    path: config_path,
+                    message: format!("`target_modules` lists {listed:?} but the weights adapt {adapted:?}",),
+                });
+            }
         }
         Ok(Self { name: name.into(), dir: dir.into(), config, layers })
     }

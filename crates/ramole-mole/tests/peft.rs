@@ -173,3 +173,71 @@ fn adapter_config_that_is_not_an_object_or_too_big_is_a_config_error() {
     let err = AdapterConfig::from_file(&big).expect_err("too big");
     assert!(matches!(&err, MoleError::Io { source, .. } if source.to_string().contains("more than")), "{err}");
 }
+
+/// Issue 25, 3: an adapter that could only poison the answers that route through it is refused when it
+/// loads (so at upload), naming the file: a scale far beyond any trained LoRA's, factors whose update would
+/// overflow (max-f16 weights), and a `target_modules` that disagrees with the weights.
+#[test]
+fn adapters_with_absurd_scales_huge_updates_or_mismatched_targets_are_refused() {
+    let good = LoraAdapter::load("a1", fixtures().join("adapters/a1"), &base()).expect("the fixture loads");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, edit: &dyn Fn(&mut serde_json::Value), weight: f32| -> PathBuf {
+        let dir = tmp.path().join(name);
+        let mut config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join("adapters/a1/adapter_config.json")).expect("read"),
+        )
+        .expect("json");
+        edit(&mut config);
+        let factors = good
+            .targets()
+            .map(|(layer, kind)| {
+                let f = good.factors(layer, kind).expect("factors").clone();
+                let scaled = |v: &[f32]| v.iter().map(|&x| if weight == 1.0 { x } else { weight }).collect();
+                ((layer, kind), ramole_core::lora::LoraFactors { a: scaled(&f.a), b: scaled(&f.b), ..f })
+            })
+            .collect();
+        let cfg = AdapterConfig::parse(&config.to_string(), &dir).expect("a config that parses");
+        ramole_mole::peft::write_adapter(
+            &dir,
+            &cfg,
+            "base",
+            &factors,
+            ramole_mole::peft::AdapterDtype::F32,
+            &[],
+            false,
+        )
+        .expect("write");
+        // `write_adapter` writes its own config: put the edited one back.
+        std::fs::write(dir.join("adapter_config.json"), config.to_string()).expect("write config");
+        dir
+    };
+    // Scale: alpha 1e308 is refused when the config is read.
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("adapters/a1/adapter_config.json")).expect("read"),
+    )
+    .expect("json");
+    config["lora_alpha"] = serde_json::json!(1e308);
+    let err = AdapterConfig::parse(&config.to_string(), Path::new("x/adapter_config.json")).expect_err("1e308");
+    assert!(matches!(&err, MoleError::Config { .. }) && err.to_string().contains("scale"), "{err}");
+
+    // Max-f16 weights: every factor 65504, a finite tensor whose update would overflow.
+    let huge = write("huge", &|_| {}, 65504.0);
+    let err = LoraAdapter::load("huge", &huge, &base()).expect_err("huge update");
+    assert!(matches!(&err, MoleError::Tensor { .. }) && err.to_string().contains("norm"), "{err}");
+    assert!(err.to_string().contains("adapter_model.safetensors"), "{err}");
+
+    // target_modules naming a module the weights do not adapt, or leaving one out.
+    for targets in [serde_json::json!(["q_proj", "k_proj", "v_proj"]), serde_json::json!(["q_proj"])] {
+        let t = targets.clone();
+        let dir = write(
+            &format!("t{}", targets.as_array().map_or(0, Vec::len)),
+            &move |c| c["target_modules"] = t.clone(),
+            1.0,
+        );
+        let err = LoraAdapter::load("t", &dir, &base()).expect_err("targets disagree");
+        assert!(err.to_string().contains("target_modules") && err.to_string().contains("adapter_config.json"), "{err}");
+    }
+    // The same weights with the right list (and PEFT's longer module names) load.
+    let right = write("right", &|c| c["target_modules"] = serde_json::json!(["self_attn.q_proj", "v_proj"]), 1.0);
+    LoraAdapter::load("right", &right, &base()).expect("a consistent adapter loads");
+}

@@ -41,6 +41,15 @@ pub enum PipelineError {
     /// The batch engine failed for an input.
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// A LoRA whose adapter failed to load when a request needed it: it is quarantined (no longer routed
+    /// to or served) until it is registered again.
+    #[error("LoRA `{lora}` is quarantined: {reason}")]
+    Quarantined {
+        /// The LoRA.
+        lora: String,
+        /// Why its adapter did not load.
+        reason: String,
+    },
 }
 
 /// A pool entry that cannot be served, and why.
@@ -118,6 +127,8 @@ pub struct Ramole<B: Backend> {
     encoder: SentenceEncoder<B>,
     pool: LoraPool,
     servable: HashSet<String>,
+    /// LoRAs of the pool whose adapter failed to load when needed, with why: never routed to or served.
+    quarantined: std::collections::BTreeMap<String, String>,
     residency: Residency,
 }
 
@@ -166,7 +177,17 @@ impl<B: Backend> Ramole<B> {
             };
             return Err(PipelineError::EmptyPool { dir: pool.dir().to_path_buf(), hint });
         }
-        Ok((Self { engine, encoder, pool, servable, residency: Residency::default() }, skipped))
+        Ok((
+            Self {
+                engine,
+                encoder,
+                pool,
+                servable,
+                quarantined: std::collections::BTreeMap::new(),
+                residency: Residency::default(),
+            },
+            skipped,
+        ))
     }
 
     /// The engine.
@@ -198,6 +219,7 @@ impl<B: Backend> Ramole<B> {
         self.engine.adapters_mut().remove(name);
         self.engine.adapters_mut().insert(Arc::new(adapter)).map_err(BatchError::from)?;
         self.servable.insert(name.into());
+        self.quarantined.remove(name);
         self.residency.touch(name);
         self.residency.evict(&mut self.engine, &[name]);
         Ok(())
@@ -209,6 +231,7 @@ impl<B: Backend> Ramole<B> {
         self.pool.remove(name)?;
         self.engine.adapters_mut().remove(name);
         self.servable.remove(name);
+        self.quarantined.remove(name);
         self.residency.forget(name);
         Ok(())
     }
@@ -224,17 +247,28 @@ impl<B: Backend> Ramole<B> {
     /// Loads the servable LoRAs of `names` that are not loaded (from their pool folders), marks them
     /// all as just used, and unloads the least recently used others beyond the residency limit.
     /// Counts hits (loaded already) and misses (loaded now).
+    ///
+    /// A LoRA whose adapter no longer loads (its files changed or vanished since it was registered) is
+    /// quarantined: [`PipelineError::Quarantined`], and from then on it is neither retrieved nor served,
+    /// so routed traffic routes around it instead of failing on it again and again.
     pub fn make_resident(&mut self, names: &[&str]) -> Result<(), PipelineError> {
         for &name in names {
+            if let Some(reason) = self.quarantined.get(name) {
+                return Err(PipelineError::Quarantined { lora: name.into(), reason: reason.clone() });
+            }
             if self.engine.adapters().get(name).is_some() {
                 self.residency.stats.hits += 1;
             } else if self.servable.contains(name) {
                 let entry = self.pool.get(name).ok_or_else(|| PipelineError::Input(format!("no LoRA `{name}`")))?;
-                let dir = self
-                    .pool
-                    .adapter_dir(entry)
-                    .ok_or_else(|| PipelineError::Input(format!("LoRA `{name}` has no adapter folder in the pool")))?;
-                self.engine.adapters_mut().add(name, &dir).map_err(BatchError::from)?;
+                let loaded = match self.pool.adapter_dir(entry) {
+                    Some(dir) => self.engine.adapters_mut().add(name, &dir).map_err(|e| e.to_string()),
+                    None => Err("it has no adapter folder in the pool".into()),
+                };
+                if let Err(reason) = loaded {
+                    self.servable.remove(name);
+                    self.quarantined.insert(name.into(), reason.clone());
+                    return Err(PipelineError::Quarantined { lora: name.into(), reason });
+                }
                 self.residency.stats.misses += 1;
             }
             self.residency.touch(name);
@@ -256,6 +290,11 @@ impl<B: Backend> Ramole<B> {
     /// The encoder.
     pub fn encoder(&self) -> &SentenceEncoder<B> {
         &self.encoder
+    }
+
+    /// The quarantined LoRAs (see [`Self::make_resident`]) with why, by name.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.quarantined.iter().map(|(n, r)| (n.as_str(), r.as_str()))
     }
 
     /// Whether the LoRA `name` can be served (it is in the pool and its adapter loads).

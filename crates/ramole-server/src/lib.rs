@@ -140,7 +140,11 @@ impl Server {
         std::fs::create_dir_all(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
         // Uploads staged or deleted by a process that died before it finished.
         worker::sweep(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
-        let shared = Arc::new(worker::Shared { adapters: RwLock::new(Vec::new()), metrics: Metrics::default() });
+        let shared = Arc::new(worker::Shared {
+            adapters: RwLock::new(Vec::new()),
+            quarantined: RwLock::new(Vec::new()),
+            metrics: Metrics::default(),
+        });
         // Published before the first request can arrive.
         worker::refresh_adapters(&ramole, &shared);
         let (tx, rx) = std::sync::mpsc::channel();

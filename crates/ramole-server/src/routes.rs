@@ -343,8 +343,12 @@ fn target(state: &Inner, common: &Common) -> Result<Target, ServerError> {
         return Ok(Target::Base);
     }
     let known = state.shared.adapters.read().map(|a| a.iter().any(|a| a.name == model)).unwrap_or(false);
+    let quarantined =
+        state.shared.quarantined.read().ok().and_then(|q| q.iter().find(|(n, _)| n == model).map(|(_, r)| r.clone()));
     if known {
         Ok(Target::Adapter(model.to_string()))
+    } else if let Some(reason) = quarantined {
+        Err(ServerError::NotFound(format!("adapter `{model}` is quarantined: {reason}")))
     } else {
         Err(ServerError::NotFound(format!(
             "model `{model}` does not exist: use `{}` (the base model), `{ROUTED_MODEL}` (routing) or an adapter's name (GET /v1/models)",

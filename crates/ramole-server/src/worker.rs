@@ -122,6 +122,8 @@ pub enum Command {
 pub struct Shared {
     /// The registered adapters, refreshed after every change.
     pub adapters: RwLock<Vec<AdapterInfo>>,
+    /// The quarantined adapters with why (see [`Ramole::make_resident`]), refreshed with `adapters`.
+    pub quarantined: RwLock<Vec<(String, String)>>,
     /// The counters.
     pub metrics: Metrics,
 }
@@ -181,7 +183,13 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
                     next_name += 1;
                     let deadline = job.deadline;
                     let arrived = job.arrived;
-                    match admit(&mut ramole, &mut scheduler, job, next_name) {
+                    let quarantined = ramole.quarantined().count();
+                    let admitted = admit(&mut ramole, &mut scheduler, job, next_name, MAX_REROUTES);
+                    if ramole.quarantined().count() != quarantined {
+                        // A LoRA stopped loading: the API lists it no more.
+                        refresh_adapters(&ramole, &shared);
+                    }
+                    match admitted {
                         Ok((id, admitted)) => {
                             let _ = reply.send(admitted);
                             live.insert(id, Live { reply, deadline, arrived, first_token: false });
@@ -261,31 +269,49 @@ fn fail(shared: &Shared, reply: &mpsc::UnboundedSender<Reply>, error: ServerErro
     let _ = reply.send(Reply::Error(error));
 }
 
+/// How many times a routed request is routed again when a LoRA of its routing turns out not to load.
+const MAX_REROUTES: usize = 3;
+
 /// Routes a job, loads its adapters if they are not resident, and queues it.
 fn admit<B: Backend>(
     ramole: &mut Ramole<B>,
     scheduler: &mut Scheduler<B>,
     job: Job,
     n: u64,
+    retries: usize,
 ) -> Result<(SequenceId, Reply), ServerError> {
     let invalid = |message: String| ServerError::Invalid { param: None, message };
-    let routing = match job.target {
+    let routing = match &job.target {
         Target::Base => Routing { strategy: Strategy::Base, loras: Vec::new(), arrow: None },
-        Target::Adapter(name) => Routing::single(name),
+        Target::Adapter(name) => Routing::single(name.clone()),
         Target::Route(cfg) => ramole
-            .route(std::slice::from_ref(&job.query), &cfg, &[])
+            .route(std::slice::from_ref(&job.query), cfg, &[])
             .map_err(|e| invalid(e.to_string()))?
             .pop()
             .ok_or_else(|| invalid("the retriever returned no routing".into()))?,
-        Target::Explicit { adapters, composition } => Routing::explicit(adapters, composition),
+        Target::Explicit { adapters, composition } => Routing::explicit(adapters.clone(), *composition),
     };
     let names: Vec<&str> = routing.loras.iter().map(|l| l.lora.as_str()).collect();
     for name in &names {
+        if let Some((_, reason)) = ramole.quarantined().find(|(n, _)| n == name) {
+            return Err(ServerError::NotFound(format!("adapter `{name}` is quarantined: {reason}")));
+        }
         if !ramole.is_servable(name) {
             return Err(ServerError::NotFound(format!("no adapter `{name}` in the pool")));
         }
     }
-    ramole.make_resident(&names).map_err(|e| ServerError::Generation(e.to_string()))?;
+    match ramole.make_resident(&names) {
+        Ok(()) => {}
+        // A LoRA that stopped loading is quarantined now: routed traffic routes again, around it (at most
+        // once per LoRA of the routing); a request that named it gets the reason.
+        Err(PipelineError::Quarantined { lora, reason }) => {
+            return match (&job.target, retries) {
+                (Target::Route(_), 1..) => admit(ramole, scheduler, job, n, retries - 1),
+                _ => Err(ServerError::NotFound(format!("adapter `{lora}` is quarantined: {reason}"))),
+            };
+        }
+        Err(e) => return Err(ServerError::Generation(e.to_string())),
+    }
     let request = Request {
         name: format!("request {n}"),
         input: RequestInput::Ids(job.prompt),
@@ -431,5 +457,8 @@ pub(crate) fn refresh_adapters<B: Backend>(ramole: &Ramole<B>, shared: &Shared) 
         .collect();
     if let Ok(mut a) = shared.adapters.write() {
         *a = list;
+    }
+    if let Ok(mut q) = shared.quarantined.write() {
+        *q = ramole.quarantined().map(|(n, r)| (n.to_string(), r.to_string())).collect();
     }
 }

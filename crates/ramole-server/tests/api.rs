@@ -553,3 +553,37 @@ fn adapters_by_path_only_under_an_adapter_root_and_no_probing() {
             .all(|n| !listed.contains(&format!("\"{n}\"")))
     );
 }
+
+/// Issue 25, 3: a LoRA whose adapter stops loading (its file damaged on disk after it was registered) is
+/// quarantined the first time a request needs it: routed traffic routes around it instead of failing, a
+/// request naming it gets the reason, the API lists it no more, and registering it again brings it back.
+#[test]
+fn a_lora_that_stops_loading_is_quarantined_and_routed_around() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let mut ramole = common::ramole(&model, &pool);
+    ramole.set_max_resident(Some(1));
+    let server = Running::start(ramole, config());
+    let r = server.post("/v1/completions", &json!({"model": "a1", "prompt": "What is 2 + 2?", "max_tokens": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // a0 is not resident; its weights are damaged on disk.
+    std::fs::write(pool.join("adapters/a0/adapter_model.safetensors"), b"garbage").expect("damage");
+    let routed = json!({"model": "ramole", "prompt": "Plural of mouse:", "max_tokens": 2, "top_k": 1});
+    for _ in 0..2 {
+        let r = server.post("/v1/completions", &routed);
+        assert_eq!(r.status, 200, "routed around the damaged LoRA: {}", r.text());
+        let lora = r.json()["routing"][0]["lora"].clone();
+        assert!(lora.is_string() && lora != "a0", "{lora}");
+    }
+    let r = server.post("/v1/completions", &json!({"model": "a0", "prompt": "Plural of mouse:", "max_tokens": 1}));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("quarantined"), "{}", r.text());
+    let ids = server.get("/v1/models").json().to_string();
+    assert!(!ids.contains("\"a0\"") && ids.contains("\"a1\""), "{ids}");
+    // Deleted and registered again with good files: served again.
+    assert_eq!(request(server.addr, "DELETE", "/v1/adapters/a0", None, &[]).status, 200);
+    let r = upload(&server, "a0", &json!(["Plural of mouse:"]), &common::fixture().join("adapters/a0"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server.post("/v1/completions", &json!({"model": "a0", "prompt": "Plural of mouse:", "max_tokens": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
