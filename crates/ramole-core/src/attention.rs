@@ -161,7 +161,13 @@ fn causal_with(
             for (d, &x) in q[src..src + hd].iter().enumerate() {
                 t.q[d * TILE + i] = x * scale;
             }
-            (t.lo[i], t.hi[i]) = visible(pads[b], s.past + pos);
+            // A padding query sees only its own slot: its output is that value, written below. It takes no
+            // part in the tile's pass, so the key blocks of the real queries start at their first key
+            // (`pad`) whichever queries share the tile: a row's arithmetic is the same alone or padded,
+            // in one pass or in chunks.
+            if s.past + pos >= pads[b] {
+                (t.lo[i], t.hi[i]) = visible(pads[b], s.past + pos);
+            }
         }
         let values = &v[(b * s.kv_heads + g) * s.capacity * hd..][..keys * hd];
         kernel.tile(&t, &kts[gi], ld, values, hd)
@@ -173,7 +179,14 @@ fn causal_with(
         for (i, row) in o.chunks_exact(hd).take(TILE.min(group_rows - r0)).enumerate() {
             let (head, pos) = (g * rep + (r0 + i) / s.seq, (r0 + i) % s.seq);
             let dst = ((b * s.seq + pos) * s.heads + head) * hd;
-            out[dst..dst + hd].copy_from_slice(row);
+            let slot = s.past + pos;
+            if slot < pads[b] {
+                // The softmax over one key is exactly 1: the output is the slot's value.
+                let own = &v[((b * s.kv_heads + g) * s.capacity + slot) * hd..][..hd];
+                out[dst..dst + hd].copy_from_slice(own);
+            } else {
+                out[dst..dst + hd].copy_from_slice(row);
+            }
         }
     }
     Ok(out)
@@ -236,7 +249,9 @@ const AVX512: u8 = 2;
 fn tile<const K: u8>(t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize) -> Vec<f32> {
     let fma = K != PLAIN;
     let mut o = vec![0.0f32; TILE * hd];
-    let (Some(start), Some(end)) = (t.lo[..t.n].iter().min(), t.hi[..t.n].iter().max()) else { return o };
+    // Blocks are anchored at the first key any row of the tile sees (rows with an empty range take no part).
+    let live = || (0..t.n).filter(|&i| t.lo[i] <= t.hi[i]);
+    let (Some(start), Some(end)) = (live().map(|i| t.lo[i]).min(), live().map(|i| t.hi[i]).max()) else { return o };
     let end = end + 1; // keys start..end
     assert!(
         t.q.len() == hd * TILE && kt.len() >= hd * ld && ld >= end + BLOCK && values.len() >= end * hd,
@@ -245,7 +260,7 @@ fn tile<const K: u8>(t: &Tile, kt: &[f32], ld: usize, values: &[f32], hd: usize)
     let mut m = [f32::NEG_INFINITY; TILE]; // running maximum per row
     let mut l = [0.0f32; TILE]; // running sum of exponentials per row
     let mut p = [[0.0f32; BLOCK]; TILE];
-    let mut j0 = *start;
+    let mut j0 = start;
     while j0 < end {
         let width = BLOCK.min(end - j0);
         // p[i][j] = q_i · k_{j0 + j} over the whole block (keys past `end` read the zero padding).
@@ -546,6 +561,52 @@ mod tests {
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!((f64::from(g) - w).abs() <= 2e-5 * (1.0 + w.abs()), "{kernel:?} {s:?} at {i}: {g} vs {w}");
             }
+        }
+    }
+
+    /// Issue 24: a row's attention output is bit-identical alone, left-padded beside a longer row, and
+    /// prefilled in chunks (SmolLM2's 9 query / 3 key-value heads, a 45-token prompt: tiles span heads and
+    /// the keys wrap the lanes), on every kernel this CPU runs.
+    #[test]
+    fn a_rows_output_is_the_same_alone_padded_and_in_chunks() {
+        let (heads, kv_heads, hd, len, pad) = (9, 3, 64, 45, 15);
+        let q = values(len * heads * hd, 11);
+        let k = values(kv_heads * len * hd, 12);
+        let v = values(kv_heads * len * hd, 13);
+        let shape =
+            |rows, seq, past, capacity| AttentionShape { rows, heads, kv_heads, seq, head_dim: hd, past, capacity };
+        let mut kernels = vec![Kernel::Plain];
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect() != Kernel::Plain {
+            kernels.push(Kernel::Avx2);
+            if Kernel::detect() == Kernel::Avx512 {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        for kernel in kernels {
+            let alone = causal_with(kernel, &q, &k, &v, &shape(1, len, 0, len), &[0]).expect("alone");
+            // Beside a row of `len + pad` tokens: this row left-padded by `pad` (its padding slots garbage).
+            let (seq, cap) = (len + pad, len + pad);
+            let mut q2 = values(2 * seq * heads * hd, 21);
+            q2[pad * heads * hd..seq * heads * hd].copy_from_slice(&q);
+            let mut k2 = values(2 * kv_heads * cap * hd, 22);
+            let mut v2 = values(2 * kv_heads * cap * hd, 23);
+            for g in 0..kv_heads {
+                let (from, to) = (g * len * hd, (g * cap + pad) * hd);
+                k2[to..to + len * hd].copy_from_slice(&k[from..from + len * hd]);
+                v2[to..to + len * hd].copy_from_slice(&v[from..from + len * hd]);
+            }
+            let padded = causal_with(kernel, &q2, &k2, &v2, &shape(2, seq, 0, cap), &[pad, 0]).expect("padded");
+            let row = heads * hd;
+            for t in 0..len {
+                let (a, b) = (&alone[t * row..][..row], &padded[(pad + t) * row..][..row]);
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?}: position {t} padded");
+            }
+            // In two chunks of 20 and 25 tokens over the same cache.
+            let first = causal_with(kernel, &q[..20 * row], &k, &v, &shape(1, 20, 0, len), &[0]).expect("chunk 1");
+            let second = causal_with(kernel, &q[20 * row..], &k, &v, &shape(1, 25, 20, len), &[0]).expect("chunk 2");
+            let chunked: Vec<f32> = first.into_iter().chain(second).collect();
+            assert!(alone.iter().zip(&chunked).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?}: chunked");
         }
     }
 
