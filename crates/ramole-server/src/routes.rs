@@ -161,6 +161,19 @@ async fn add_adapter_inner(state: &AppState, request: Request) -> Result<crate::
         let dir = confine(&state.config.adapter_roots, &upload.path)?;
         (upload.name, dir, false, upload.samples)
     };
+    // The API's own model names cannot be an adapter's: `model` could not tell them apart.
+    if name == ROUTED_MODEL || name == state.config.model_name {
+        if staged {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        return Err(ServerError::Invalid {
+            param: Some("name".into()),
+            message: format!(
+                "`{name}` is reserved: it names the {} model",
+                if name == ROUTED_MODEL { "routed" } else { "base" }
+            ),
+        });
+    }
     ask(state, |reply| Command::AddAdapter { name, path, staged, samples, reply }).await?
 }
 

@@ -50,9 +50,21 @@ impl TextStream {
         self.take(end)
     }
 
-    /// The rest of the text, once the answer is over.
+    /// The rest of the text, once the answer is over. An answer cut in the middle of a character (by
+    /// `max_tokens`) ends before it: the half character's bytes decode to replacement characters, which are
+    /// not the model's text.
     pub(crate) fn finish(&mut self) -> String {
+        // (A cut sequence decodes to one replacement character, whatever its length.)
+        if self.text.len() > self.sent && self.text.ends_with('\u{FFFD}') && self.ends_mid_character() {
+            self.text.truncate(self.text.len() - '\u{FFFD}'.len_utf8());
+        }
         self.take(self.text.len())
+    }
+
+    /// Whether the last token's bytes are an incomplete UTF-8 sequence (decoded as a replacement character).
+    fn ends_mid_character(&self) -> bool {
+        let Some(&last) = self.ids.last() else { return false };
+        self.tokenizer.decode(&[last], true).is_ok_and(|t| t == "\u{FFFD}")
     }
 
     /// Whether a stop string ended the answer.
@@ -77,5 +89,38 @@ impl TextStream {
         let piece = self.text[self.sent..end].to_string();
         self.sent = end;
         piece
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> TextStream {
+        let tokenizer: Tokenizer = ramole_testkit::byte_tokenizer_json().parse().expect("tokenizer");
+        TextStream::new(Arc::new(tokenizer), Arc::from([2u32]), Vec::new())
+    }
+
+    /// One token per byte: `é` is two tokens.
+    fn ids(tok: &TextStream, text: &str) -> Vec<u32> {
+        tok.tokenizer.encode(text, false).expect("encode").get_ids().to_vec()
+    }
+
+    /// Issue 25, 9: an answer cut in the middle of a character ends before it, not with "\u{FFFD}".
+    #[test]
+    fn an_answer_cut_mid_character_ends_before_it() {
+        let mut s = stream();
+        let e = ids(&s, "café");
+        assert_eq!(e.len(), 5, "é is two bytes");
+        let mut out = String::new();
+        for &t in &e[..4] {
+            out += &s.push(t);
+        }
+        out += &s.finish();
+        assert_eq!(out, "caf");
+        assert_eq!(s.text(), "caf");
+        let mut whole = stream();
+        let text: String = e.iter().map(|&t| whole.push(t)).collect::<String>() + &whole.finish();
+        assert_eq!(text, "café", "a whole character is kept");
     }
 }

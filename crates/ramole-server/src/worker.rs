@@ -194,7 +194,7 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
                             let _ = reply.send(admitted);
                             live.insert(id, Live { reply, deadline, arrived, first_token: false });
                         }
-                        Err(e) => fail(&shared, &reply, e),
+                        Err(e) => fail(&reply, e),
                     }
                 }
                 Command::AddAdapter { name, path, staged, samples, reply } => {
@@ -221,7 +221,7 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
             if let Some(l) = live.remove(&id)
                 && !l.reply.is_closed()
             {
-                fail(&shared, &l.reply, ServerError::Timeout(timeout));
+                fail(&l.reply, ServerError::Timeout(timeout));
             }
         }
         if scheduler.is_idle() {
@@ -254,7 +254,7 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
                 }
                 Event::Failed { id, error } => {
                     if let Some(l) = live.remove(&id) {
-                        fail(&shared, &l.reply, ServerError::Generation(error.to_string()));
+                        fail(&l.reply, ServerError::Generation(error.to_string()));
                     }
                 }
             }
@@ -263,9 +263,9 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
     }
 }
 
-/// Sends a request its error, counted by kind in `/metrics`.
-fn fail(shared: &Shared, reply: &mpsc::UnboundedSender<Reply>, error: ServerError) {
-    shared.metrics.error(error.kind());
+/// Sends a request its error. `/metrics` counts it where it reaches the client (the HTTP handler or the
+/// stream), once.
+fn fail(reply: &mpsc::UnboundedSender<Reply>, error: ServerError) {
     let _ = reply.send(Reply::Error(error));
 }
 
@@ -378,6 +378,8 @@ pub(crate) fn sweep(adapters: &std::path::Path) -> std::io::Result<usize> {
 /// Unregisters an adapter; an uploaded one (its folder is `adapters/<name>` of the pool, which the pool owns)
 /// is deleted from disk too, so the name can be uploaded again. An adapter registered by path stays where it is.
 fn remove_adapter<B: Backend>(ramole: &mut Ramole<B>, name: &str) -> Result<(), ServerError> {
+    ramole_retriever::pool::validate_name(name)
+        .map_err(|e| ServerError::Invalid { param: Some("name".into()), message: e.to_string() })?;
     let owned = ramole.pool().dir().join("adapters").join(name);
     let dir = ramole.pool().get(name).and_then(|e| ramole.pool().adapter_dir(e));
     ramole.remove_lora(name).map_err(|e| match e {

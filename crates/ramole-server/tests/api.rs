@@ -587,3 +587,56 @@ fn a_lora_that_stops_loading_is_quarantined_and_routed_around() {
     let r = server.post("/v1/completions", &json!({"model": "a0", "prompt": "Plural of mouse:", "max_tokens": 1}));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Issue 25, 9: an error is counted once in `ramole_errors_total`, whether the HTTP side or the engine
+/// refused the request, streamed or not.
+#[test]
+fn each_error_is_counted_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let count = |kind: &str| -> u64 {
+        let text = server.get("/metrics").text();
+        let name = format!("ramole_errors_total{{kind=\"{kind}\"}}");
+        text.lines()
+            .find(|l| l.starts_with(&name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Refused by the engine (an adapter the pool does not hold), plain and streamed; refused by the HTTP side.
+    let unknown =
+        json!({"model": "tiny", "prompt": "x", "max_tokens": 1, "adapters": [{"name": "nope", "weight": 1.0}]});
+    assert_eq!(server.post("/v1/completions", &unknown).status, 404);
+    let mut streamed = unknown.clone();
+    streamed["stream"] = json!(true);
+    let _ = server.post("/v1/completions", &streamed);
+    assert_eq!(server.post("/v1/completions", &json!({"model": "nope", "prompt": "x"})).status, 404);
+    assert_eq!(count("not_found_error"), 3, "{}", server.get("/metrics").text());
+}
+
+/// Issue 25, 9: the API's own model names cannot be uploaded as adapters, and deleting an invalid name is a
+/// 400 (or a 404), never a 500.
+#[test]
+fn reserved_and_invalid_adapter_names_are_client_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let a2 = common::fixture().join("adapters/a2");
+    for name in ["ramole", "tiny"] {
+        let r = upload(&server, name, &json!(["x"]), &a2);
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        assert!(r.text().contains("reserved"), "{}", r.text());
+    }
+    let staging = std::fs::read_dir(pool.join("adapters")).expect("dir").filter_map(Result::ok);
+    assert!(staging.into_iter().all(|e| !e.file_name().to_string_lossy().starts_with('.')), "no staging left");
+    for (path, want) in
+        [("/v1/adapters/..", [400, 404]), ("/v1/adapters/.hidden", [400, 400]), ("/v1/adapters/a%20b", [400, 400])]
+    {
+        let status = request(server.addr, "DELETE", path, None, &[]).status;
+        assert!(want.contains(&status), "{path}: {status}");
+    }
+    assert_eq!(request(server.addr, "DELETE", "/v1/adapters/absent", None, &[]).status, 404);
+    let ids = server.get("/v1/models").json()["data"].as_array().map(Vec::len);
+    assert_eq!(ids, Some(6), "nothing was added or removed");
+}
