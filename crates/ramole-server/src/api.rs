@@ -25,6 +25,30 @@ impl OneOrMany {
     }
 }
 
+/// A completion's `prompt`: a string, token ids, or a list of either (one element: this server answers one
+/// prompt per request).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    /// A string.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+    /// Several strings.
+    Texts(Vec<String>),
+    /// Several lists of token ids.
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// The one prompt of a completion request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptInput {
+    /// Text, tokenized by the server.
+    Text(String),
+    /// Token ids, as given.
+    Tokens(Vec<u32>),
+}
+
 /// An adapter and its weight in an explicit mixture (`adapters` extension field).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,8 +110,8 @@ pub struct Common {
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
-    /// The prompt (one string, or a list holding one).
-    pub prompt: OneOrMany,
+    /// The prompt: a string or token ids, or a list holding one of them.
+    pub prompt: PromptField,
     /// The shared fields.
     #[serde(flatten)]
     pub common: Common,
@@ -209,12 +233,25 @@ impl Common {
 }
 
 impl CompletionRequest {
-    /// The one prompt.
-    pub fn prompt(&self) -> Result<String, ServerError> {
-        match self.prompt.clone().into_vec().as_slice() {
-            [p] if !p.is_empty() => Ok(p.clone()),
-            [_] => Err(invalid("prompt", "empty prompt".into())),
-            other => Err(invalid("prompt", format!("{} prompts: this server takes one per request", other.len()))),
+    /// The one prompt: a string or token ids.
+    pub fn prompt(&self) -> Result<PromptInput, ServerError> {
+        let one = |n: usize| invalid("prompt", format!("{n} prompts: this server takes one per request"));
+        let input = match &self.prompt {
+            PromptField::Text(t) => PromptInput::Text(t.clone()),
+            PromptField::Tokens(ids) => PromptInput::Tokens(ids.clone()),
+            PromptField::Texts(v) => match v.as_slice() {
+                [t] => PromptInput::Text(t.clone()),
+                other => return Err(one(other.len())),
+            },
+            PromptField::TokenLists(v) => match v.as_slice() {
+                [ids] => PromptInput::Tokens(ids.clone()),
+                other => return Err(one(other.len())),
+            },
+        };
+        match &input {
+            PromptInput::Text(t) if t.is_empty() => Err(invalid("prompt", "empty prompt".into())),
+            PromptInput::Tokens(ids) if ids.is_empty() => Err(invalid("prompt", "no token".into())),
+            _ => Ok(input),
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum ServerError {
     /// An adapter name already taken (409).
     #[error("{0}")]
     Conflict(String),
+    /// A request body over the server's limit, in bytes (413).
+    #[error("the request body is over the server's limit of {0} bytes")]
+    TooLarge(usize),
     /// The queue is full (429, with `Retry-After`).
     #[error("the server is at capacity ({0} requests queued or running): retry later")]
     Overloaded(usize),
@@ -49,6 +52,7 @@ impl ServerError {
             Self::Unauthorized => "authentication_error",
             Self::NotFound(_) => "not_found_error",
             Self::Conflict(_) => "conflict_error",
+            Self::TooLarge(_) => "request_too_large_error",
             Self::Overloaded(_) => "rate_limit_error",
             Self::Timeout(_) => "timeout_error",
             Self::Generation(_) => "generation_error",
@@ -64,6 +68,7 @@ impl ServerError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Generation(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,

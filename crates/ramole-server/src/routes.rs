@@ -22,7 +22,7 @@ use ramole_pipeline::RoutedLora;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{self, AdapterUpload, ChatRequest, Common, CompletionRequest};
+use crate::api::{self, AdapterUpload, ChatRequest, Common, CompletionRequest, PromptInput};
 use crate::text::TextStream;
 use crate::worker::{Command, Job, Reply, Target};
 use crate::{Inner, ROUTED_MODEL, ServerError};
@@ -41,7 +41,23 @@ pub(crate) fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), json_413))
         .with_state(state)
+}
+
+/// A body over the limit is refused by axum's extractors with a plain-text 413: answered as every other
+/// error is (the JSON body, counted in `/metrics`).
+async fn json_413(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return failed(&state, ServerError::TooLarge(state.config.max_body_bytes));
+    }
+    response
 }
 
 /// Bearer auth on every route but `/health`, when an API key is set.
@@ -156,7 +172,10 @@ async fn add_adapter_inner(state: &AppState, request: Request) -> Result<crate::
         let (name, dir, samples) = receive_upload(state, form).await?;
         (name, dir, true, samples)
     } else {
-        let body = Bytes::from_request(request, &()).await.map_err(|e| too_large_or_invalid(&e.to_string()))?;
+        let limit = state.config.max_body_bytes;
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| too_large_or_invalid(e.status(), &e.body_text(), limit))?;
         let upload: AdapterUpload = api::parse(&body)?;
         let dir = confine(&state.config.adapter_roots, &upload.path)?;
         (upload.name, dir, false, upload.samples)
@@ -177,8 +196,13 @@ async fn add_adapter_inner(state: &AppState, request: Request) -> Result<crate::
     ask(state, |reply| Command::AddAdapter { name, path, staged, samples, reply }).await?
 }
 
-fn too_large_or_invalid(message: &str) -> ServerError {
-    ServerError::Invalid { param: None, message: format!("request body: {message}") }
+fn too_large_or_invalid(status: StatusCode, message: &str, limit: usize) -> ServerError {
+    too_large_or(status, limit, || ServerError::Invalid { param: None, message: format!("request body: {message}") })
+}
+
+/// [`ServerError::TooLarge`] when a body read failed on the size limit, else `other`.
+fn too_large_or(status: StatusCode, limit: usize, other: impl FnOnce() -> ServerError) -> ServerError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE { ServerError::TooLarge(limit) } else { other() }
 }
 
 /// The files of a multipart upload, written to a staging folder inside the pool's `adapters/`.
@@ -196,12 +220,18 @@ async fn receive_upload(
     let mut samples = None;
     let mut files = Vec::new();
     let result: Result<(), ServerError> = async {
-        while let Some(field) =
-            form.next_field().await.map_err(|e| invalid("multipart", format!("reading the upload: {e}")))?
-        {
+        while let Some(field) = form.next_field().await.map_err(|e| {
+            too_large_or(e.status(), state.config.max_body_bytes, || {
+                invalid("multipart", format!("reading the upload: {e}"))
+            })
+        })? {
             let field_name = field.name().unwrap_or_default().to_string();
             let file_name = field.file_name().map(str::to_string);
-            let bytes = field.bytes().await.map_err(|e| invalid(&field_name, format!("reading it: {e}")))?;
+            let bytes = field.bytes().await.map_err(|e| {
+                too_large_or(e.status(), state.config.max_body_bytes, || {
+                    invalid(&field_name, format!("reading it: {e}"))
+                })
+            })?;
             match (field_name.as_str(), file_name) {
                 ("name", None) => name = Some(String::from_utf8_lossy(&bytes).trim().to_string()),
                 ("samples", None) => {
@@ -269,6 +299,8 @@ enum Prompt {
     Raw(String),
     /// Chat turns `(role, text)`: the template adds the control tokens, the text never becomes one.
     Chat(Vec<(String, String)>),
+    /// Token ids, as the client gave them (each checked against the vocabulary).
+    Ids(Vec<u32>),
 }
 
 impl Prompt {
@@ -277,6 +309,8 @@ impl Prompt {
         match self {
             Self::Raw(p) => p.len(),
             Self::Chat(turns) => turns.iter().map(|(r, t)| r.len() + t.len()).sum(),
+            // One token is at least one byte of text: the same bound holds.
+            Self::Ids(ids) => ids.len(),
         }
     }
 
@@ -284,6 +318,15 @@ impl Prompt {
         match self {
             Self::Raw(p) => encoder.encode_raw(p),
             Self::Chat(turns) => encoder.chatml(turns),
+            Self::Ids(ids) => {
+                let vocab = encoder.tokenizer().get_vocab_size(true);
+                match ids.iter().find(|&&id| id as usize >= vocab) {
+                    Some(bad) => Err(ramole_models::ModelError::Tokenizer(format!(
+                        "token id {bad} is not in the vocabulary of {vocab} tokens"
+                    ))),
+                    None => Ok(ids.clone()),
+                }
+            }
         }
     }
 }
@@ -291,8 +334,14 @@ impl Prompt {
 async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
     state.shared.metrics.request();
     let prepared = api::parse::<CompletionRequest>(&body).and_then(|r| {
-        let prompt = r.prompt()?;
-        Ok((r.common, Prompt::Raw(prompt.clone()), prompt))
+        Ok(match r.prompt()? {
+            PromptInput::Text(text) => (r.common, Prompt::Raw(text.clone()), text),
+            // The retriever reads the tokens' text.
+            PromptInput::Tokens(ids) => {
+                let query = state.tokenizer.decode(&ids, true).unwrap_or_default();
+                (r.common, Prompt::Ids(ids), query)
+            }
+        })
     });
     respond(state, prepared, Api::Completion).await
 }

@@ -36,7 +36,7 @@ fn expected(
     let out = engine.run(&[request], RunOptions::default()).pop().expect("one").expect("runs");
     let eos = &engine.config().eos_token_ids;
     let ids: Vec<u32> = out.new_tokens.into_iter().filter(|t| !eos.contains(t)).collect();
-    engine.decode(&ids).expect("decode")
+    common::answer_text(engine, &ids)
 }
 
 #[test]
@@ -360,9 +360,19 @@ fn auth_back_pressure_limits_disconnects_and_metrics() {
     assert_eq!(server.get("/health").status, 200, "health needs no key");
     assert_eq!(server.get("/v1/models").status, 401);
 
-    // Over the body limit: 413.
+    // Over the body limit: 413, with the JSON error body every error has (issue 25, 9), counted below.
     let big = json!({"model": "tiny", "prompt": "x".repeat(8000)});
-    assert_eq!(post(&big, &auth).status, 413);
+    let r = post(&big, &auth);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["type"], "request_too_large_error", "{}", r.text());
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/adapters",
+        Some(("multipart/form-data; boundary=b", vec![b'x'; 8000])),
+        &auth,
+    );
+    assert_eq!(r.status, 413, "an upload over the limit: {}", r.text());
 
     // 12 clients at once on 1 row + 1 queue place: some are told to come back (429 + Retry-After),
     // the others are answered.
@@ -428,6 +438,7 @@ fn auth_back_pressure_limits_disconnects_and_metrics() {
         "ramole_requests_total",
         "ramole_errors_total{kind=\"rate_limit_error\"}",
         "ramole_errors_total{kind=\"authentication_error\"}",
+        "ramole_errors_total{kind=\"request_too_large_error\"}",
         "ramole_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
         "ramole_request_latency_seconds_count",
         "ramole_adapter_cache_hits_total",
@@ -639,4 +650,31 @@ fn reserved_and_invalid_adapter_names_are_client_errors() {
     assert_eq!(request(server.addr, "DELETE", "/v1/adapters/absent", None, &[]).status, 404);
     let ids = server.get("/v1/models").json()["data"].as_array().map(Vec::len);
     assert_eq!(ids, Some(6), "nothing was added or removed");
+}
+
+/// Issue 25, 9: a completion prompt may be token ids, as OpenAI's API allows; ids outside the vocabulary
+/// and several prompts are clear 400s.
+#[test]
+fn token_id_prompts_are_served() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let text = server.post("/v1/completions", &json!({"model": "a1", "prompt": "Plural of mouse:", "max_tokens": 4}));
+    assert_eq!(text.status, 200, "{}", text.text());
+    // The byte tokenizer: byte b is token b + 3.
+    let ids: Vec<u32> = "Plural of mouse:".bytes().map(|b| u32::from(b) + 3).collect();
+    for prompt in [json!(ids), json!([ids])] {
+        let r = server.post("/v1/completions", &json!({"model": "a1", "prompt": prompt, "max_tokens": 4}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["choices"][0]["text"], text.json()["choices"][0]["text"], "the same prompt as text");
+        assert_eq!(r.json()["usage"]["prompt_tokens"], ids.len());
+    }
+    let routed =
+        server.post("/v1/completions", &json!({"model": "ramole", "prompt": ids, "max_tokens": 1, "top_k": 1}));
+    assert_eq!(routed.json()["routing"][0]["lora"], "a0", "routed by the tokens' text: {}", routed.text());
+    for (prompt, needle) in [(json!([1, 2, 999_999]), "999999"), (json!([[5, 6], [7]]), "2 prompts"), (json!([]), "")] {
+        let r = server.post("/v1/completions", &json!({"model": "tiny", "prompt": prompt, "max_tokens": 1}));
+        assert_eq!(r.status, 400, "{prompt}: {}", r.text());
+        assert!(r.text().contains(needle), "{prompt}: {}", r.text());
+    }
 }

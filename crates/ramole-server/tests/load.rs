@@ -52,7 +52,7 @@ fn sixty_four_concurrent_clients_get_their_own_answers_while_adapters_change() {
         .into_iter()
         .map(|o| {
             let ids: Vec<u32> = o.expect("runs").new_tokens.into_iter().filter(|t| !eos.contains(t)).collect();
-            engine.decode(&ids).expect("decode")
+            common::answer_text(engine, &ids)
         })
         .collect();
     drop(reference);

@@ -186,3 +186,13 @@ fn parse(raw: &[u8]) -> Response {
     }
     Response { status, headers, body }
 }
+
+/// The text the server answers for generated `ids`: the engine's decoding, less a trailing character cut in
+/// the middle by `max_tokens` (its bytes decode to one replacement character, not the model's text).
+pub fn answer_text(engine: &Engine<Selected>, ids: &[u32]) -> String {
+    let mut text = engine.decode(ids).expect("decode");
+    if text.ends_with('\u{FFFD}') && ids.last().is_some_and(|&t| engine.decode(&[t]).expect("decode") == "\u{FFFD}") {
+        text.pop();
+    }
+    text
+}
