@@ -206,6 +206,30 @@ impl<B: Backend> Ramole<B> {
     /// (atomically, [`LoraPool::add`]); only then is it loaded and routed to. On error nothing
     /// changed: not the pool on disk, not the index, not the engine.
     pub fn add_lora(&mut self, name: &str, adapter_dir: &Path, samples: &[String]) -> Result<(), PipelineError> {
+        self.register(name, adapter_dir, samples, None)
+    }
+
+    /// [`Self::add_lora`] with the samples' embedding already computed (by
+    /// [`ramole_retriever::pool::mean_embedding`] with this pipeline's encoder and the pool's instruction,
+    /// on another thread: embedding thousands of samples takes a minute, which the engine's thread must not
+    /// wait for). A pool that has recorded no encoder yet embeds the samples here, to record it.
+    pub fn add_lora_embedded(
+        &mut self,
+        name: &str,
+        adapter_dir: &Path,
+        samples: &[String],
+        embedding: Vec<f32>,
+    ) -> Result<(), PipelineError> {
+        self.register(name, adapter_dir, samples, Some(embedding))
+    }
+
+    fn register(
+        &mut self,
+        name: &str,
+        adapter_dir: &Path,
+        samples: &[String],
+        embedding: Option<Vec<f32>>,
+    ) -> Result<(), PipelineError> {
         ramole_retriever::pool::validate_name(name)?;
         if self.pool.get(name).is_some() {
             return Err(PipelineError::Retriever(RetrieverError::DuplicateName {
@@ -214,7 +238,20 @@ impl<B: Backend> Ramole<B> {
             }));
         }
         let adapter = LoraAdapter::load(name, adapter_dir, self.engine.adapters().base()).map_err(BatchError::from)?;
-        self.pool.add(name, Some(adapter_dir), samples, &self.encoder)?;
+        match embedding {
+            Some(embedding) if self.pool.encoder_identity().is_some() => {
+                self.pool.check_encoder(&self.encoder)?;
+                self.pool.add_embedding(ramole_retriever::PoolEntry {
+                    name: name.into(),
+                    embedding,
+                    n_samples: samples.len(),
+                    adapter: Some(adapter_dir.to_path_buf()),
+                    instruction: self.pool.instruction().to_owned(),
+                    samples: samples.to_vec(),
+                })?;
+            }
+            _ => self.pool.add(name, Some(adapter_dir), samples, &self.encoder)?,
+        }
         // A stale adapter of that name (loaded before a removal) gives way to the new one.
         self.engine.adapters_mut().remove(name);
         self.engine.adapters_mut().insert(Arc::new(adapter)).map_err(BatchError::from)?;

@@ -330,8 +330,10 @@ fn sync_dir(dir: &Path) -> Result<(), RetrieverError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| RetrieverError::io(dir, e))
 }
 
-/// The mean of the embeddings of `instruction + sample`, computed in batches of [`SAMPLE_BATCH`].
-fn mean_embedding<B: Backend>(
+/// The mean of the embeddings of `instruction + sample`, computed in batches of [`SAMPLE_BATCH`]: a LoRA's
+/// embedding in the pool ([`LoraPool::add`] computes it so; a server computes it off its engine's thread and
+/// registers it with [`LoraPool::add_embedding`]).
+pub fn mean_embedding<B: Backend>(
     encoder: &SentenceEncoder<B>,
     instruction: &str,
     samples: &[String],

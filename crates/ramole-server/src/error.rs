@@ -27,6 +27,16 @@ pub enum ServerError {
     /// A request body over the server's limit, in bytes (413).
     #[error("the request body is over the server's limit of {0} bytes")]
     TooLarge(usize),
+    /// More items of a request field than the server takes (413).
+    #[error("`{what}`: {count}, over the server's limit of {limit}")]
+    TooMany {
+        /// The field.
+        what: &'static str,
+        /// How many the request holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The queue is full (429, with `Retry-After`).
     #[error("the server is at capacity ({0} requests queued or running): retry later")]
     Overloaded(usize),
@@ -52,7 +62,7 @@ impl ServerError {
             Self::Unauthorized => "authentication_error",
             Self::NotFound(_) => "not_found_error",
             Self::Conflict(_) => "conflict_error",
-            Self::TooLarge(_) => "request_too_large_error",
+            Self::TooLarge(_) | Self::TooMany { .. } => "request_too_large_error",
             Self::Overloaded(_) => "rate_limit_error",
             Self::Timeout(_) => "timeout_error",
             Self::Generation(_) => "generation_error",
@@ -68,7 +78,7 @@ impl ServerError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) | Self::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Generation(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,6 +108,7 @@ impl ServerError {
     pub fn body(&self) -> serde_json::Value {
         let param = match self {
             Self::Invalid { param, .. } => param.clone(),
+            Self::TooMany { what, .. } => Some((*what).to_string()),
             _ => None,
         };
         serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param,

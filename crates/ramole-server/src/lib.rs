@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub default_max_tokens: usize,
     /// How `model: "ramole"` routes (strategy, top-k, weights), unless the request says otherwise.
     pub route: RouteConfig,
+    /// Most samples an adapter may be registered with (more: 413): embedding them takes time and memory.
+    pub max_samples_per_lora: usize,
     /// Folders under which `POST /v1/adapters {"path"}` may register an adapter already on the server
     /// (symbolic links followed, none may lead out); empty: registration by path is off and adapters
     /// arrive only as uploaded files.
@@ -70,9 +72,16 @@ impl Default for ServeConfig {
             default_max_tokens: 256,
             route: RouteConfig::default(),
             adapter_roots: Vec::new(),
+            max_samples_per_lora: DEFAULT_MAX_SAMPLES_PER_LORA,
         }
     }
 }
+
+/// [`ServeConfig::max_samples_per_lora`]'s default.
+pub const DEFAULT_MAX_SAMPLES_PER_LORA: usize = 1000;
+
+/// Embeds an upload's samples (their mean embedding, as the pool stores it), off the engine's thread.
+pub(crate) type Embedder = dyn Fn(&[String]) -> Result<Vec<f32>, String> + Send + Sync;
 
 /// The name of the routed model: `model: "ramole"` routes each request through the pool.
 pub const ROUTED_MODEL: &str = "ramole";
@@ -85,6 +94,9 @@ struct Inner {
     tokenizer: Arc<Tokenizer>,
     /// Tokenizes prompts (user text never becomes a control token).
     prompts: Arc<PromptEncoder>,
+    /// Embeds uploads' samples with the pool's encoder and instruction (a copy of the encoder, used by one
+    /// upload at a time, so the engine never waits for an upload).
+    embedder: Arc<Embedder>,
     eos: Arc<[u32]>,
     /// The model's context (prompt plus new tokens).
     context: usize,
@@ -133,6 +145,12 @@ impl Server {
             .map(Arc::new)
             .ok_or_else(|| ServerError::Setup("the model has no tokenizer: the server needs one".into()))?;
         let prompts = Arc::new(PromptEncoder::new(&tokenizer));
+        let encoder = std::sync::Mutex::new(ramole.encoder().clone());
+        let instruction = ramole.pool().instruction().to_owned();
+        let embedder: Arc<Embedder> = Arc::new(move |samples: &[String]| {
+            let encoder = encoder.lock().map_err(|_| "the encoder's lock is poisoned".to_string())?;
+            ramole_retriever::pool::mean_embedding(&encoder, &instruction, samples).map_err(|e| e.to_string())
+        });
         let eos: Arc<[u32]> = ramole.engine().config().eos_token_ids.clone().into();
         let context = ramole.engine().config().max_position_embeddings;
         let pool_dir = ramole.pool().dir().to_path_buf();
@@ -165,6 +183,7 @@ impl Server {
             config,
             tokenizer,
             prompts,
+            embedder,
             eos,
             context,
             pool_dir,

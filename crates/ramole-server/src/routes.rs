@@ -180,20 +180,36 @@ async fn add_adapter_inner(state: &AppState, request: Request) -> Result<crate::
         let dir = confine(&state.config.adapter_roots, &upload.path)?;
         (upload.name, dir, false, upload.samples)
     };
-    // The API's own model names cannot be an adapter's: `model` could not tell them apart.
-    if name == ROUTED_MODEL || name == state.config.model_name {
+    let refused = |error: ServerError| {
         if staged {
             let _ = std::fs::remove_dir_all(&path);
         }
-        return Err(ServerError::Invalid {
+        Err(error)
+    };
+    // The API's own model names cannot be an adapter's: `model` could not tell them apart.
+    if name == ROUTED_MODEL || name == state.config.model_name {
+        let model = if name == ROUTED_MODEL { "routed" } else { "base" };
+        return refused(ServerError::Invalid {
             param: Some("name".into()),
-            message: format!(
-                "`{name}` is reserved: it names the {} model",
-                if name == ROUTED_MODEL { "routed" } else { "base" }
-            ),
+            message: format!("`{name}` is reserved: it names the {model} model"),
         });
     }
-    ask(state, |reply| Command::AddAdapter { name, path, staged, samples, reply }).await?
+    let cap = state.config.max_samples_per_lora;
+    if samples.len() > cap {
+        return refused(ServerError::TooMany { what: "samples", count: samples.len(), limit: cap });
+    }
+    // Embedded here, off the engine's thread: running streams do not wait for an upload.
+    let embedding = if samples.is_empty() {
+        None
+    } else {
+        let (embed, texts) = (state.embedder.clone(), samples.clone());
+        match tokio::task::spawn_blocking(move || embed(&texts)).await {
+            Ok(Ok(e)) => Some(e),
+            Ok(Err(e)) => return refused(ServerError::Invalid { param: Some("samples".into()), message: e }),
+            Err(_) => return refused(ServerError::Unavailable),
+        }
+    };
+    ask(state, |reply| Command::AddAdapter { name, path, staged, samples, embedding, reply }).await?
 }
 
 fn too_large_or_invalid(status: StatusCode, message: &str, limit: usize) -> ServerError {

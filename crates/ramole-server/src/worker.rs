@@ -105,6 +105,8 @@ pub enum Command {
         staged: bool,
         /// Its samples.
         samples: Vec<String>,
+        /// The samples' mean embedding, computed off this thread (`None`: embed them here).
+        embedding: Option<Vec<f32>>,
         /// The outcome.
         reply: oneshot::Sender<Result<AdapterInfo, ServerError>>,
     },
@@ -197,8 +199,8 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
                         Err(e) => fail(&reply, e),
                     }
                 }
-                Command::AddAdapter { name, path, staged, samples, reply } => {
-                    let result = add_adapter(&mut ramole, &name, &path, staged, &samples);
+                Command::AddAdapter { name, path, staged, samples, embedding, reply } => {
+                    let result = add_adapter(&mut ramole, &name, &path, staged, &samples, embedding);
                     refresh_adapters(&ramole, &shared);
                     let _ = reply.send(result);
                 }
@@ -402,6 +404,7 @@ fn add_adapter<B: Backend>(
     path: &std::path::Path,
     staged: bool,
     samples: &[String],
+    embedding: Option<Vec<f32>>,
 ) -> Result<AdapterInfo, ServerError> {
     let invalid = |message: String| ServerError::Invalid { param: None, message };
     let result = (|| {
@@ -431,7 +434,11 @@ fn add_adapter<B: Backend>(
             path.to_path_buf()
         };
         // Checks the adapter in full against the base before the pool or the engine changes.
-        if let Err(e) = ramole.add_lora(name, &dir, samples) {
+        let added = match embedding {
+            Some(e) => ramole.add_lora_embedded(name, &dir, samples, e),
+            None => ramole.add_lora(name, &dir, samples),
+        };
+        if let Err(e) = added {
             if staged {
                 let _ = std::fs::remove_dir_all(&dir);
             }

@@ -678,3 +678,33 @@ fn token_id_prompts_are_served() {
         assert!(r.text().contains(needle), "{prompt}: {}", r.text());
     }
 }
+
+/// Issue 25, 2: an upload's samples are embedded off the engine's thread (a request sent meanwhile is
+/// answered before the upload is), and beyond `max_samples_per_lora` an upload is a 413 naming `samples`.
+#[test]
+fn uploads_embed_off_the_engine_thread_and_their_samples_are_capped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), ServeConfig { max_samples_per_lora: 400, ..config() });
+    let a2 = common::fixture().join("adapters/a2");
+    let many: Vec<String> = (0..401).map(|i| format!("Spell it backwards, example {i}: word{i}")).collect();
+    let r = upload(&server, "toomany", &json!(many), &a2);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "samples", "{}", r.text());
+    assert!(!pool.join("adapters/toomany").exists());
+
+    let samples = json!(many[..400]);
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let uploading = std::thread::spawn(move || {
+        let r = upload(&Running::at(addr), "many", &samples, &a2);
+        (r.status, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = server.post("/v1/completions", &json!({"model": "a1", "prompt": "What is 2 + 2?", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answered = started.elapsed();
+    let (status, uploaded) = uploading.join().expect("upload thread");
+    assert_eq!(status, 201);
+    assert!(answered < uploaded, "the request ({answered:?}) did not wait for the upload ({uploaded:?})");
+}

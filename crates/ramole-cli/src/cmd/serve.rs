@@ -50,6 +50,10 @@ pub struct Args {
     /// arrive only as uploaded files.
     #[arg(long = "adapter-root")]
     pub adapter_roots: Vec<std::path::PathBuf>,
+    /// Most samples an uploaded adapter may carry (1–1000000; more: 413). They are embedded off the engine's
+    /// thread, but still take CPU time and memory.
+    #[arg(long, default_value_t = ramole_server::DEFAULT_MAX_SAMPLES_PER_LORA, value_parser = super::args::usize_in(1, 1_000_000))]
+    pub max_samples_per_lora: usize,
     /// Longest a request may take, queueing included, in seconds (1–86400).
     #[arg(long, default_value_t = 300, value_parser = super::args::usize_in(1, 86_400))]
     pub request_timeout: usize,
@@ -108,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         default_max_tokens: args.default_max_tokens,
         route,
         adapter_roots: args.adapter_roots.clone(),
+        max_samples_per_lora: args.max_samples_per_lora,
     };
     let adapters = ramole.servable().len();
     let server = Server::new(ramole, config)?;

@@ -82,6 +82,11 @@ impl Running {
         Self { addr: server.addr(), server: Some(server) }
     }
 
+    /// A handle on a server another `Running` owns (for a second client thread).
+    pub fn at(addr: SocketAddr) -> Self {
+        Self { addr, server: None }
+    }
+
     /// Stops the server and waits for it (graceful shutdown).
     pub fn stop(mut self) {
         if let Some(server) = self.server.take() {
