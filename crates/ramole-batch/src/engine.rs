@@ -107,6 +107,11 @@ impl<B: Backend> Prefill<B> {
         self.cache.len()
     }
 
+    /// Prompt positions still to feed, over all rows (padding included).
+    pub(crate) fn remaining(&self) -> usize {
+        self.rows * self.len.saturating_sub(self.done())
+    }
+
     /// Whether every column has been fed.
     pub(crate) fn is_complete(&self) -> bool {
         self.done() >= self.len

@@ -315,19 +315,26 @@ impl<B: Backend> Scheduler<B> {
                 self.begin(engine, group, &mut events);
             }
         }
-        // At least one pass per step, so that every prefill moves forward; later groups only while the
-        // budget holds a column of theirs.
+        // The step's prefill budget is shared: the shortest remaining prefills first, so that a short prompt
+        // behind a long one is answered between the long one's chunks instead of after it; half of the budget
+        // stays for the oldest group, so that a stream of short prompts cannot starve it. Every group fed
+        // gets at least one column; a group left unfed keeps its place.
         let mut budget = self.prefill_chunk;
-        let mut first = true;
-        while let Some(mut group) = self.prefilling.pop_front() {
+        let mut groups: Vec<(usize, Prefilling<B>)> = self.prefilling.drain(..).enumerate().collect();
+        let oldest = (!groups.is_empty()).then(|| groups.remove(0));
+        let reserve = oldest.as_ref().map_or(0, |(_, g)| (budget / 2).min(g.prefill.remaining()));
+        groups.sort_by_key(|(_, g)| g.prefill.remaining());
+        let mut waiting: Vec<(usize, Prefilling<B>)> = Vec::new();
+        for (index, mut group) in groups.into_iter().chain(oldest) {
             let rows = group.prefill.rows().max(1);
-            if !first && budget < rows {
-                self.prefilling.push_front(group);
-                break;
+            let is_oldest = index == 0;
+            let usable = if is_oldest { budget } else { budget.saturating_sub(reserve) };
+            if !is_oldest && usable < rows {
+                waiting.push((index, group));
+                continue;
             }
-            first = false;
             let clock = Instant::now();
-            let columns = (budget / rows).max(1);
+            let columns = (usable / rows).max(1);
             let before = group.prefill.done();
             let hidden = engine.prefill_columns(&mut group.prefill, columns, &group.lora);
             let fed = group.prefill.done() - before;
@@ -338,15 +345,12 @@ impl<B: Backend> Scheduler<B> {
             self.stats.prefill_secs += clock.elapsed().as_secs_f64();
             match last {
                 Some(last) => self.join(engine, group, &last, &mut events),
-                None => {
-                    self.prefilling.push_front(group);
-                    break;
-                }
-            }
-            if budget == 0 {
-                break;
+                None => waiting.push((index, group)),
             }
         }
+        // The groups still prefilling, in their order of arrival.
+        waiting.sort_by_key(|(index, _)| *index);
+        self.prefilling.extend(waiting.into_iter().map(|(_, g)| g));
         if !self.running.is_empty() {
             let clock = Instant::now();
             let rows = self.running.len();

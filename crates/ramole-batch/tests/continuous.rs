@@ -290,6 +290,49 @@ fn running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks() {
     assert_eq!(b_tokens, alone, "the chunked prefill gives the same tokens");
 }
 
+/// Issue 25, 5: a short prompt admitted behind a long one is prefilled between the long one's chunks (the
+/// shortest remaining prefill first, half the budget kept for the oldest), so its first token does not wait
+/// for the long prompt; both give the tokens they give alone.
+#[test]
+fn a_short_prompt_is_not_made_to_wait_for_a_long_prefill() {
+    let engine = engine();
+    let long = long_request(120, 3);
+    let short = Request { max_new_tokens: 3, ..long_request(4, 3) };
+    let short = Request { name: "short".into(), ..short };
+    let options = RunOptions { ignore_eos: true, ..RunOptions::default() };
+    let alone: Vec<Vec<u32>> = [&long, &short]
+        .iter()
+        .map(|r| engine.run(std::slice::from_ref(*r), options).pop().expect("one").expect("runs").new_tokens)
+        .collect();
+    let mut scheduler = Scheduler::new(4).prefill_chunk(16).ignore_eos(true);
+    let l = scheduler.admit(&engine, long).expect("admitted");
+    scheduler.step(&engine);
+    let s = scheduler.admit(&engine, short).expect("admitted");
+    let (mut first_short, mut first_long) = (None, None);
+    let mut tokens: HashMap<SequenceId, Vec<u32>> = HashMap::new();
+    for step in 1..40 {
+        for e in scheduler.step(&engine) {
+            if let Event::Token { id, token } = e {
+                tokens.entry(id).or_default().push(token);
+                if id == s {
+                    first_short.get_or_insert(step);
+                }
+                if id == l {
+                    first_long.get_or_insert(step);
+                }
+            }
+        }
+        if scheduler.is_idle() {
+            break;
+        }
+    }
+    let (first_short, first_long) = (first_short.expect("short answered"), first_long.expect("long answered"));
+    assert!(first_short <= 2, "the short prompt's first token came at step {first_short}");
+    assert!(first_short < first_long, "before the long prompt's ({first_long})");
+    assert_eq!(tokens[&l], alone[0], "the long prompt's tokens");
+    assert_eq!(tokens[&s], alone[1], "the short prompt's tokens");
+}
+
 #[test]
 fn a_row_cancelled_during_its_prefill_leaves_its_group() {
     let engine = engine();
