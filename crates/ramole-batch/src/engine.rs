@@ -74,6 +74,8 @@ pub struct Engine<B: Backend> {
     /// The RouterLoRA gate that `gate` rows use, if one is loaded.
     gate: Option<RouterGate<B>>,
     device: B::Device,
+    /// How the weights are held (resolved: never [`WeightFormat::Auto`]).
+    weights: WeightFormat,
 }
 
 /// A request that passed validation, with its prompt's token ids and its adapters resolved.
@@ -150,18 +152,25 @@ impl<B: Backend> Engine<B> {
     /// dequantised to f32, the exact reference).
     pub fn load_with(path: impl AsRef<Path>, device: &B::Device, format: WeightFormat) -> Result<Self, BatchError> {
         let lm = ramole_models::CausalLm::load_with(path, device, format)?;
-        Ok(Self::new(lm.model, lm.config, lm.tokenizer, device))
+        Ok(Self::new(lm.model, lm.config, lm.tokenizer, device, format.resolve::<B>()))
     }
 
-    /// An engine from parts.
+    /// An engine from parts; `weights` says how the model's weights are held.
     pub fn new(
         model: LlamaForCausalLM<B>,
         config: LlamaConfig,
         tokenizer: Option<Tokenizer>,
         device: &B::Device,
+        weights: WeightFormat,
     ) -> Self {
         let adapters = AdapterPool::new(config.clone());
-        Self { model, config, tokenizer, adapters, gate: None, device: device.clone() }
+        Self { model, config, tokenizer, adapters, gate: None, device: device.clone(), weights: weights.resolve::<B>() }
+    }
+
+    /// How the model's weights are held: [`WeightFormat::Dense`], [`WeightFormat::Quantized`] or
+    /// [`WeightFormat::QuantizedInt8`] (what `auto` amounted to on this backend and CPU).
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
     }
 
     /// The model.

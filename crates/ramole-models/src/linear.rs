@@ -71,6 +71,27 @@ impl WeightFormat {
         }
     }
 
+    /// What this format amounts to on backend `B` and this CPU: [`WeightFormat::Auto`] resolved to one of
+    /// the others.
+    pub fn resolve<B: Backend>(self) -> Self {
+        match self {
+            Self::Auto if !self.keeps_quantized::<B>() => Self::Dense,
+            Self::Auto if self.activations() == Activations::Int8 => Self::QuantizedInt8,
+            Self::Auto => Self::Quantized,
+            other => other,
+        }
+    }
+
+    /// The format's name, as `--model-weights` spells it (`dense`, `quantized`, `quantized-int8`, `auto`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Quantized => "quantized",
+            Self::QuantizedInt8 => "quantized-int8",
+            Self::Auto => "auto",
+        }
+    }
+
     /// How products over the weights kept quantized treat the activations.
     pub fn activations(self) -> Activations {
         match self {

@@ -100,6 +100,9 @@ struct Inner {
     eos: Arc<[u32]>,
     /// The model's context (prompt plus new tokens).
     context: usize,
+    /// How the model's weights are held (`dense`, `quantized`, `quantized-int8`): reported in `/v1/models`
+    /// and in every answer's usage, since it decides the answers' arithmetic.
+    weights: &'static str,
     pool_dir: PathBuf,
     in_flight: AtomicUsize,
     /// Numbers request ids and upload folders.
@@ -153,6 +156,7 @@ impl Server {
         });
         let eos: Arc<[u32]> = ramole.engine().config().eos_token_ids.clone().into();
         let context = ramole.engine().config().max_position_embeddings;
+        let weights = ramole.engine().weight_format().name();
         let pool_dir = ramole.pool().dir().to_path_buf();
         let adapters = pool_dir.join("adapters");
         std::fs::create_dir_all(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
@@ -186,6 +190,7 @@ impl Server {
             embedder,
             eos,
             context,
+            weights,
             pool_dir,
             in_flight: AtomicUsize::new(0),
             counter: AtomicUsize::new(0),

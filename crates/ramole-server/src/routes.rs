@@ -125,13 +125,15 @@ async fn models(State(state): State<AppState>) -> Response {
     let created = now_secs();
     let base = &state.config.model_name;
     let mut data = vec![
-        json!({"id": base, "object": "model", "created": created, "owned_by": "ramole"}),
-        json!({"id": ROUTED_MODEL, "object": "model", "created": created, "owned_by": "ramole", "parent": base}),
+        json!({"id": base, "object": "model", "created": created, "owned_by": "ramole", "weights": state.weights}),
+        json!({"id": ROUTED_MODEL, "object": "model", "created": created, "owned_by": "ramole", "parent": base,
+               "weights": state.weights}),
     ];
     if let Ok(adapters) = state.shared.adapters.read() {
-        data.extend(adapters.iter().map(
-            |a| json!({"id": a.name, "object": "model", "created": created, "owned_by": "ramole", "parent": base}),
-        ));
+        data.extend(adapters.iter().map(|a| {
+            json!({"id": a.name, "object": "model", "created": created, "owned_by": "ramole", "parent": base,
+                       "weights": state.weights})
+        }));
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -573,7 +575,7 @@ async fn generate(
     let completion_tokens = text.tokens();
     let _ = text.finish();
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                       "total_tokens": prompt_tokens + completion_tokens});
+                       "total_tokens": prompt_tokens + completion_tokens, "weights": state.weights});
     let choice = match api {
         Api::Completion => json!({"index": 0, "text": text.text(), "logprobs": null, "finish_reason": finish}),
         Api::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text.text()},
@@ -726,7 +728,7 @@ async fn next_events(s: &mut Streaming) {
         let mut usage = s.meta.chunk(None, None, false);
         usage["choices"] = json!([]);
         usage["usage"] = json!({"prompt_tokens": s.meta.prompt_tokens, "completion_tokens": completion,
-                                "total_tokens": s.meta.prompt_tokens + completion});
+                                "total_tokens": s.meta.prompt_tokens + completion, "weights": s.state.weights});
         s.pending.push_back(sse(&usage));
     }
     s.pending.push_back(SseEvent::default().data("[DONE]"));

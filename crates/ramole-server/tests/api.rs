@@ -58,6 +58,10 @@ fn completions_chat_streams_and_routing_answer_as_the_engine_does() {
     assert_eq!(body["choices"][0]["text"], expected(&model, &pool, prompt, &[], Composition::Single, 6));
     assert_eq!(body["routing"], json!([]));
     assert_eq!(body["usage"]["prompt_tokens"], prompt.len(), "one token per byte");
+    // Issue 24, 5: which weight format served the answer, here and in /v1/models.
+    let weights = body["usage"]["weights"].as_str().expect("usage.weights").to_string();
+    assert!(["dense", "quantized", "quantized-int8"].contains(&weights.as_str()), "{weights}");
+    assert!(models["data"].as_array().expect("list").iter().all(|m| m["weights"] == weights.as_str()), "{models}");
     let r = server.post("/v1/completions", &json!({"model": "a1", "prompt": prompt, "max_tokens": 6})).json();
     assert_eq!(r["choices"][0]["text"], expected(&model, &pool, prompt, &[("a1", 1.0)], Composition::Single, 6));
     assert_eq!(r["routing"], json!([{"lora": "a1", "score": null, "weight": 1.0}]));
