@@ -329,6 +329,26 @@ impl<B: Backend> Ramole<B> {
         &self.encoder
     }
 
+    /// Takes in the changes another process made to the pool's folder ([`LoraPool::refresh`]): a LoRA that
+    /// appeared with an adapter becomes servable (its adapter loads when a request needs it, and is
+    /// quarantined then if it does not), one that disappeared is no longer served. Returns whether anything
+    /// changed.
+    pub fn refresh_pool(&mut self) -> Result<bool, PipelineError> {
+        let (added, removed) = self.pool.refresh()?;
+        for name in &removed {
+            self.engine.adapters_mut().remove(name);
+            self.servable.remove(name);
+            self.quarantined.remove(name);
+            self.residency.forget(name);
+        }
+        for name in &added {
+            if self.pool.get(name).is_some_and(|e| e.adapter.is_some()) {
+                self.servable.insert(name.clone());
+            }
+        }
+        Ok(!added.is_empty() || !removed.is_empty())
+    }
+
     /// The quarantined LoRAs (see [`Self::make_resident`]) with why, by name.
     pub fn quarantined(&self) -> impl Iterator<Item = (&str, &str)> {
         self.quarantined.iter().map(|(n, r)| (n.as_str(), r.as_str()))

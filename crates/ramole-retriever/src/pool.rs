@@ -534,6 +534,42 @@ impl LoraPool {
         Ok(())
     }
 
+    /// Brings the in-memory pool up to date with its entries folder, as another process (`ramole pool add`,
+    /// `pool remove`, another server on the same folder) changed it: an entry file that appeared is read and
+    /// indexed (one that cannot be used is skipped, as [`Self::open`] skips it), an entry whose file is gone is
+    /// dropped; the index is updated in place, not rebuilt. Returns the names added and removed. A pool
+    /// re-embedded meanwhile (`pool.json` naming another entries folder) needs [`Self::open`] again.
+    pub fn refresh(&mut self) -> Result<(Vec<String>, Vec<String>), RetrieverError> {
+        let dir = self.entries_dir();
+        let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+            .map_err(|e| RetrieverError::io(&dir, e))?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                (!n.starts_with('.')).then_some(n)?.strip_suffix(".json").map(str::to_owned)
+            })
+            .collect();
+        let removed: Vec<String> = self.entries.keys().filter(|n| !on_disk.contains(*n)).cloned().collect();
+        for name in &removed {
+            self.index.remove(name)?;
+            self.entries.remove(name);
+        }
+        let mut added = Vec::new();
+        let new: Vec<&String> = on_disk.iter().filter(|n| !self.entries.contains_key(*n)).collect();
+        for name in new {
+            let path = self.entry_path(name);
+            let Ok(bytes) = read_bounded(&path, MAX_ENTRY_BYTES) else { continue };
+            let Ok(entry) = PoolEntry::from_json(&path, &bytes) else { continue };
+            if entry.name != *name || (!self.index.is_empty() && entry.embedding.len() != self.index.dim()) {
+                continue;
+            }
+            if self.insert(entry).is_ok() {
+                added.push(name.clone());
+            }
+        }
+        Ok((added, removed))
+    }
+
     /// Adds an entry to the in-memory state (index first: it validates).
     fn insert(&mut self, entry: PoolEntry) -> Result<(), RetrieverError> {
         if self.index.is_empty() {

@@ -159,7 +159,16 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
     let mut live: HashMap<SequenceId, Live> = HashMap::new();
     let mut next_name = 0u64;
     let mut open = true;
+    let mut refreshed = Instant::now();
     while open || !scheduler.is_idle() {
+        // The pool's folder as other processes left it (`ramole pool add`, another server on the same pool):
+        // read at most once a second, the index updated in place.
+        if refreshed.elapsed() >= POOL_REFRESH {
+            refreshed = Instant::now();
+            if ramole.refresh_pool().unwrap_or(false) {
+                refresh_adapters(&ramole, &shared);
+            }
+        }
         // Commands: wait for one when idle, else take what has arrived and go on stepping.
         let mut batch = Vec::new();
         if scheduler.is_idle() {
@@ -270,6 +279,9 @@ pub fn run<B: Backend>(mut ramole: Ramole<B>, commands: Receiver<Command>, share
 fn fail(reply: &mpsc::UnboundedSender<Reply>, error: ServerError) {
     let _ = reply.send(Reply::Error(error));
 }
+
+/// How often the engine's thread reads the pool's folder for changes made by other processes.
+const POOL_REFRESH: Duration = Duration::from_secs(1);
 
 /// How many times a routed request is routed again when a LoRA of its routing turns out not to load.
 const MAX_REROUTES: usize = 3;

@@ -712,3 +712,35 @@ fn uploads_embed_off_the_engine_thread_and_their_samples_are_capped() {
     assert_eq!(status, 201);
     assert!(answered < uploaded, "the request ({answered:?}) did not wait for the upload ({uploaded:?})");
 }
+
+/// Issue 25, 4: a LoRA added to (or removed from) the pool's folder by another process while the server runs
+/// is served (or no longer) within seconds, and its name is then known to the server, not half-known.
+#[test]
+fn a_pool_changed_by_another_process_is_picked_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    // What `ramole pool add` does, from another handle on the same folder.
+    let (mut other, _) = ramole_retriever::LoraPool::open(&pool).expect("pool");
+    let dir = pool.join("adapters/added");
+    common::copy_adapter(&common::fixture().join("adapters/a2"), &dir);
+    other.add("added", Some(&dir), &["Translate to French: tree".to_string()], &common::encoder()).expect("add");
+    let listed = |name: &str| server.get("/v1/models").json().to_string().contains(&format!("\"{name}\""));
+    let t = std::time::Instant::now();
+    while !listed("added") && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(listed("added"), "picked up in {:?}", t.elapsed());
+    let r = server
+        .post("/v1/completions", &json!({"model": "added", "prompt": "Translate to French: cat", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upload(&server, "added", &json!(["x"]), &common::fixture().join("adapters/a2")).status, 409);
+    other.remove("added").expect("remove");
+    let t = std::time::Instant::now();
+    while listed("added") && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!listed("added"), "a removal is picked up too");
+    let r = server.post("/v1/completions", &json!({"model": "added", "prompt": "x", "max_tokens": 1}));
+    assert_eq!(r.status, 404, "{}", r.text());
+}
