@@ -530,6 +530,19 @@ mod tests {
         crate::cpu::test_values(n, seed).into_iter().map(|v| v * 4.0).collect()
     }
 
+    /// Every kernel this CPU can run (an AVX-512 CPU runs the AVX2 one too).
+    fn kernels() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Plain];
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect() != Kernel::Plain {
+            kernels.push(Kernel::Avx2);
+            if Kernel::detect() == Kernel::Avx512 {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels
+    }
+
     /// Every available kernel against the reference on `shape` (keys and values random, capacity
     /// slots past the keys filled with garbage the kernel must not read).
     fn check(shape: AttentionShape, pads: &[usize]) {
@@ -546,16 +559,7 @@ mod tests {
             }
         }
         let want = reference::causal(&q, &k, &v, &s, pads).expect("reference");
-        // Every kernel this CPU can run (an AVX-512 CPU runs the AVX2 one too).
-        let mut kernels = vec![Kernel::Plain];
-        #[cfg(target_arch = "x86_64")]
-        if Kernel::detect() != Kernel::Plain {
-            kernels.push(Kernel::Avx2);
-            if Kernel::detect() == Kernel::Avx512 {
-                kernels.push(Kernel::Avx512);
-            }
-        }
-        for kernel in kernels {
+        for kernel in kernels() {
             let got = causal_with(kernel, &q, &k, &v, &s, pads).expect("attention");
             assert_eq!(got.len(), want.len());
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
@@ -575,15 +579,7 @@ mod tests {
         let v = values(kv_heads * len * hd, 13);
         let shape =
             |rows, seq, past, capacity| AttentionShape { rows, heads, kv_heads, seq, head_dim: hd, past, capacity };
-        let mut kernels = vec![Kernel::Plain];
-        #[cfg(target_arch = "x86_64")]
-        if Kernel::detect() != Kernel::Plain {
-            kernels.push(Kernel::Avx2);
-            if Kernel::detect() == Kernel::Avx512 {
-                kernels.push(Kernel::Avx512);
-            }
-        }
-        for kernel in kernels {
+        for kernel in kernels() {
             let alone = causal_with(kernel, &q, &k, &v, &shape(1, len, 0, len), &[0]).expect("alone");
             // Beside a row of `len + pad` tokens: this row left-padded by `pad` (its padding slots garbage).
             let (seq, cap) = (len + pad, len + pad);
