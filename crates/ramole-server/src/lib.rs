@@ -100,6 +100,8 @@ struct Inner {
     eos: Arc<[u32]>,
     /// The model's context (prompt plus new tokens).
     context: usize,
+    /// Whether a RouterLoRA gate is loaded (the `gate` composition and strategy need it).
+    has_gate: bool,
     /// How the model's weights are held (`dense`, `quantized`, `quantized-int8`): reported in `/v1/models`
     /// and in every answer's usage, since it decides the answers' arithmetic.
     weights: &'static str,
@@ -157,6 +159,7 @@ impl Server {
         let eos: Arc<[u32]> = ramole.engine().config().eos_token_ids.clone().into();
         let context = ramole.engine().config().max_position_embeddings;
         let weights = ramole.engine().weight_format().name();
+        let has_gate = ramole.engine().gate().is_some();
         let pool_dir = ramole.pool().dir().to_path_buf();
         let adapters = pool_dir.join("adapters");
         std::fs::create_dir_all(&adapters).map_err(|e| ServerError::Setup(format!("{}: {e}", adapters.display())))?;
@@ -190,6 +193,7 @@ impl Server {
             embedder,
             eos,
             context,
+            has_gate,
             weights,
             pool_dir,
             in_flight: AtomicUsize::new(0),

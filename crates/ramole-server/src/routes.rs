@@ -384,6 +384,14 @@ async fn respond(state: AppState, prepared: Result<(Common, Prompt, String), Ser
 /// Which adapters `common` asks for.
 fn target(state: &Inner, common: &Common) -> Result<Target, ServerError> {
     let composition = common.composition()?;
+    // Refused whatever the number of adapters (one adapter "gated" would otherwise quietly run alone).
+    let gated = composition == Some(Composition::Gate) || common.strategy()? == Some(ramole_pipeline::Strategy::Gate);
+    if gated && !state.has_gate {
+        return Err(ServerError::Invalid {
+            param: Some(if composition.is_some() { "composition" } else { "strategy" }.into()),
+            message: "`gate` needs the server's RouterLoRA gate (ramole serve --gate DIR), and none is loaded".into(),
+        });
+    }
     if let Some(adapters) = &common.adapters {
         if adapters.is_empty() {
             return Err(ServerError::Invalid { param: Some("adapters".into()), message: "an empty list".into() });

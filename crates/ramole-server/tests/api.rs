@@ -744,3 +744,23 @@ fn a_pool_changed_by_another_process_is_picked_up() {
     let r = server.post("/v1/completions", &json!({"model": "added", "prompt": "x", "max_tokens": 1}));
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// Issue 25, 9: the `gate` composition (or strategy) without a loaded gate is refused for one adapter as for
+/// two, naming the field.
+#[test]
+fn the_gate_without_a_gate_is_refused_for_any_number_of_adapters() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, pool) = setup(tmp.path());
+    let server = Running::start(common::ramole(&model, &pool), config());
+    let one = json!([{"name": "a0", "weight": 1.0}]);
+    let two = json!([{"name": "a0", "weight": 0.5}, {"name": "a1", "weight": 0.5}]);
+    for adapters in [one, two] {
+        let body =
+            json!({"model": "tiny", "prompt": "x", "max_tokens": 1, "adapters": adapters, "composition": "gate"});
+        let r = server.post("/v1/completions", &body);
+        assert_eq!((r.status, r.json()["error"]["param"].clone()), (400, json!("composition")), "{}", r.text());
+    }
+    let r =
+        server.post("/v1/completions", &json!({"model": "ramole", "prompt": "x", "max_tokens": 1, "strategy": "gate"}));
+    assert_eq!((r.status, r.json()["error"]["param"].clone()), (400, json!("strategy")), "{}", r.text());
+}
