@@ -224,3 +224,35 @@ fn a_zoo_is_built_and_inputs_are_routed_to_their_loras() {
     let err = fails(&["run", "--pool", s(&pool), "--model", s(&model), "--requests", s(&requests)]);
     assert!(err.contains("no LoRA with a loadable adapter"), "{err}");
 }
+
+/// Issue 25, 9: `train-lora --out . --force` writes the adapter into the current folder (once resolved, `.`
+/// is a folder like any other) and leaves no temporary folder behind, there or beside it.
+#[test]
+fn train_lora_into_the_current_folder_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = ramole_testkit::tiny_llama_with_tokenizer(tmp.path()).expect("model");
+    let data = tmp.path().join("train.jsonl");
+    write_records(&data, "Say it loud", "yes", 8);
+    let here = tmp.path().join("here");
+    std::fs::create_dir(&here).expect("mkdir");
+    let args = ["train-lora", "--out", ".", "--force", "--model", s(&model), "--data", s(&data), "--rank", "2"];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramole"))
+        .args(args)
+        .args(["--steps", "1", "--batch-size", "4"])
+        .current_dir(&here)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(here.join(file).is_file(), "{file} written into the current folder");
+    }
+    let hidden = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    assert!(hidden(&here).is_empty() && hidden(tmp.path()).is_empty(), "{:?} {:?}", hidden(&here), hidden(tmp.path()));
+}

@@ -164,6 +164,52 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::
     Ok(())
 }
 
+/// Writes `files` (name, bytes) into the folder `dir`, whole or not at all: everything goes into a fresh
+/// sibling folder (each file synced) that is renamed into place. An existing `dir` is refused unless
+/// `overwrite`; then the old folder is moved aside first and removed once the new one is in place (a failed
+/// switch puts it back). `dir` is resolved first when it exists (`.` is the current folder under its own
+/// name), and nothing of the attempt is left behind on any error. The error names the path at fault.
+pub fn write_folder(dir: &Path, files: &[(&str, &[u8])], overwrite: bool) -> Result<(), (PathBuf, io::Error)> {
+    let exists = std::fs::symlink_metadata(dir).is_ok();
+    if exists && !overwrite {
+        let e = io::Error::new(io::ErrorKind::AlreadyExists, "already exists (give --force to replace it)");
+        return Err((dir.to_path_buf(), e));
+    }
+    let dir = if exists { std::fs::canonicalize(dir).map_err(|e| (dir.to_path_buf(), e))? } else { dir.to_path_buf() };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| (parent.clone(), e))?;
+    let name = dir.file_name().map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
+    let stage = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempdir_in(&parent)
+        .map_err(|e| (parent.clone(), e))?;
+    for (file, bytes) in files {
+        let path = stage.path().join(file);
+        write_atomic(&path, bytes).map_err(|e| (path, e))?;
+    }
+    // Publish: move an old folder aside, rename the new one in, drop the old one. Until the switch the
+    // staging folder removes itself when dropped.
+    let aside = exists.then(|| parent.join(format!(".{name}.old-{}", std::process::id())));
+    if let Some(aside) = &aside {
+        std::fs::rename(&dir, aside).map_err(|e| (dir.clone(), e))?;
+    }
+    if let Err(e) = std::fs::rename(stage.path(), &dir) {
+        if let Some(aside) = &aside {
+            let _ = std::fs::rename(aside, &dir); // put the old one back
+        }
+        return Err((dir, e));
+    }
+    let _ = stage.keep(); // renamed into place: nothing left to remove
+    if let Some(aside) = aside {
+        let _ = std::fs::remove_dir_all(aside);
+    }
+    Ok(())
+}
+
 /// Whether `a` and `b` name the same existing file (links followed).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {

@@ -348,58 +348,9 @@ pub fn write_adapter(
     write_folder(dir, &files, overwrite)
 }
 
-/// Writes `files` (name, bytes) into a fresh folder `dir`, whole or not at all: everything goes into a
-/// temporary sibling folder (each file synced) that is renamed into place. An existing `dir` is refused
-/// unless `overwrite`, in which case the old folder is moved aside first and removed after the new one
-/// is in place (a failed rename puts it back).
+/// [`ramole_core::fs::write_folder`], its error as [`MoleError::Io`].
 pub(crate) fn write_folder(dir: &Path, files: &[(&str, &[u8])], overwrite: bool) -> Result<(), MoleError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| MoleError::Io { path, source }
-    };
-    let exists = std::fs::symlink_metadata(dir).is_ok();
-    if exists && !overwrite {
-        return Err(MoleError::Io {
-            path: dir.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "already exists (give --force to replace it)",
-            ),
-        });
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stage = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
-
-    for (file, bytes) in files {
-        let path = stage.path().join(file);
-        ramole_core::fs::write_atomic(&path, bytes).map_err(io(&path))?;
-    }
-    // Publish: move an old folder aside, rename the new one in, drop the old one.
-    let stage = stage.keep();
-    let aside = exists.then(|| parent.join(format!(".{name}.old-{}", std::process::id())));
-    if let Some(aside) = &aside {
-        std::fs::rename(dir, aside).map_err(io(dir))?;
-    }
-    if let Err(e) = std::fs::rename(&stage, dir) {
-        if let Some(aside) = &aside {
-            let _ = std::fs::rename(aside, dir); // put the old one back
-        }
-        let _ = std::fs::remove_dir_all(&stage);
-        return Err(MoleError::Io { path: dir.into(), source: e });
-    }
-    if let Some(aside) = aside {
-        let _ = std::fs::remove_dir_all(aside);
-    }
-    Ok(())
+    ramole_core::fs::write_folder(dir, files, overwrite).map_err(|(path, source)| MoleError::Io { path, source })
 }
 
 /// `text` cut to 200 bytes (at a character boundary) for an error message: values from a file may be huge.

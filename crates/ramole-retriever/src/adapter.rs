@@ -274,44 +274,10 @@ impl EncoderAdapter {
     }
 }
 
-/// Writes `files` into a fresh sibling of `dir`, syncs them, then renames it to `dir` (replacing an
-/// existing folder only with `overwrite`; the old one is removed after the switch).
+/// [`ramole_core::fs::write_folder`], its error as [`RetrieverError`].
 fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)], overwrite: bool) -> Result<(), RetrieverError> {
-    let exists = std::fs::symlink_metadata(dir).is_ok();
-    if exists && !overwrite {
-        return Err(RetrieverError::io(
-            dir,
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (give --force to replace it)"),
-        ));
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| RetrieverError::io(&parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
-    let stage = parent.join(format!(".{name}.staging-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let result = (|| {
-        std::fs::create_dir(&stage).map_err(|e| RetrieverError::io(&stage, e))?;
-        for (file, bytes) in files {
-            let path = stage.join(file);
-            ramole_core::fs::write_atomic(&path, bytes).map_err(|e| RetrieverError::io(&path, e))?;
-        }
-        if exists {
-            std::fs::rename(dir, &old).map_err(|e| RetrieverError::io(dir, e))?;
-        }
-        std::fs::rename(&stage, dir).map_err(|e| RetrieverError::io(dir, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&stage);
-        if exists && !dir.exists() {
-            let _ = std::fs::rename(&old, dir);
-        }
-    } else if exists {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    result
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    ramole_core::fs::write_folder(dir, &files, overwrite).map_err(|(path, e)| RetrieverError::io(&path, e))
 }
 
 impl<B: Backend> SentenceEncoder<B> {
