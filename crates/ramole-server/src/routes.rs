@@ -354,11 +354,9 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
     let prepared = api::parse::<CompletionRequest>(&body).and_then(|r| {
         Ok(match r.prompt()? {
             PromptInput::Text(text) => (r.common, Prompt::Raw(text.clone()), text),
-            // The retriever reads the tokens' text.
-            PromptInput::Tokens(ids) => {
-                let query = state.tokenizer.decode(&ids, true).unwrap_or_default();
-                (r.common, Prompt::Ids(ids), query)
-            }
+            // The retriever reads the tokens' text, decoded with the prompt's other work (after the context
+            // bound, off the async runtime): see `generate`.
+            PromptInput::Tokens(ids) => (r.common, Prompt::Ids(ids), String::new()),
         })
     });
     respond(state, prepared, Api::Completion).await
@@ -530,10 +528,18 @@ async fn generate(
         });
     }
     let encoder = state.prompts.clone();
-    let ids = tokio::task::spawn_blocking(move || prompt.encode(&encoder))
-        .await
-        .map_err(|_| ServerError::Unavailable)?
-        .map_err(|e| ServerError::Invalid { param: None, message: format!("the prompt cannot be tokenized: {e}") })?;
+    let (ids, query) = tokio::task::spawn_blocking(move || {
+        let ids = prompt.encode(&encoder)?;
+        // Token ids arrive without text: the retriever reads what they decode to.
+        let query = match &prompt {
+            Prompt::Ids(_) => encoder.tokenizer().decode(&ids, true).unwrap_or_default(),
+            _ => query,
+        };
+        Ok::<_, ramole_models::ModelError>((ids, query))
+    })
+    .await
+    .map_err(|_| ServerError::Unavailable)?
+    .map_err(|e| ServerError::Invalid { param: None, message: format!("the prompt cannot be tokenized: {e}") })?;
     let prompt_tokens = ids.len();
     // Unless the request says, as many as the context leaves, up to the server's default.
     let max_tokens =
